@@ -1,0 +1,1 @@
+"""A tiny calculator service used as Genesis's bundled example."""

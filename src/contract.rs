@@ -1,0 +1,561 @@
+//! The external contract: every JSON document Genesis reads or writes on NATS
+//! or the command line, as typed Rust values.
+//!
+//! Nothing else in the crate builds or picks apart JSON by hand: a request is
+//! parsed here (with the size limit, the field path of any error and the id
+//! rules of the contract), and every outgoing document is one of these types.
+//! The README's "Contract" section mirrors this file.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize, Serializer};
+use sha2::{Digest, Sha256};
+
+/// Requests larger than this are refused before they are parsed.
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// Longest experiment id the contract allows.
+pub const MAX_ID_LEN: usize = 128;
+
+/// Risk level of a change; it selects the resource profile and thresholds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RiskLevel {
+    Low,
+    Medium,
+    High,
+}
+
+impl RiskLevel {
+    pub const ALL: [RiskLevel; 3] = [RiskLevel::Low, RiskLevel::Medium, RiskLevel::High];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RiskLevel::Low => "low",
+            RiskLevel::Medium => "medium",
+            RiskLevel::High => "high",
+        }
+    }
+}
+
+impl fmt::Display for RiskLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The proposed change: which files it touches and the diffs that make it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Changes {
+    /// Paths the patch touches, relative to the repo root. Checked against the patch.
+    #[serde(default)]
+    pub files: Vec<String>,
+    #[serde(default)]
+    pub description: String,
+    /// Unified diff (git style) against `base_ref` of the request's repo.
+    #[serde(default)]
+    pub patch: Option<String>,
+    /// Diffs for other repositories of the same experiment, by repo name.
+    #[serde(default)]
+    pub patches: BTreeMap<String, String>,
+}
+
+/// An experiment request (contract §4). Unknown fields are ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub experiment_id: String,
+    pub instance_id: String,
+    pub experiment_type: String,
+    #[serde(default)]
+    pub description: String,
+    pub risk_level: RiskLevel,
+    #[serde(default)]
+    pub estimated_impact: f64,
+    pub changes: Changes,
+    #[serde(default)]
+    pub rollback_plan: String,
+    /// Upper bound for the whole experiment; the policy's timeout wins when smaller.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Repository name from the config; `default_repo` when absent.
+    #[serde(default)]
+    pub repo: Option<String>,
+    /// Git revision to snapshot; `HEAD` when absent.
+    #[serde(default)]
+    pub base_ref: Option<String>,
+    /// Overrides the repo's configured test command.
+    #[serde(default)]
+    pub test_command: Option<String>,
+}
+
+/// Why a request could not be accepted. `experiment_id` is kept when it was
+/// readable and valid, so the failure can still be published on `failed.{id}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvalidRequest {
+    pub experiment_id: Option<String>,
+    pub instance_id: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for InvalidRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for InvalidRequest {}
+
+/// Only the identifying fields, read when the full parse fails.
+#[derive(Deserialize)]
+struct Identity {
+    #[serde(default)]
+    experiment_id: Option<serde_json::Value>,
+    #[serde(default)]
+    instance_id: Option<serde_json::Value>,
+}
+
+impl Request {
+    /// Parses and validates a request body: size, JSON shape (errors name the
+    /// field path), and the experiment id rules.
+    pub fn parse(body: &[u8]) -> Result<Request, InvalidRequest> {
+        if body.len() > MAX_REQUEST_BYTES {
+            return Err(InvalidRequest {
+                experiment_id: None,
+                instance_id: None,
+                message: format!(
+                    "request is {} bytes, over the {} byte limit",
+                    body.len(),
+                    MAX_REQUEST_BYTES
+                ),
+            });
+        }
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let parsed: Result<Request, _> = serde_path_to_error::deserialize(&mut de);
+        let request = parsed.map_err(|err| {
+            let (experiment_id, instance_id) = identity_of(body);
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            let message = if path.is_empty() || path == "." {
+                format!("request is not valid: {inner}")
+            } else {
+                format!("request field `{path}` is not valid: {inner}")
+            };
+            InvalidRequest {
+                experiment_id,
+                instance_id,
+                message,
+            }
+        })?;
+        validate_experiment_id(&request.experiment_id).map_err(|message| InvalidRequest {
+            experiment_id: None,
+            instance_id: Some(request.instance_id.clone()),
+            message,
+        })?;
+        Ok(request)
+    }
+
+    /// A digest of the request's meaning (after defaults), used to tell a
+    /// harmless duplicate from a conflicting reuse of the same id.
+    pub fn fingerprint(&self) -> String {
+        let canonical = serde_json::to_vec(self).expect("a Request always serializes");
+        hex_digest(&Sha256::digest(&canonical))
+    }
+}
+
+/// Lowercase hex of a digest (sha2 0.11 digests do not implement `LowerHex`).
+pub fn hex_digest(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Best-effort read of the id fields of a body that failed to parse.
+fn identity_of(body: &[u8]) -> (Option<String>, Option<String>) {
+    let Ok(identity) = serde_json::from_slice::<Identity>(body) else {
+        return (None, None);
+    };
+    let id = identity
+        .experiment_id
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .filter(|id| validate_experiment_id(id).is_ok());
+    let instance = identity
+        .instance_id
+        .and_then(|v| v.as_str().map(str::to_owned));
+    (id, instance)
+}
+
+/// Contract §4: 1–128 characters of `[A-Za-z0-9_-]`. The id becomes a NATS
+/// subject token and a directory name, so nothing else may pass.
+pub fn validate_experiment_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(format!(
+            "experiment_id must be 1 to {MAX_ID_LEN} characters, got {}",
+            id.len()
+        ));
+    }
+    if let Some(bad) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        return Err(format!(
+            "experiment_id may only contain A-Z a-z 0-9 _ -, found {bad:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// The verdict on an experiment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Recommendation {
+    Merge,
+    MergeWithAdaptations,
+    Rollback,
+}
+
+impl Recommendation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Recommendation::Merge => "merge",
+            Recommendation::MergeWithAdaptations => "merge_with_adaptations",
+            Recommendation::Rollback => "rollback",
+        }
+    }
+}
+
+impl fmt::Display for Recommendation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an experiment produced nothing to judge (contract §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    InvalidRequest,
+    PatchFailed,
+    Timeout,
+    Oom,
+    SandboxError,
+    NoTests,
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::PatchFailed => "patch_failed",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Oom => "oom",
+            ErrorKind::SandboxError => "sandbox_error",
+            ErrorKind::NoTests => "no_tests",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The numbers behind a verdict (contract §5 defines each).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Metrics {
+    pub success_rate: f64,
+    pub llm_reduction: f64,
+    pub regression: f64,
+    pub runtime_ms: u64,
+    pub test_count: u64,
+    pub failures: u64,
+    pub memory_peak_mb: f64,
+    pub cpu_usage_percent: f64,
+    pub io_operations: u64,
+    pub performance_delta: f64,
+    pub code_coverage_percent: Option<f64>,
+    pub complexity_change: Option<f64>,
+}
+
+/// The unchanged snapshot's run, for comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct BaselineSummary {
+    pub test_count: u64,
+    pub failures: u64,
+    pub runtime_ms: u64,
+}
+
+/// Where a reviewer finds the tested change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CandidateRef {
+    pub repo: String,
+    pub base_commit: String,
+    pub commit: String,
+}
+
+/// A judged experiment (`status: "success"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Completed {
+    pub experiment_id: String,
+    pub instance_id: String,
+    pub metrics: Metrics,
+    pub baseline: BaselineSummary,
+    /// Tests that passed on the baseline and fail or vanish in the candidate.
+    pub regressions: Vec<String>,
+    /// Tests that failed and then passed on a re-run; not counted as regressions.
+    #[serde(default)]
+    pub flaky: Vec<String>,
+    pub recommendation: Recommendation,
+    pub reasons: Vec<String>,
+    pub candidate: CandidateRef,
+    #[serde(with = "timestamp")]
+    pub timestamp: DateTime<Utc>,
+}
+
+/// An experiment with nothing to judge (`status: "failed"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failed {
+    pub experiment_id: String,
+    #[serde(default)]
+    pub instance_id: String,
+    pub error: String,
+    pub error_kind: ErrorKind,
+    /// Always `rollback`: nothing unproven is merged.
+    pub recommendation: Recommendation,
+    #[serde(with = "timestamp")]
+    pub timestamp: DateTime<Utc>,
+}
+
+/// The final document of an experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+// One per experiment, moved a handful of times: boxing would only add noise.
+#[allow(clippy::large_enum_variant)]
+pub enum ExperimentResult {
+    Success(Completed),
+    Failed(Failed),
+}
+
+impl ExperimentResult {
+    pub fn failed(
+        experiment_id: &str,
+        instance_id: &str,
+        kind: ErrorKind,
+        error: impl Into<String>,
+    ) -> Self {
+        ExperimentResult::Failed(Failed {
+            experiment_id: experiment_id.to_owned(),
+            instance_id: instance_id.to_owned(),
+            error: error.into(),
+            error_kind: kind,
+            recommendation: Recommendation::Rollback,
+            timestamp: Utc::now(),
+        })
+    }
+
+    pub fn experiment_id(&self) -> &str {
+        match self {
+            ExperimentResult::Success(c) => &c.experiment_id,
+            ExperimentResult::Failed(f) => &f.experiment_id,
+        }
+    }
+
+    pub fn recommendation(&self) -> Recommendation {
+        match self {
+            ExperimentResult::Success(c) => c.recommendation,
+            ExperimentResult::Failed(f) => f.recommendation,
+        }
+    }
+
+    pub fn is_success(&self) -> bool {
+        matches!(self, ExperimentResult::Success(_))
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("results always serialize")
+    }
+}
+
+/// `agent.events.experiment.progress.{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub experiment_id: String,
+    pub stage: String,
+    #[serde(with = "timestamp")]
+    pub timestamp: DateTime<Utc>,
+}
+
+/// `genesis.rollback.event`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RollbackEvent {
+    pub experiment_id: String,
+    pub reasons: Vec<String>,
+    pub metrics: Option<Metrics>,
+}
+
+/// `system.health.genesis`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub active_experiments: u64,
+    pub queued: u64,
+    pub success_rate_30d: f64,
+    pub disk_used_mb: f64,
+    /// Archives whose MANIFEST no longer matches; kept for inspection.
+    #[serde(default)]
+    pub corrupt_archives: Vec<String>,
+    #[serde(with = "timestamp")]
+    pub timestamp: DateTime<Utc>,
+}
+
+/// Aggregates over a group of experiments (one type, one risk level, or all).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct GroupStats {
+    pub count: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub success_rate: f64,
+    pub avg_regression: f64,
+    pub avg_llm_reduction: f64,
+}
+
+/// Counts by outcome over the report's period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Totals {
+    pub experiments: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub merge: u64,
+    pub merge_with_adaptations: u64,
+    pub rollback: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Period {
+    #[serde(with = "timestamp")]
+    pub from: DateTime<Utc>,
+    #[serde(with = "timestamp")]
+    pub to: DateTime<Utc>,
+}
+
+/// `system.metrics.genesis` (daily report).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsReport {
+    pub totals: Totals,
+    /// Share of completed experiments among all finished ones.
+    pub success_rate: f64,
+    pub avg_regression: f64,
+    pub avg_llm_reduction: f64,
+    pub by_type: BTreeMap<String, GroupStats>,
+    pub by_risk_level: BTreeMap<String, GroupStats>,
+    pub period: Period,
+}
+
+/// Timestamps are always RFC 3339 in UTC with an explicit `Z`.
+pub mod timestamp {
+    use super::*;
+
+    pub fn format(t: &DateTime<Utc>) -> String {
+        t.to_rfc3339_opts(SecondsFormat::Millis, true)
+    }
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(t))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let text = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&text)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> serde_json::Value {
+        serde_json::json!({
+            "experiment_id": "exp-1",
+            "instance_id": "inst",
+            "experiment_type": "refactor",
+            "risk_level": "low",
+            "changes": {"files": [], "patch": ""}
+        })
+    }
+
+    #[test]
+    fn parses_a_minimal_request_with_defaults() {
+        let r = Request::parse(minimal().to_string().as_bytes()).unwrap();
+        assert_eq!(r.experiment_id, "exp-1");
+        assert_eq!(r.risk_level, RiskLevel::Low);
+        assert_eq!(r.timeout_ms, None);
+        assert!(r.changes.patches.is_empty());
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let mut v = minimal();
+        v.as_object_mut().unwrap().remove("instance_id");
+        let err = Request::parse(v.to_string().as_bytes()).unwrap_err();
+        assert!(err.message.contains("instance_id"), "{}", err.message);
+        assert_eq!(err.experiment_id.as_deref(), Some("exp-1"));
+    }
+
+    #[test]
+    fn wrong_type_names_the_field_path() {
+        let mut v = minimal();
+        v["changes"]["files"] = serde_json::json!("not a list");
+        let err = Request::parse(v.to_string().as_bytes()).unwrap_err();
+        assert!(err.message.contains("changes.files"), "{}", err.message);
+    }
+
+    #[test]
+    fn bad_ids_are_refused() {
+        for id in ["", "a b", "../x", "a.b", "ü", &"x".repeat(129)] {
+            let mut v = minimal();
+            v["experiment_id"] = serde_json::json!(id);
+            let err = Request::parse(v.to_string().as_bytes()).unwrap_err();
+            assert!(
+                err.message.contains("experiment_id"),
+                "{id}: {}",
+                err.message
+            );
+            assert_eq!(err.experiment_id, None);
+        }
+        assert!(validate_experiment_id(&"x".repeat(128)).is_ok());
+    }
+
+    #[test]
+    fn oversized_body_is_refused_before_parsing() {
+        let body = vec![b' '; MAX_REQUEST_BYTES + 1];
+        let err = Request::parse(&body).unwrap_err();
+        assert!(err.message.contains("limit"));
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_fingerprint_ignores_them() {
+        let a = Request::parse(minimal().to_string().as_bytes()).unwrap();
+        let mut v = minimal();
+        v["whatever"] = serde_json::json!(1);
+        let b = Request::parse(v.to_string().as_bytes()).unwrap();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        v["description"] = serde_json::json!("different");
+        let c = Request::parse(v.to_string().as_bytes()).unwrap();
+        assert_ne!(a.fingerprint(), c.fingerprint());
+    }
+
+    #[test]
+    fn result_has_contract_shape() {
+        let r = ExperimentResult::failed("e", "i", ErrorKind::NoTests, "no tests ran");
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["status"], "failed");
+        assert_eq!(v["error_kind"], "no_tests");
+        assert_eq!(v["recommendation"], "rollback");
+        assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+        let back: ExperimentResult = serde_json::from_value(v).unwrap();
+        assert_eq!(back.experiment_id(), "e");
+    }
+}

@@ -1,0 +1,257 @@
+//! `genesis doctor`: one line per check, ✓ or ✗, and for each ✗ the fix.
+
+use std::time::Duration;
+
+use crate::config::Config;
+
+/// One check's verdict.
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn pass(name: &'static str, detail: String) -> Check {
+        Check {
+            name,
+            ok: true,
+            detail,
+            fix: None,
+        }
+    }
+
+    fn fail(name: &'static str, detail: String, fix: impl Into<String>) -> Check {
+        Check {
+            name,
+            ok: false,
+            detail,
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+/// Runs every check, prints them, returns the exit code (1 if any failed).
+pub async fn run(config: &Config) -> i32 {
+    let checks = checks(config).await;
+    for c in &checks {
+        println!(
+            "{} {:<8} {}",
+            if c.ok { "✓" } else { "✗" },
+            c.name,
+            c.detail
+        );
+        if let Some(fix) = &c.fix {
+            println!("           fix: {fix}");
+        }
+    }
+    i32::from(checks.iter().any(|c| !c.ok))
+}
+
+pub async fn checks(config: &Config) -> Vec<Check> {
+    let mut out = vec![
+        docker(config).await,
+        nats(config).await,
+        home(config),
+        store(config).await,
+    ];
+    out.extend(images(config).await);
+    out.extend(repos(config));
+    out
+}
+
+async fn docker(config: &Config) -> Check {
+    let docker =
+        match crate::sandbox::connect().await {
+            Ok(d) => d,
+            Err(e) => return Check::fail(
+                "docker",
+                format!("engine unreachable: {e}"),
+                "start the engine (dockerd, or `apt-get install -y docker.io`), or set DOCKER_HOST",
+            ),
+        };
+    let version = match docker.version().await {
+        Ok(v) => v,
+        Err(e) => {
+            return Check::fail(
+                "docker",
+                format!("version query failed: {e}"),
+                "check the engine's logs",
+            )
+        }
+    };
+    let desc = format!(
+        "engine {} (API {})",
+        version.version.unwrap_or_default(),
+        version.api_version.unwrap_or_default()
+    );
+    let image = config
+        .repos
+        .values()
+        .map(|r| r.image.clone())
+        .chain(
+            crate::images::definitions(None)
+                .ok()
+                .into_iter()
+                .flatten()
+                .map(|(_, d)| d.tag),
+        )
+        .find(|_| true)
+        .unwrap_or_default();
+    let limits = config.limits_for(crate::contract::RiskLevel::High);
+    let probe = crate::sandbox::SandboxBuilder::new(
+        "doctor",
+        crate::sandbox::Role::Baseline,
+        &image,
+        limits,
+    )
+    .user(&config.sandbox.user)
+    .home_label(&crate::runner::home_label(&config.home))
+    .create(&docker)
+    .await;
+    match probe {
+        Ok(sandbox) => {
+            let _ = sandbox.remove().await;
+            Check::pass(
+                "docker",
+                format!("{desc}, can create containers from {image}"),
+            )
+        }
+        Err(e) => Check::fail(
+            "docker",
+            format!("{desc}, but creating a container from {image} failed: {e}"),
+            "build the images: genesis images build",
+        ),
+    }
+}
+
+async fn nats(config: &Config) -> Check {
+    let url = &config.nats.url;
+    let attempt =
+        tokio::time::timeout(Duration::from_secs(3), async_nats::connect(url.as_str())).await;
+    match attempt {
+        Ok(Ok(client)) => {
+            let info = client.server_info();
+            Check::pass("nats", format!("reachable at {url} (server {})", info.version))
+        }
+        Ok(Err(e)) => Check::fail(
+            "nats",
+            format!("cannot reach {url}: {e}"),
+            "start a server (nats-server -a 127.0.0.1 -p 4222 -js) or set GENESIS_NATS_URL / [nats] url",
+        ),
+        Err(_) => Check::fail(
+            "nats",
+            format!("no answer from {url} within 3 s"),
+            "start a server (nats-server -a 127.0.0.1 -p 4222 -js) or set GENESIS_NATS_URL / [nats] url",
+        ),
+    }
+}
+
+fn home(config: &Config) -> Check {
+    let home = &config.home;
+    if let Err(e) = std::fs::create_dir_all(home) {
+        return Check::fail(
+            "home",
+            format!("{} cannot be created: {e}", home.display()),
+            "set GENESIS_HOME to a writable directory",
+        );
+    }
+    let probe = home.join(format!(".doctor-{}", std::process::id()));
+    if let Err(e) = std::fs::write(&probe, b"ok") {
+        return Check::fail(
+            "home",
+            format!("{} is not writable: {e}", home.display()),
+            "fix its permissions or set GENESIS_HOME",
+        );
+    }
+    let _ = std::fs::remove_file(&probe);
+    match free_mb(home) {
+        Some(free) if free < 1024 => Check::fail(
+            "home",
+            format!("{} has only {free} MB free", home.display()),
+            "free disk space or run `genesis jobs run cleanup`",
+        ),
+        Some(free) => Check::pass(
+            "home",
+            format!("{} writable, {free} MB free", home.display()),
+        ),
+        None => Check::pass("home", format!("{} writable", home.display())),
+    }
+}
+
+/// Free space of the file system holding `path`, in MB.
+pub fn free_mb(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `stat` a valid out-pointer.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut stat) };
+    (rc == 0).then(|| (stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64) / (1024 * 1024))
+}
+
+async fn store(config: &Config) -> Check {
+    match crate::cli::open_store(config).await {
+        Ok(store) => match store.schema_version() {
+            Ok(v) => Check::pass(
+                "store",
+                format!("{} opens, schema version {v}", store.path().display()),
+            ),
+            Err(e) => Check::fail(
+                "store",
+                e.to_string(),
+                "restore the file from a backup or move it aside",
+            ),
+        },
+        Err(e) => Check::fail(
+            "store",
+            e.to_string(),
+            "check the file's permissions, or move it aside to start afresh",
+        ),
+    }
+}
+
+async fn images(config: &Config) -> Vec<Check> {
+    let Ok(docker) = crate::sandbox::connect().await else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (name, repo) in &config.repos {
+        if crate::images::exists(&docker, &repo.image).await {
+            out.push(Check::pass(
+                "image",
+                format!("{} (repo {name}) is present", repo.image),
+            ));
+        } else {
+            out.push(Check::fail(
+                "image",
+                format!("{} (repo {name}) is missing", repo.image),
+                "genesis images build",
+            ));
+        }
+    }
+    out
+}
+
+fn repos(config: &Config) -> Vec<Check> {
+    crate::snapshot::allow_foreign_owners();
+    config
+        .repos
+        .iter()
+        .map(|(name, repo)| match git2::Repository::open(&repo.path) {
+            Ok(_) => Check::pass(
+                "repo",
+                format!("{name}: {} is a git repository", repo.path.display()),
+            ),
+            Err(e) => Check::fail(
+                "repo",
+                format!(
+                    "{name}: {} cannot be opened: {}",
+                    repo.path.display(),
+                    e.message()
+                ),
+                "fix [repos.NAME] path in genesis.toml",
+            ),
+        })
+        .collect()
+}

@@ -1,0 +1,143 @@
+//! Every error Genesis reports, in one place.
+//!
+//! Each variant carries the context a person needs to act on it (which file,
+//! which key, which container). Two mappings hang off this type: to the
+//! contract's `error_kind` (what a failed experiment reports on NATS) and to a
+//! process exit code (what the CLI returns).
+
+use std::path::PathBuf;
+
+use crate::contract::ErrorKind;
+
+pub type Result<T, E = GenesisError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenesisError {
+    /// The config file or a policy file is unreadable or has a bad key.
+    #[error("config {file}: {message}")]
+    Config { file: PathBuf, message: String },
+
+    /// The request is malformed or refers to something that does not exist.
+    #[error("{0}")]
+    InvalidRequest(String),
+
+    /// The change could not be applied to the snapshot.
+    #[error("{0}")]
+    PatchFailed(String),
+
+    /// The experiment ran past its time limit and was killed.
+    #[error("the test command ran past its {limit_ms} ms time limit and was killed")]
+    Timeout { limit_ms: u64 },
+
+    /// The container was killed by the kernel for using too much memory.
+    #[error("the test command ran out of memory (limit {limit_mb} MB) and was killed")]
+    Oom { limit_mb: u64 },
+
+    /// Docker refused or failed an operation.
+    #[error("sandbox: {context}: {message}")]
+    Sandbox { context: String, message: String },
+
+    /// The suite ran but no test report could be found or it held no tests.
+    #[error("{0}")]
+    NoTests(String),
+
+    /// The redb store failed.
+    #[error("store {path}: {message}")]
+    Store { path: PathBuf, message: String },
+
+    /// A file-system operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A git operation failed.
+    #[error("git: {context}: {message}")]
+    Git { context: String, message: String },
+
+    /// NATS could not be reached or refused an operation.
+    #[error("nats: {0}")]
+    Nats(String),
+
+    /// `show`, `sandbox export` and the like named an experiment the store does not hold.
+    #[error("no experiment with id {0:?} in the store")]
+    UnknownExperiment(String),
+
+    /// An archive failed its integrity check.
+    #[error("archive {path} failed verification: {message}")]
+    CorruptArchive { path: PathBuf, message: String },
+
+    /// The baseline run failed; `kind` is what it failed with.
+    #[error("baseline run: {message}")]
+    Baseline { kind: ErrorKind, message: String },
+
+    /// Interrupted by shutdown or restart.
+    #[error("{0}")]
+    Interrupted(String),
+
+    /// A bug or an impossible state; the message says where.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl GenesisError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        GenesisError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn sandbox(context: impl Into<String>, err: impl std::fmt::Display) -> Self {
+        GenesisError::Sandbox {
+            context: context.into(),
+            message: err.to_string(),
+        }
+    }
+
+    pub fn git(context: impl Into<String>, err: impl std::fmt::Display) -> Self {
+        GenesisError::Git {
+            context: context.into(),
+            message: err.to_string(),
+        }
+    }
+
+    /// The contract's `error_kind` for a failed experiment.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            GenesisError::InvalidRequest(_) => ErrorKind::InvalidRequest,
+            GenesisError::PatchFailed(_) => ErrorKind::PatchFailed,
+            GenesisError::Timeout { .. } => ErrorKind::Timeout,
+            GenesisError::Oom { .. } => ErrorKind::Oom,
+            GenesisError::Sandbox { .. } => ErrorKind::SandboxError,
+            GenesisError::NoTests(_) => ErrorKind::NoTests,
+            GenesisError::Baseline { kind, .. } => *kind,
+            GenesisError::Config { .. }
+            | GenesisError::Store { .. }
+            | GenesisError::Io { .. }
+            | GenesisError::Git { .. }
+            | GenesisError::Nats(_)
+            | GenesisError::UnknownExperiment(_)
+            | GenesisError::CorruptArchive { .. }
+            | GenesisError::Interrupted(_)
+            | GenesisError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// Exit code for the CLI: 2 for problems with what the user typed or
+    /// configured, 1 for everything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            GenesisError::Config { .. } | GenesisError::InvalidRequest(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+impl From<bollard::errors::Error> for GenesisError {
+    fn from(err: bollard::errors::Error) -> Self {
+        GenesisError::sandbox("docker", err)
+    }
+}

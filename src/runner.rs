@@ -1,0 +1,808 @@
+//! Orchestration: one request in, one result out.
+//!
+//! `genesis run` and `genesis serve` both go through [`Runner`], so the CLI
+//! exercises exactly the service's pipeline:
+//!
+//! 1. **accept**: validate the request and record it in the store; a known
+//!    id with the same content is a duplicate (answered from the store), with
+//!    other content a conflict (refused).
+//! 2. **snapshot + patch** each repo (blocking git work on the blocking pool).
+//! 3. **baseline**: the unchanged snapshot, same image/command/limits, cached
+//!    in the store by (commits, image id, command, limits, report format). An
+//!    in-process single-flight map makes concurrent experiments on one commit
+//!    share one baseline run instead of starting their own.
+//! 4. **candidate** run, optional re-runs of new failures to spot flaky tests.
+//! 5. **judge** (metrics + policy) and **store** the result atomically.
+//!
+//! [`Runner::run`] never returns an error: every failure becomes a
+//! `status: "failed"` result with an `error_kind`, stored like any other.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::Docker;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, OnceCell};
+
+use crate::config::{Config, Limits, RepoConfig};
+use crate::contract::{hex_digest, CandidateRef, Completed, ErrorKind, ExperimentResult, Request};
+use crate::errors::{GenesisError, Result};
+use crate::llm_calls::LlmCounter;
+use crate::metrics::{judge, outcome_pairs, MeasuredRun};
+use crate::results::{parse_report, ReportError, ReportInput, ReportSpec, TestReport};
+use crate::sandbox::{self, CappedLog, Resources, Role, RunOutcome, SandboxBuilder};
+use crate::snapshot::{Owner, PreparedRepo, RepoInput, Snapshotter};
+use crate::store::{ExperimentRecord, Inserted, MetricsRow, Status, Store, TestOutcomes};
+
+/// Stages reported on `progress.{id}` and in logs, named as the seed's events.
+pub mod stage {
+    pub const START: &str = "experiment_start";
+    pub const SNAPSHOT: &str = "snapshot_ready";
+    pub const CHANGES: &str = "changes_applied";
+    pub const SANDBOX: &str = "sandbox_created";
+    pub const BASELINE: &str = "baseline_completed";
+    pub const TESTS: &str = "tests_completed";
+    pub const METRICS: &str = "metrics_measured";
+    pub const COMPLETE: &str = "experiment_complete";
+    pub const FAILED: &str = "experiment_failed";
+    pub const TIMEOUT: &str = "experiment_timeout";
+}
+
+/// Receives stage changes: stderr for the CLI, NATS for the service.
+pub trait Progress: Send + Sync {
+    fn stage(&self, experiment_id: &str, stage: &str, detail: &str);
+}
+
+/// Discards progress.
+pub struct NoProgress;
+impl Progress for NoProgress {
+    fn stage(&self, _: &str, _: &str, _: &str) {}
+}
+
+/// What `accept` decided about a request.
+#[derive(Debug)]
+pub enum Admission {
+    /// New: recorded as queued; run it.
+    New,
+    /// Seen before with the same content and finished: here is its result.
+    Finished(Box<ExperimentResult>),
+    /// Seen before with the same content and still queued or running.
+    InFlight(Box<ExperimentRecord>),
+    /// Same id, different content: refused.
+    Conflict(Box<ExperimentResult>),
+}
+
+/// One run of a suite, as stored for reuse (baselines) and judging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SuiteRun {
+    pub report: Option<TestReport>,
+    /// Why there is no report (no tests, unreadable report), with the log tail.
+    pub report_error: Option<String>,
+    pub runtime_ms: u64,
+    pub memory_peak_bytes: u64,
+    pub cpu_percent: f64,
+    pub io_operations: u64,
+    pub exit_code: i64,
+}
+
+impl SuiteRun {
+    fn resources(&self) -> Resources {
+        Resources {
+            memory_peak_bytes: self.memory_peak_bytes,
+            cpu_percent: self.cpu_percent,
+            io_operations: self.io_operations,
+            samples: 0,
+        }
+    }
+}
+
+/// A baseline run shared by concurrent experiments; errors keep their kind.
+type BaselineSlot = Arc<OnceCell<std::result::Result<SuiteRun, (ErrorKind, String)>>>;
+
+/// Shared by every experiment of a process.
+pub struct Runner {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub docker: Docker,
+    snapshotter: Snapshotter,
+    counter: Arc<LlmCounter>,
+    owner: Owner,
+    /// Single-flight baseline runs by cache key.
+    baselines: Mutex<HashMap<String, BaselineSlot>>,
+    /// Label value that marks this home's containers.
+    pub home_label: String,
+    /// `host:pid`, written into records this process runs.
+    pub instance: String,
+}
+
+/// One repo to snapshot and patch (owned, to move into a blocking task).
+struct RepoJob {
+    name: String,
+    path: PathBuf,
+    patch: Option<String>,
+    /// `changes.files`, for the primary repo only.
+    declared_files: Option<Vec<String>>,
+}
+
+/// Everything about one repo of an experiment that the runs need.
+struct Plan {
+    primary: String,
+    repo: RepoConfig,
+    prepared: Vec<PreparedRepo>,
+    limits: Limits,
+    timeout: Duration,
+    test_command: String,
+    report: ReportSpec,
+}
+
+impl Runner {
+    pub async fn new(config: Arc<Config>, store: Store) -> Result<Runner> {
+        let docker = sandbox::connect().await?;
+        Self::with_docker(config, store, docker)
+    }
+
+    pub fn with_docker(config: Arc<Config>, store: Store, docker: Docker) -> Result<Runner> {
+        crate::snapshot::allow_foreign_owners();
+        let owner = Owner::parse(&config.sandbox.user)?;
+        let counter = LlmCounter::new(&config.llm_patterns).map_err(|e| GenesisError::Config {
+            file: PathBuf::from("llm_patterns"),
+            message: e.to_string(),
+        })?;
+        Ok(Runner {
+            snapshotter: Snapshotter::new(&config.home, owner),
+            home_label: home_label(&config.home),
+            instance: instance_name(),
+            config,
+            store,
+            docker,
+            counter: Arc::new(counter),
+            owner,
+            baselines: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Records a request, or says why it must not run again.
+    pub async fn accept(&self, request: &Request, status: Status) -> Result<Admission> {
+        let record = ExperimentRecord::new(request, status, &self.instance, now_ms());
+        let inserted = self.store.call(move |s| s.insert_new(&record)).await?;
+        let existing = match inserted {
+            Inserted::New => return Ok(Admission::New),
+            Inserted::Existing(existing) => existing,
+        };
+        if existing.fingerprint != request.fingerprint() {
+            return Ok(Admission::Conflict(Box::new(ExperimentResult::failed(
+                &request.experiment_id,
+                &request.instance_id,
+                ErrorKind::InvalidRequest,
+                format!(
+                    "experiment_id {:?} was already used for a different request; refusing to run or answer it with the other request's result",
+                    request.experiment_id
+                ),
+            ))));
+        }
+        match existing.result() {
+            Some(result) if existing.status.is_final() => Ok(Admission::Finished(Box::new(result))),
+            // Left queued or running by a process of this host that is gone:
+            // nobody will finish it, so this one takes it over.
+            _ if owner_is_dead(&existing.owner) => Ok(Admission::New),
+            _ => Ok(Admission::InFlight(existing)),
+        }
+    }
+
+    /// Runs an accepted experiment to its result and stores it.
+    pub async fn run(&self, request: &Request, progress: &dyn Progress) -> ExperimentResult {
+        let id = request.experiment_id.clone();
+        progress.stage(&id, stage::START, &request.description);
+        if let Err(e) = self.mark(&id, Status::Running).await {
+            tracing::warn!(experiment_id = %id, error = %e, "could not mark experiment running");
+        }
+        let outcome = self.pipeline(request, progress).await;
+        let (result, metrics, outcomes) = match outcome {
+            Ok((completed, metrics, outcomes)) => (
+                ExperimentResult::Success(completed),
+                Some(metrics),
+                Some(outcomes),
+            ),
+            Err(e) => {
+                let stage_name = if matches!(e, GenesisError::Timeout { .. }) {
+                    stage::TIMEOUT
+                } else {
+                    stage::FAILED
+                };
+                progress.stage(&id, stage_name, &e.to_string());
+                (
+                    ExperimentResult::failed(&id, &request.instance_id, e.kind(), e.to_string()),
+                    None,
+                    None,
+                )
+            }
+        };
+        if let Err(e) = self.finish(request, &result, metrics, outcomes).await {
+            tracing::error!(experiment_id = %id, error = %e, "storing the result failed");
+        }
+        if result.is_success() {
+            progress.stage(&id, stage::COMPLETE, result.recommendation().as_str());
+        }
+        result
+    }
+
+    async fn mark(&self, id: &str, status: Status) -> Result<()> {
+        let id = id.to_owned();
+        let instance = self.instance.clone();
+        self.store
+            .call(move |s| {
+                if let Some(mut rec) = s.get(&id)? {
+                    rec.status = status;
+                    rec.owner = instance;
+                    rec.updated_at = now_ms();
+                    s.put_record(&rec)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Stores the final document (record, metrics, outcomes in one commit)
+    /// and writes `result.json` into the sandbox directory.
+    pub async fn finish(
+        &self,
+        request: &Request,
+        result: &ExperimentResult,
+        metrics: Option<MetricsRow>,
+        outcomes: Option<TestOutcomes>,
+    ) -> Result<()> {
+        let dir = self.sandbox_dir(&request.experiment_id);
+        let json = result.to_json();
+        if std::fs::create_dir_all(&dir).is_ok() {
+            let _ = std::fs::write(dir.join("result.json"), &json);
+        }
+        let request = request.clone();
+        let result = result.clone();
+        let instance = self.instance.clone();
+        self.store
+            .call(move |s| {
+                let mut rec = s.get(&request.experiment_id)?.unwrap_or_else(|| {
+                    ExperimentRecord::new(&request, Status::Running, &instance, now_ms())
+                });
+                rec.status = if result.is_success() {
+                    Status::Completed
+                } else {
+                    Status::Failed
+                };
+                rec.recommendation = Some(result.recommendation().as_str().into());
+                if let ExperimentResult::Failed(f) = &result {
+                    rec.error = Some(f.error.clone());
+                    rec.error_kind = Some(f.error_kind.as_str().into());
+                }
+                rec.result_json = Some(json);
+                rec.updated_at = now_ms();
+                s.write_final(&rec, metrics.as_ref(), outcomes.as_ref())
+            })
+            .await
+    }
+
+    /// `GENESIS_HOME/sandboxes/ID`: logs, reports, patch, result of one experiment.
+    pub fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.config.home.join("sandboxes").join(id)
+    }
+
+    async fn pipeline(
+        &self,
+        request: &Request,
+        progress: &dyn Progress,
+    ) -> Result<(Completed, MetricsRow, TestOutcomes)> {
+        let id = &request.experiment_id;
+        let plan = self.plan(request).await?;
+        let primary = plan
+            .prepared
+            .iter()
+            .find(|p| p.name == plan.primary)
+            .ok_or_else(|| GenesisError::Internal("primary repo not prepared".into()))?
+            .clone();
+        progress.stage(
+            id,
+            stage::SNAPSHOT,
+            &format!("{} at {}", plan.primary, &primary.base.commit[..12]),
+        );
+        progress.stage(
+            id,
+            stage::CHANGES,
+            &format!(
+                "{} file(s) changed; candidate {}",
+                primary.touched.len(),
+                &primary.candidate.commit[..12]
+            ),
+        );
+
+        let baseline = self.baseline(request, &plan, progress).await?;
+        let candidate = self
+            .suite(id, Role::Candidate, &plan, false, progress)
+            .await?;
+        let cand_report = candidate.report.clone().ok_or_else(|| {
+            GenesisError::NoTests(candidate.report_error.clone().unwrap_or_default())
+        })?;
+        progress.stage(
+            id,
+            stage::TESTS,
+            &format!(
+                "{} tests, {} failures in {} ms",
+                cand_report.test_count(),
+                cand_report.failures(),
+                candidate.runtime_ms
+            ),
+        );
+        let empty = TestReport {
+            format: "none".into(),
+            cases: Vec::new(),
+        };
+        let base_report = baseline.report.as_ref().unwrap_or(&empty);
+        let flaky = self
+            .find_flaky(id, &plan, base_report, &cand_report, progress)
+            .await?;
+        let (llm_before, llm_after) = plan
+            .prepared
+            .iter()
+            .fold((0, 0), |(b, a), p| (b + p.llm_before, a + p.llm_after));
+        let base_resources = baseline.resources();
+        let cand_resources = candidate.resources();
+        let judged = judge(
+            &MeasuredRun {
+                report: base_report,
+                runtime_ms: baseline.runtime_ms,
+                resources: &base_resources,
+            },
+            &MeasuredRun {
+                report: &cand_report,
+                runtime_ms: candidate.runtime_ms,
+                resources: &cand_resources,
+            },
+            llm_before,
+            llm_after,
+            &flaky,
+        );
+        progress.stage(
+            id,
+            stage::METRICS,
+            &format!(
+                "peak {:.1} MB, cpu {:.1}%, io {}",
+                judged.metrics.memory_peak_mb,
+                judged.metrics.cpu_usage_percent,
+                judged.metrics.io_operations
+            ),
+        );
+        let thresholds = self.config.thresholds.for_risk(request.risk_level);
+        let (recommendation, reasons) = crate::policy::verdict(&judged.metrics, &thresholds);
+        let completed = Completed {
+            experiment_id: id.clone(),
+            instance_id: request.instance_id.clone(),
+            metrics: judged.metrics.clone(),
+            baseline: judged.baseline.clone(),
+            regressions: judged.regressions.clone(),
+            flaky: judged.flaky.clone(),
+            recommendation,
+            reasons,
+            candidate: CandidateRef {
+                repo: plan.primary.clone(),
+                base_commit: primary.base.commit.clone(),
+                commit: primary.candidate.commit.clone(),
+            },
+            timestamp: chrono::Utc::now(),
+        };
+        let row = MetricsRow {
+            experiment_id: id.clone(),
+            metrics: judged.metrics,
+            baseline: judged.baseline,
+            regressions: judged.regressions,
+            flaky: judged.flaky,
+            inserted_at: now_ms(),
+        };
+        let outcomes = TestOutcomes {
+            baseline: outcome_pairs(base_report),
+            candidate: outcome_pairs(&cand_report),
+        };
+        Ok((completed, row, outcomes))
+    }
+
+    /// Resolves repos, limits and command, then snapshots and patches.
+    async fn plan(&self, request: &Request) -> Result<Plan> {
+        let (primary, repo) = self.config.repo(request.repo.as_deref())?;
+        let repo = repo.clone();
+        let mut inputs = vec![RepoJob {
+            name: primary.clone(),
+            path: repo.path.clone(),
+            patch: request.changes.patch.clone(),
+            declared_files: Some(request.changes.files.clone()),
+        }];
+        for (name, patch) in &request.changes.patches {
+            if *name == primary {
+                return Err(GenesisError::InvalidRequest(format!(
+                    "changes.patches names the primary repo {name:?}; put its diff in changes.patch"
+                )));
+            }
+            let (_, other) = self.config.repo(Some(name))?;
+            inputs.push(RepoJob {
+                name: name.clone(),
+                path: other.path.clone(),
+                patch: Some(patch.clone()),
+                declared_files: None,
+            });
+        }
+        let base_ref = request.base_ref.clone().unwrap_or_else(|| "HEAD".into());
+        let snapshotter = self.snapshotter.clone();
+        let counter = self.counter.clone();
+        let id = request.experiment_id.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            inputs
+                .iter()
+                .map(|job| {
+                    snapshotter.prepare(
+                        &RepoInput {
+                            name: &job.name,
+                            source: &job.path,
+                            base_ref: &base_ref,
+                            patch: job.patch.as_deref(),
+                            declared_files: job.declared_files.as_deref(),
+                        },
+                        &id,
+                        &counter,
+                    )
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .await
+        .map_err(|e| GenesisError::Internal(format!("snapshot task: {e}")))??;
+        self.save_patches(request)?;
+        let limits = self.config.limits_for(request.risk_level);
+        let timeout_ms = request
+            .timeout_ms
+            .map_or(limits.timeout_ms, |t| t.min(limits.timeout_ms));
+        let test_command = request
+            .test_command
+            .clone()
+            .unwrap_or_else(|| repo.test_command.clone());
+        let report = repo
+            .report
+            .parse::<ReportSpec>()
+            .map_err(|e| GenesisError::Config {
+                file: self.config.source.clone().unwrap_or_default(),
+                message: e.to_string(),
+            })?;
+        Ok(Plan {
+            primary,
+            repo,
+            prepared,
+            limits,
+            timeout: Duration::from_millis(timeout_ms),
+            test_command,
+            report,
+        })
+    }
+
+    /// Keeps the patches beside the logs, for review and for the sandbox export.
+    fn save_patches(&self, request: &Request) -> Result<()> {
+        let dir = self.sandbox_dir(&request.experiment_id);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| GenesisError::io(format!("creating {}", dir.display()), e))?;
+        let write = |name: &str, text: &str| {
+            std::fs::write(dir.join(name), text)
+                .map_err(|e| GenesisError::io(format!("writing {name}"), e))
+        };
+        write(
+            "request.json",
+            &serde_json::to_string_pretty(request).unwrap_or_default(),
+        )?;
+        if let Some(p) = &request.changes.patch {
+            write("patch.diff", p)?;
+        }
+        for (name, p) in &request.changes.patches {
+            write(&format!("patch-{name}.diff"), p)?;
+        }
+        Ok(())
+    }
+
+    /// The baseline run: from the store's cache, from a concurrent
+    /// experiment's run in progress, or run now.
+    async fn baseline(
+        &self,
+        request: &Request,
+        plan: &Plan,
+        progress: &dyn Progress,
+    ) -> Result<SuiteRun> {
+        let key = self.baseline_key(plan).await?;
+        let cached_key = key.clone();
+        if let Some(run) = self
+            .store
+            .call(move |s| s.baseline::<SuiteRun>(&cached_key))
+            .await?
+        {
+            progress.stage(&request.experiment_id, stage::BASELINE, "cached");
+            return Ok(run);
+        }
+        let slot = {
+            let mut map = self.baselines.lock().await;
+            map.entry(key.clone()).or_default().clone()
+        };
+        let id = &request.experiment_id;
+        let run = slot
+            .get_or_init(|| async {
+                let run = self
+                    .suite(id, Role::Baseline, plan, true, progress)
+                    .await
+                    .map_err(|e| (e.kind(), e.to_string()))?;
+                let store_key = key.clone();
+                let stored = run.clone();
+                self.store
+                    .call(move |s| s.put_baseline(&store_key, &stored))
+                    .await
+                    .map_err(|e| (e.kind(), e.to_string()))?;
+                Ok(run)
+            })
+            .await
+            .clone();
+        // Failed baselines are not kept, so a later experiment tries again.
+        if run.is_err() {
+            self.baselines.lock().await.remove(&key);
+        }
+        let run = run.map_err(|(kind, message)| GenesisError::Baseline { kind, message })?;
+        progress.stage(id, stage::BASELINE, &format!("{} ms", run.runtime_ms));
+        Ok(run)
+    }
+
+    /// Everything that can change a baseline's outcome.
+    async fn baseline_key(&self, plan: &Plan) -> Result<String> {
+        let image = self
+            .docker
+            .inspect_image(&plan.repo.image)
+            .await
+            .map_err(|e| {
+                GenesisError::sandbox(
+                    format!("image {}", plan.repo.image),
+                    format!("{e} (build it with `genesis images build`)"),
+                )
+            })?;
+        let commits: Vec<_> = plan
+            .prepared
+            .iter()
+            .map(|p| format!("{}={}", p.name, p.base.commit))
+            .collect();
+        let material = format!(
+            "{}\n{}\n{}\n{}\n{:?}\n{:?}\n{}",
+            commits.join(","),
+            image.id.unwrap_or_default(),
+            plan.repo.setup_command,
+            plan.test_command,
+            plan.limits,
+            plan.report,
+            self.config.sandbox.user,
+        );
+        Ok(hex_digest(&<sha2::Sha256 as sha2::Digest>::digest(
+            material.as_bytes(),
+        )))
+    }
+
+    /// Re-runs the candidate to separate flaky failures from real ones.
+    async fn find_flaky(
+        &self,
+        id: &str,
+        plan: &Plan,
+        baseline: &TestReport,
+        candidate: &TestReport,
+        progress: &dyn Progress,
+    ) -> Result<BTreeSet<String>> {
+        let mut suspects: BTreeSet<String> = crate::metrics::regressed(baseline, candidate)
+            .into_iter()
+            .collect();
+        let mut flaky = BTreeSet::new();
+        for _ in 0..self.config.judging.reruns {
+            if suspects.is_empty() {
+                break;
+            }
+            let rerun = self.suite(id, Role::Rerun, plan, false, progress).await?;
+            let Some(report) = rerun.report else { continue };
+            let passed = crate::metrics::passed_ids(&report);
+            let now_ok: Vec<String> = suspects
+                .iter()
+                .filter(|t| passed.contains(t.as_str()))
+                .cloned()
+                .collect();
+            for t in now_ok {
+                suspects.remove(&t);
+                flaky.insert(t);
+            }
+        }
+        Ok(flaky)
+    }
+
+    /// Runs the suite once in a fresh sandbox and parses its report.
+    async fn suite(
+        &self,
+        id: &str,
+        role: Role,
+        plan: &Plan,
+        use_base: bool,
+        progress: &dyn Progress,
+    ) -> Result<SuiteRun> {
+        let dir = self.sandbox_dir(id).join(role.as_str());
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| GenesisError::io(format!("creating {}", dir.display()), e))?;
+        let sandbox = SandboxBuilder::new(id, role, &plan.repo.image, plan.limits)
+            .user(&self.config.sandbox.user)
+            .tmp_mb(self.config.sandbox.tmp_mb)
+            .home_label(&self.home_label)
+            .docker_timeout(Duration::from_millis(self.config.sandbox.docker_timeout_ms))
+            .command(&plan.primary, &plan.repo.setup_command, &plan.test_command)
+            .create(&self.docker)
+            .await?;
+        self.history(
+            id,
+            "create",
+            &dir,
+            0,
+            &format!("container {} ({})", sandbox.name, role.as_str()),
+        )
+        .await;
+        progress.stage(
+            id,
+            stage::SANDBOX,
+            &format!("{} {}", role.as_str(), &sandbox.id[..12]),
+        );
+        let outcome = self.drive(&sandbox, plan, use_base, &dir).await;
+        let removed = sandbox.remove().await;
+        self.history(
+            id,
+            "cleanup",
+            &dir,
+            0,
+            &format!("container removed ({})", role.as_str()),
+        )
+        .await;
+        removed?;
+        let (run, out_files) = outcome?;
+        self.interpret(run, &out_files, plan)
+    }
+
+    /// Uploads, runs and collects; the caller removes the container whatever happens.
+    async fn drive(
+        &self,
+        sandbox: &sandbox::Sandbox,
+        plan: &Plan,
+        use_base: bool,
+        dir: &Path,
+    ) -> Result<(RunOutcome, Vec<(String, Vec<u8>)>)> {
+        sandbox.upload_skeleton(self.owner).await?;
+        for repo in &plan.prepared {
+            let tree = if use_base {
+                &repo.base
+            } else {
+                &repo.candidate
+            };
+            let bytes = tokio::fs::read(&tree.tarball)
+                .await
+                .map_err(|e| GenesisError::io(format!("reading {}", tree.tarball.display()), e))?;
+            sandbox.upload("/workspace", bytes).await?;
+        }
+        let log = CappedLog::create(&dir.join("test.log"), self.config.sandbox.log_cap_bytes)?;
+        let run = sandbox.run(plan.timeout, log).await?;
+        let out_dir = dir.join("out");
+        let _ = std::fs::remove_dir_all(&out_dir);
+        let files = sandbox
+            .download_out(&out_dir, self.config.sandbox.out_cap_bytes)
+            .await?;
+        Ok((run, files))
+    }
+
+    /// Turns a finished container run into a suite result or the right failure.
+    fn interpret(
+        &self,
+        run: RunOutcome,
+        out_files: &[(String, Vec<u8>)],
+        plan: &Plan,
+    ) -> Result<SuiteRun> {
+        if run.timed_out {
+            return Err(GenesisError::Timeout {
+                limit_ms: plan.timeout.as_millis() as u64,
+            });
+        }
+        if run.is_oom(plan.limits.memory_mb) {
+            return Err(GenesisError::Oom {
+                limit_mb: plan.limits.memory_mb,
+            });
+        }
+        if run.setup_failed() {
+            return Err(GenesisError::sandbox(
+                "setup command",
+                format!(
+                    "failed with exit status {}; log tail:\n{}",
+                    run.exit_code,
+                    tail(&run.log.text, 2000)
+                ),
+            ));
+        }
+        let input = ReportInput {
+            out_files,
+            log: &run.log.text,
+        };
+        let (report, report_error) = match parse_report(&plan.report, &input) {
+            Ok(r) => (Some(r), None),
+            Err(e) => (None, Some(describe_report_error(&e, &run))),
+        };
+        Ok(SuiteRun {
+            report,
+            report_error,
+            runtime_ms: run.runtime_ms,
+            memory_peak_bytes: run.resources.memory_peak_bytes,
+            cpu_percent: run.resources.cpu_percent,
+            io_operations: run.resources.io_operations,
+            exit_code: run.exit_code,
+        })
+    }
+
+    async fn history(&self, id: &str, op: &str, path: &Path, size: u64, detail: &str) {
+        let (id, op, path, detail) = (
+            id.to_owned(),
+            op.to_owned(),
+            path.display().to_string(),
+            detail.to_owned(),
+        );
+        if let Err(e) = self
+            .store
+            .call(move |s| s.add_history(&id, &op, &path, size, &detail))
+            .await
+        {
+            tracing::warn!(error = %e, "could not write sandbox history");
+        }
+    }
+}
+
+fn describe_report_error(e: &ReportError, run: &RunOutcome) -> String {
+    format!(
+        "{e} (test command exited with status {}); log tail:\n{}",
+        run.exit_code,
+        tail(&run.log.text, 2000)
+    )
+}
+
+/// The last `n` bytes of a text, cut at a character boundary.
+pub fn tail(text: &str, n: usize) -> &str {
+    let mut start = text.len().saturating_sub(n);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Label value for containers of one `GENESIS_HOME`.
+pub fn home_label(home: &Path) -> String {
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(home.display().to_string().as_bytes());
+    hex_digest(&digest)[..16].to_owned()
+}
+
+/// Whether `host:pid` names a process of this host that no longer runs genesis.
+pub fn owner_is_dead(owner: &str) -> bool {
+    let me = instance_name();
+    let (Some((host, pid)), Some((my_host, _))) = (owner.rsplit_once(':'), me.rsplit_once(':'))
+    else {
+        return false;
+    };
+    if host != my_host || owner == me {
+        return false;
+    }
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(cmdline) => !String::from_utf8_lossy(&cmdline).contains("genesis"),
+        Err(_) => true,
+    }
+}
+
+/// `host:pid` of this process.
+pub fn instance_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}:{}", std::process::id())
+}

@@ -1,0 +1,755 @@
+//! The embedded store: one redb file in `GENESIS_HOME`.
+//!
+//! Design:
+//! - Tables mirror the export: `experiment_records`, `experiment_metrics`,
+//!   `sandbox_history`, plus index tables (`records_by_time`,
+//!   `records_by_status`, `history_by_experiment`) and service state
+//!   (`baselines`, `test_outcomes`, `jobs`, `trends`, `meta`).
+//! - Values are serde types encoded with bincode 2 behind a 4-byte schema
+//!   version, so a later release can still read (and migrate) old rows. Types
+//!   stored here must stay bincode-friendly: no `#[serde(tag)]`, `flatten` or
+//!   `skip_serializing_if`; JSON documents are kept as strings.
+//! - redb is synchronous with a single writer. All methods here are blocking;
+//!   async code calls them through [`Store::call`], which runs them on tokio's
+//!   blocking pool. Every commit is durable (fsync) before it returns, which is
+//!   what "nothing lost" rests on.
+//! - The file is opened in redb's multi-writer mode so `genesis list`, `show`,
+//!   `export` and `jobs run` work while `genesis serve` has it open.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{
+    ConcurrencyMode, Database, MultimapTableDefinition, ReadableDatabase, ReadableTable,
+    TableDefinition,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::contract::{BaselineSummary, ExperimentResult, Metrics, Request};
+use crate::errors::{GenesisError, Result};
+
+/// Version written in front of every value. Bump it when a stored type
+/// changes shape, and teach [`decode`] to read the older version.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("experiment_records");
+const METRICS: TableDefinition<&str, &[u8]> = TableDefinition::new("experiment_metrics");
+const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("sandbox_history");
+const BY_TIME: TableDefinition<(i64, &str), ()> = TableDefinition::new("records_by_time");
+const BY_STATUS: MultimapTableDefinition<&str, &str> =
+    MultimapTableDefinition::new("records_by_status");
+const HISTORY_BY_EXPERIMENT: MultimapTableDefinition<&str, u64> =
+    MultimapTableDefinition::new("history_by_experiment");
+const OUTCOMES: TableDefinition<&str, &[u8]> = TableDefinition::new("test_outcomes");
+const BASELINES: TableDefinition<&str, &[u8]> = TableDefinition::new("baselines");
+const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+const TRENDS: TableDefinition<&str, &[u8]> = TableDefinition::new("trends");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Lifecycle of an experiment in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    /// Accepted, waiting for a worker.
+    Queued,
+    /// A worker is running it.
+    Running,
+    /// Judged: a result with a recommendation exists.
+    Completed,
+    /// Ended with nothing to judge.
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Status> {
+        [
+            Status::Queued,
+            Status::Running,
+            Status::Completed,
+            Status::Failed,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Completed | Status::Failed)
+    }
+}
+
+/// One experiment: its request, where it stands, and its final document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentRecord {
+    pub experiment_id: String,
+    pub instance_id: String,
+    pub experiment_type: String,
+    pub description: String,
+    pub risk_level: String,
+    pub estimated_impact: f64,
+    /// The request's `changes` object as JSON (exported as jsonb).
+    pub changes_json: String,
+    pub rollback_plan: String,
+    pub timeout_ms: Option<u64>,
+    /// The whole request as JSON, so a recovered experiment can run again.
+    pub request_json: String,
+    /// Digest of the request, to tell duplicates from conflicting reuse of an id.
+    pub fingerprint: String,
+    pub status: Status,
+    pub recommendation: Option<String>,
+    pub error: Option<String>,
+    pub error_kind: Option<String>,
+    /// The published result document, exactly as sent.
+    pub result_json: Option<String>,
+    /// Which process runs it (`host:pid`); recovery uses it.
+    pub owner: String,
+    /// When the result was confirmed published (unix ms); a JetStream
+    /// redelivery of a published experiment is acknowledged, not answered again.
+    pub published_at: Option<i64>,
+    /// Unix milliseconds.
+    pub inserted_at: i64,
+    pub updated_at: i64,
+}
+
+impl ExperimentRecord {
+    pub fn new(request: &Request, status: Status, owner: &str, now_ms: i64) -> Self {
+        ExperimentRecord {
+            experiment_id: request.experiment_id.clone(),
+            instance_id: request.instance_id.clone(),
+            experiment_type: request.experiment_type.clone(),
+            description: request.description.clone(),
+            risk_level: request.risk_level.as_str().into(),
+            estimated_impact: request.estimated_impact,
+            changes_json: serde_json::to_string(&request.changes).expect("changes serialize"),
+            rollback_plan: request.rollback_plan.clone(),
+            timeout_ms: request.timeout_ms,
+            request_json: serde_json::to_string(request).expect("requests serialize"),
+            fingerprint: request.fingerprint(),
+            status,
+            recommendation: None,
+            error: None,
+            error_kind: None,
+            result_json: None,
+            owner: owner.into(),
+            published_at: None,
+            inserted_at: now_ms,
+            updated_at: now_ms,
+        }
+    }
+
+    pub fn result(&self) -> Option<ExperimentResult> {
+        self.result_json
+            .as_deref()
+            .and_then(|json| serde_json::from_str(json).ok())
+    }
+
+    pub fn request(&self) -> Result<Request> {
+        Request::parse(self.request_json.as_bytes())
+            .map_err(|e| GenesisError::Internal(format!("stored request unreadable: {e}")))
+    }
+}
+
+/// The numbers of a completed experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsRow {
+    pub experiment_id: String,
+    pub metrics: Metrics,
+    pub baseline: BaselineSummary,
+    pub regressions: Vec<String>,
+    pub flaky: Vec<String>,
+    pub inserted_at: i64,
+}
+
+/// Per-test outcomes of both runs, kept so `show` can explain a verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct TestOutcomes {
+    /// (test id, outcome) of the baseline run.
+    pub baseline: Vec<(String, String)>,
+    /// (test id, outcome) of the candidate run.
+    pub candidate: Vec<(String, String)>,
+}
+
+/// What happened to a sandbox on disk or in Docker (export table `sandbox_history`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxEvent {
+    pub id: u64,
+    pub experiment_id: String,
+    /// create, cleanup, archive, export, verify, delete
+    pub operation: String,
+    pub path: String,
+    pub size_bytes: u64,
+    /// Free-form detail, e.g. the container id or why a verify failed.
+    pub detail: String,
+    pub inserted_at: i64,
+}
+
+/// What `insert_new` found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inserted {
+    /// The id was new; the record is stored.
+    New,
+    /// The id was known already; here is what the store holds.
+    Existing(Box<ExperimentRecord>),
+}
+
+/// Handle to the store; cheap to clone, shared by all tasks.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+/// Encodes a value behind the schema version.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    let mut out = SCHEMA_VERSION.to_le_bytes().to_vec();
+    let body = bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .map_err(|e| GenesisError::Internal(format!("encoding a stored value: {e}")))?;
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Decodes a value written by [`encode`], refusing versions this build does not know.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let (version, body) = bytes
+        .split_first_chunk::<4>()
+        .ok_or_else(|| GenesisError::Internal("stored value shorter than its header".into()))?;
+    let version = u32::from_le_bytes(*version);
+    if version != SCHEMA_VERSION {
+        return Err(GenesisError::Internal(format!(
+            "stored value has schema version {version}; this genesis reads version {SCHEMA_VERSION}"
+        )));
+    }
+    bincode::serde::decode_from_slice(body, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| GenesisError::Internal(format!("decoding a stored value: {e}")))
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Store {
+    /// Opens (or creates) the store, creating every table so readers never
+    /// meet a missing one.
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| GenesisError::io(format!("creating {}", dir.display()), e))?;
+        }
+        let db = Database::builder()
+            .set_concurrency_mode(ConcurrencyMode::MultiWriter)
+            .create(path)
+            .map_err(|e| store_error(path, e))?;
+        let store = Store {
+            db: Arc::new(db),
+            path: path.to_path_buf(),
+        };
+        store.init_tables()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs blocking store work on tokio's blocking pool.
+    pub async fn call<F, R>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&Store) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| GenesisError::Internal(format!("store task panicked: {e}")))?
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> GenesisError {
+        store_error(&self.path, e)
+    }
+
+    fn init_tables(&self) -> Result<()> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            txn.open_table(RECORDS).map_err(|e| self.err(e))?;
+            txn.open_table(METRICS).map_err(|e| self.err(e))?;
+            txn.open_table(HISTORY).map_err(|e| self.err(e))?;
+            txn.open_table(BY_TIME).map_err(|e| self.err(e))?;
+            txn.open_multimap_table(BY_STATUS)
+                .map_err(|e| self.err(e))?;
+            txn.open_multimap_table(HISTORY_BY_EXPERIMENT)
+                .map_err(|e| self.err(e))?;
+            txn.open_table(OUTCOMES).map_err(|e| self.err(e))?;
+            txn.open_table(BASELINES).map_err(|e| self.err(e))?;
+            txn.open_table(JOBS).map_err(|e| self.err(e))?;
+            txn.open_table(TRENDS).map_err(|e| self.err(e))?;
+            let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
+            let stored = meta
+                .get("schema_version")
+                .map_err(|e| self.err(e))?
+                .map(|v| v.value());
+            match stored {
+                None => {
+                    meta.insert("schema_version", u64::from(SCHEMA_VERSION))
+                        .map_err(|e| self.err(e))?;
+                }
+                Some(v) if v > u64::from(SCHEMA_VERSION) => {
+                    return Err(self.err(format!(
+                        "written by a newer genesis (schema {v}, this one reads {SCHEMA_VERSION})"
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    /// The schema version recorded in the file.
+    pub fn schema_version(&self) -> Result<u64> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let meta = txn.open_table(META).map_err(|e| self.err(e))?;
+        let v = meta.get("schema_version").map_err(|e| self.err(e))?;
+        Ok(v.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// Inserts a new experiment unless its id is known; atomic, so two
+    /// deliveries of one request can never both start it.
+    pub fn insert_new(&self, record: &ExperimentRecord) -> Result<Inserted> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let outcome = {
+            let mut records = txn.open_table(RECORDS).map_err(|e| self.err(e))?;
+            let existing = records
+                .get(record.experiment_id.as_str())
+                .map_err(|e| self.err(e))?
+                .map(|v| decode::<ExperimentRecord>(v.value()))
+                .transpose()?;
+            match existing {
+                Some(existing) => Inserted::Existing(Box::new(existing)),
+                None => {
+                    records
+                        .insert(record.experiment_id.as_str(), encode(record)?.as_slice())
+                        .map_err(|e| self.err(e))?;
+                    let mut by_time = txn.open_table(BY_TIME).map_err(|e| self.err(e))?;
+                    by_time
+                        .insert((record.inserted_at, record.experiment_id.as_str()), ())
+                        .map_err(|e| self.err(e))?;
+                    let mut by_status = txn
+                        .open_multimap_table(BY_STATUS)
+                        .map_err(|e| self.err(e))?;
+                    by_status
+                        .insert(record.status.as_str(), record.experiment_id.as_str())
+                        .map_err(|e| self.err(e))?;
+                    Inserted::New
+                }
+            }
+        };
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(outcome)
+    }
+
+    /// Writes a changed record, keeping the status index in step.
+    pub fn put_record(&self, record: &ExperimentRecord) -> Result<()> {
+        self.write_final(record, None, None)
+    }
+
+    /// Stores a record with, optionally, its metrics and per-test outcomes, in
+    /// one transaction: a reader never sees a completed record without metrics.
+    pub fn write_final(
+        &self,
+        record: &ExperimentRecord,
+        metrics: Option<&MetricsRow>,
+        outcomes: Option<&TestOutcomes>,
+    ) -> Result<()> {
+        let id = record.experiment_id.as_str();
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut records = txn.open_table(RECORDS).map_err(|e| self.err(e))?;
+            let old = records
+                .get(id)
+                .map_err(|e| self.err(e))?
+                .map(|v| decode::<ExperimentRecord>(v.value()))
+                .transpose()?;
+            let mut by_status = txn
+                .open_multimap_table(BY_STATUS)
+                .map_err(|e| self.err(e))?;
+            match &old {
+                Some(old) => {
+                    by_status
+                        .remove(old.status.as_str(), id)
+                        .map_err(|e| self.err(e))?;
+                }
+                None => {
+                    let mut by_time = txn.open_table(BY_TIME).map_err(|e| self.err(e))?;
+                    by_time
+                        .insert((record.inserted_at, id), ())
+                        .map_err(|e| self.err(e))?;
+                }
+            }
+            by_status
+                .insert(record.status.as_str(), id)
+                .map_err(|e| self.err(e))?;
+            records
+                .insert(id, encode(record)?.as_slice())
+                .map_err(|e| self.err(e))?;
+            if let Some(m) = metrics {
+                let mut table = txn.open_table(METRICS).map_err(|e| self.err(e))?;
+                table
+                    .insert(id, encode(m)?.as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+            if let Some(o) = outcomes {
+                let mut table = txn.open_table(OUTCOMES).map_err(|e| self.err(e))?;
+                table
+                    .insert(id, encode(o)?.as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<ExperimentRecord>> {
+        self.get_from(RECORDS, id)
+    }
+
+    pub fn metrics(&self, id: &str) -> Result<Option<MetricsRow>> {
+        self.get_from(METRICS, id)
+    }
+
+    pub fn outcomes(&self, id: &str) -> Result<Option<TestOutcomes>> {
+        self.get_from(OUTCOMES, id)
+    }
+
+    fn get_from<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(table).map_err(|e| self.err(e))?;
+        let value = table.get(key).map_err(|e| self.err(e))?;
+        value.map(|v| decode(v.value())).transpose()
+    }
+
+    fn put_into<T: Serialize>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &T,
+    ) -> Result<()> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut t = txn.open_table(table).map_err(|e| self.err(e))?;
+            t.insert(key, encode(value)?.as_slice())
+                .map_err(|e| self.err(e))?;
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    /// Experiments newest first, optionally only those in one status.
+    pub fn list(&self, status: Option<Status>, limit: usize) -> Result<Vec<ExperimentRecord>> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let by_time = txn.open_table(BY_TIME).map_err(|e| self.err(e))?;
+        let records = txn.open_table(RECORDS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for entry in by_time.iter().map_err(|e| self.err(e))?.rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, _) = entry.map_err(|e| self.err(e))?;
+            let (_, id) = key.value();
+            let Some(raw) = records.get(id).map_err(|e| self.err(e))? else {
+                continue;
+            };
+            let record: ExperimentRecord = decode(raw.value())?;
+            if status.is_none_or(|s| s == record.status) {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ids of experiments in one status (from the status index).
+    pub fn ids_with_status(&self, status: Status) -> Result<Vec<String>> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let by_status = txn
+            .open_multimap_table(BY_STATUS)
+            .map_err(|e| self.err(e))?;
+        let mut ids = Vec::new();
+        for id in by_status.get(status.as_str()).map_err(|e| self.err(e))? {
+            ids.push(id.map_err(|e| self.err(e))?.value().to_owned());
+        }
+        Ok(ids)
+    }
+
+    /// Calls `f` for every record in insertion-time order, inside one read
+    /// transaction (a consistent snapshot) without collecting them.
+    pub fn for_each_record(
+        &self,
+        since_ms: Option<i64>,
+        mut f: impl FnMut(ExperimentRecord) -> Result<()>,
+    ) -> Result<()> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let by_time = txn.open_table(BY_TIME).map_err(|e| self.err(e))?;
+        let records = txn.open_table(RECORDS).map_err(|e| self.err(e))?;
+        for entry in by_time.iter().map_err(|e| self.err(e))? {
+            let (key, _) = entry.map_err(|e| self.err(e))?;
+            let (_, id) = key.value();
+            let Some(raw) = records.get(id).map_err(|e| self.err(e))? else {
+                continue;
+            };
+            let record: ExperimentRecord = decode(raw.value())?;
+            if since_ms.is_none_or(|s| record.updated_at >= s) {
+                f(record)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `f` for every metrics row.
+    pub fn for_each_metrics(&self, mut f: impl FnMut(MetricsRow) -> Result<()>) -> Result<()> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(METRICS).map_err(|e| self.err(e))?;
+        for entry in table.iter().map_err(|e| self.err(e))? {
+            let (_, v) = entry.map_err(|e| self.err(e))?;
+            f(decode(v.value())?)?;
+        }
+        Ok(())
+    }
+
+    /// Calls `f` for every sandbox history row, oldest first.
+    pub fn for_each_history(&self, mut f: impl FnMut(SandboxEvent) -> Result<()>) -> Result<()> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(HISTORY).map_err(|e| self.err(e))?;
+        for entry in table.iter().map_err(|e| self.err(e))? {
+            let (_, v) = entry.map_err(|e| self.err(e))?;
+            f(decode(v.value())?)?;
+        }
+        Ok(())
+    }
+
+    /// Appends a sandbox history row and returns its id.
+    pub fn add_history(
+        &self,
+        experiment_id: &str,
+        operation: &str,
+        path: &str,
+        size_bytes: u64,
+        detail: &str,
+    ) -> Result<u64> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let id = {
+            let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
+            let id = meta
+                .get("next_history_id")
+                .map_err(|e| self.err(e))?
+                .map(|v| v.value())
+                .unwrap_or(1);
+            meta.insert("next_history_id", id + 1)
+                .map_err(|e| self.err(e))?;
+            let event = SandboxEvent {
+                id,
+                experiment_id: experiment_id.into(),
+                operation: operation.into(),
+                path: path.into(),
+                size_bytes,
+                detail: detail.into(),
+                inserted_at: now_ms(),
+            };
+            let mut history = txn.open_table(HISTORY).map_err(|e| self.err(e))?;
+            history
+                .insert(id, encode(&event)?.as_slice())
+                .map_err(|e| self.err(e))?;
+            let mut index = txn
+                .open_multimap_table(HISTORY_BY_EXPERIMENT)
+                .map_err(|e| self.err(e))?;
+            index.insert(experiment_id, id).map_err(|e| self.err(e))?;
+            id
+        };
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(id)
+    }
+
+    /// Sandbox history of one experiment, oldest first.
+    pub fn history(&self, experiment_id: &str) -> Result<Vec<SandboxEvent>> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let index = txn
+            .open_multimap_table(HISTORY_BY_EXPERIMENT)
+            .map_err(|e| self.err(e))?;
+        let history = txn.open_table(HISTORY).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for id in index.get(experiment_id).map_err(|e| self.err(e))? {
+            let id = id.map_err(|e| self.err(e))?.value();
+            if let Some(raw) = history.get(id).map_err(|e| self.err(e))? {
+                out.push(decode(raw.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A cached baseline run, by its cache key.
+    pub fn baseline<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        self.get_from(BASELINES, key)
+    }
+
+    pub fn put_baseline<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
+        self.put_into(BASELINES, key, value)
+    }
+
+    /// Scheduled-job state, by job name.
+    pub fn job_state<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
+        self.get_from(JOBS, name)
+    }
+
+    pub fn put_job_state<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
+        self.put_into(JOBS, name, value)
+    }
+
+    /// Analysis output, by key.
+    pub fn trend<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        self.get_from(TRENDS, key)
+    }
+
+    pub fn put_trend<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
+        self.put_into(TRENDS, key, value)
+    }
+}
+
+fn store_error(path: &Path, e: impl std::fmt::Display) -> GenesisError {
+    GenesisError::Store {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::{Changes, RiskLevel};
+
+    pub(crate) fn request(id: &str) -> Request {
+        Request {
+            experiment_id: id.into(),
+            instance_id: "inst".into(),
+            experiment_type: "refactor".into(),
+            description: "d".into(),
+            risk_level: RiskLevel::Medium,
+            estimated_impact: 0.1,
+            changes: Changes {
+                files: vec![],
+                description: String::new(),
+                patch: None,
+                patches: Default::default(),
+            },
+            rollback_plan: String::new(),
+            timeout_ms: None,
+            repo: None,
+            base_ref: None,
+            test_command: None,
+        }
+    }
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("g.redb")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn insert_is_idempotent_and_indexes_follow_updates() {
+        let (_dir, store) = open();
+        let mut rec = ExperimentRecord::new(&request("a"), Status::Queued, "h:1", 10);
+        assert_eq!(store.insert_new(&rec).unwrap(), Inserted::New);
+        assert!(matches!(
+            store.insert_new(&rec).unwrap(),
+            Inserted::Existing(_)
+        ));
+        assert_eq!(store.ids_with_status(Status::Queued).unwrap(), vec!["a"]);
+        rec.status = Status::Running;
+        store.put_record(&rec).unwrap();
+        assert!(store.ids_with_status(Status::Queued).unwrap().is_empty());
+        assert_eq!(store.ids_with_status(Status::Running).unwrap(), vec!["a"]);
+        assert_eq!(store.get("a").unwrap().unwrap().status, Status::Running);
+    }
+
+    #[test]
+    fn list_is_newest_first_and_filters() {
+        let (_dir, store) = open();
+        for (i, id) in ["x", "y", "z"].iter().enumerate() {
+            let mut rec = ExperimentRecord::new(&request(id), Status::Queued, "h", i as i64);
+            if *id == "y" {
+                rec.status = Status::Failed;
+            }
+            store.insert_new(&rec).unwrap();
+        }
+        let ids: Vec<_> = store
+            .list(None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.experiment_id)
+            .collect();
+        assert_eq!(ids, ["z", "y", "x"]);
+        let failed = store.list(Some(Status::Failed), 10).unwrap();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(store.list(None, 2).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn history_rows_get_increasing_ids() {
+        let (_dir, store) = open();
+        let a = store.add_history("e", "create", "/p", 1, "").unwrap();
+        let b = store.add_history("e", "delete", "/p", 0, "").unwrap();
+        store.add_history("other", "create", "/q", 0, "").unwrap();
+        assert!(b > a);
+        let ops: Vec<_> = store
+            .history("e")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.operation)
+            .collect();
+        assert_eq!(ops, ["create", "delete"]);
+    }
+
+    #[test]
+    fn values_carry_a_schema_version() {
+        let bytes = encode(&42u32).unwrap();
+        assert_eq!(&bytes[..4], &SCHEMA_VERSION.to_le_bytes());
+        assert_eq!(decode::<u32>(&bytes).unwrap(), 42);
+        let mut future = bytes.clone();
+        future[0] = 99;
+        assert!(decode::<u32>(&future)
+            .unwrap_err()
+            .to_string()
+            .contains("99"));
+    }
+
+    #[test]
+    fn reopening_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            let rec = ExperimentRecord::new(&request("keep"), Status::Completed, "h", 1);
+            store.insert_new(&rec).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(
+            store.get("keep").unwrap().unwrap().status,
+            Status::Completed
+        );
+        assert_eq!(store.schema_version().unwrap(), u64::from(SCHEMA_VERSION));
+    }
+}

@@ -1,0 +1,158 @@
+//! Snapshots on real git repositories: deterministic, cached by commit,
+//! symlinks kept, submodules recorded and not followed, candidate commits
+//! reproducible, and the source repository never written.
+
+mod support;
+
+use genesis::config::{Config, Env};
+use genesis::llm_calls::LlmCounter;
+use genesis::snapshot::{Owner, RepoInput, Snapshotter};
+use support::*;
+
+fn counter() -> LlmCounter {
+    let config = Config::from_layers("/unused".into(), None, &Env::default()).unwrap();
+    LlmCounter::new(&config.llm_patterns).unwrap()
+}
+
+fn entries(tarball: &std::path::Path) -> Vec<(String, tar::EntryType, Option<String>)> {
+    let file = std::fs::File::open(tarball).unwrap();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    archive
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let link = e.link_name().unwrap().map(|l| l.display().to_string());
+            (
+                e.path().unwrap().display().to_string(),
+                e.header().entry_type(),
+                link,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn snapshots_are_deterministic_cached_and_keep_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = git_repo(
+        &dir.path().join("src-repo"),
+        &[("a.py", "llm.complete('x')\n"), ("sub/b.txt", "b\n")],
+    );
+    std::os::unix::fs::symlink("sub/b.txt", repo.join("link")).unwrap();
+    // A submodule entry (gitlink) pointing at some commit.
+    let head = git(&repo, &["rev-parse", "HEAD"]);
+    git(
+        &repo,
+        &[
+            "update-index",
+            "--add",
+            "--cacheinfo",
+            &format!("160000,{},vendored", head.trim()),
+        ],
+    );
+    git(&repo, &["add", "link"]);
+    git(
+        &repo,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@localhost",
+            "commit",
+            "-q",
+            "-m",
+            "more",
+        ],
+    );
+    let before = tree_digest(&repo);
+
+    let home = dir.path().join("home");
+    let snap = Snapshotter::new(
+        &home,
+        Owner {
+            uid: 10001,
+            gid: 10001,
+        },
+    );
+    let patch = diff_for(&repo, &[("a.py", Some("print('no model')\n"))]);
+    let files = vec!["a.py".to_string()];
+    let input = RepoInput {
+        name: "app",
+        source: &repo,
+        base_ref: "HEAD",
+        patch: Some(&patch),
+        declared_files: Some(&files),
+    };
+    let first = snap.prepare(&input, "exp-1", &counter()).unwrap();
+    let bytes = std::fs::read(&first.base.tarball).unwrap();
+    let modified = std::fs::metadata(&first.base.tarball)
+        .unwrap()
+        .modified()
+        .unwrap();
+    let second = snap.prepare(&input, "exp-2", &counter()).unwrap();
+    assert_eq!(first.base, second.base);
+    assert_eq!(
+        first.candidate.commit, second.candidate.commit,
+        "same patch, same base: same candidate"
+    );
+    assert_eq!(
+        std::fs::metadata(&second.base.tarball)
+            .unwrap()
+            .modified()
+            .unwrap(),
+        modified,
+        "cache reused"
+    );
+    assert_eq!(std::fs::read(&second.base.tarball).unwrap(), bytes);
+
+    let listed = entries(&first.base.tarball);
+    let find = |p: &str| {
+        listed
+            .iter()
+            .find(|(path, _, _)| path.trim_end_matches('/') == p)
+            .cloned()
+    };
+    let (_, kind, target) = find("app/link").expect("symlink present");
+    assert_eq!(kind, tar::EntryType::Symlink);
+    assert_eq!(target.as_deref(), Some("sub/b.txt"));
+    assert_eq!(
+        find("app/vendored").expect("submodule dir").1,
+        tar::EntryType::Directory
+    );
+    assert_eq!(first.base.submodules, ["vendored"]);
+    assert!(
+        !listed
+            .iter()
+            .any(|(p, _, _)| p.starts_with("app/vendored/") && p != "app/vendored/"),
+        "submodule not followed"
+    );
+    assert_eq!((first.llm_before, first.llm_after), (1, 0));
+    assert_eq!(first.touched, ["a.py"]);
+    assert_eq!(before, tree_digest(&repo), "the source repository changed");
+}
+
+#[test]
+fn a_missing_ref_or_repo_is_an_invalid_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = git_repo(&dir.path().join("r"), &[("a", "a\n")]);
+    let snap = Snapshotter::new(&dir.path().join("home"), Owner { uid: 1, gid: 1 });
+    let mut input = RepoInput {
+        name: "r",
+        source: &repo,
+        base_ref: "no-such-branch",
+        patch: None,
+        declared_files: None,
+    };
+    let err = snap.prepare(&input, "e", &counter()).unwrap_err();
+    assert_eq!(err.kind(), genesis::contract::ErrorKind::InvalidRequest);
+    assert!(err.to_string().contains("no-such-branch"));
+    let not_a_repo = dir.path().join("plain");
+    std::fs::create_dir_all(&not_a_repo).unwrap();
+    input.source = &not_a_repo;
+    input.base_ref = "HEAD";
+    assert_eq!(
+        snap.prepare(&input, "e", &counter()).unwrap_err().kind(),
+        genesis::contract::ErrorKind::InvalidRequest
+    );
+}

@@ -1,0 +1,354 @@
+//! Helpers shared by the integration tests: a throwaway GENESIS_HOME, git
+//! repos made on the fly, the real `genesis` binary, and checks that nothing
+//! leaked (containers, files outside the home).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+
+pub mod nats;
+
+/// The binary under test.
+pub fn genesis_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_genesis")
+}
+
+/// A temp GENESIS_HOME with a config file.
+pub struct TestHome {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl TestHome {
+    /// `config` is the text of genesis.toml; it may refer to `{root}`, the
+    /// temp dir, for repo paths.
+    pub fn new(config: &str) -> TestHome {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = config.replace("{root}", &dir.path().display().to_string());
+        let path = dir.path().join("genesis.toml");
+        std::fs::write(&path, text).expect("write config");
+        TestHome { dir, config: path }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// GENESIS_HOME (a subfolder, so the repos beside it are "outside").
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(genesis_bin());
+        cmd.env("GENESIS_HOME", self.home())
+            .env("GENESIS_LOG", "warn")
+            .arg("--config")
+            .arg(&self.config)
+            .current_dir(self.root());
+        cmd
+    }
+
+    /// Runs genesis with a request on stdin.
+    pub fn run_request(&self, request: &serde_json::Value) -> Output {
+        self.run_stdin(&["run", "-"], request.to_string().as_bytes())
+    }
+
+    pub fn run_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .command()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn genesis");
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().expect("wait genesis")
+    }
+
+    pub fn run_args(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().expect("run genesis")
+    }
+
+    /// Containers labelled with this home, via the Docker API.
+    pub fn containers_left(&self) -> Vec<(String, String)> {
+        let label = genesis::runner::home_label(&self.home());
+        block_on(async {
+            let docker = genesis::sandbox::connect().await.expect("docker");
+            genesis::sandbox::labelled_containers(&docker, Some(&label), None)
+                .await
+                .expect("list containers")
+        })
+    }
+}
+
+/// Parses stdout of `genesis run` as JSON.
+pub fn result_json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}); status {:?}\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Runs a future to completion on a runtime of its own, on its own thread,
+/// so it works from plain tests and from inside `#[tokio::test]` alike.
+pub fn block_on<F>(f: F) -> F::Output
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime")
+                    .block_on(f)
+            })
+            .join()
+            .expect("block_on thread")
+    })
+}
+
+static IMAGE_LOCK: Mutex<()> = Mutex::new(());
+
+/// Makes sure a built-in image exists, building it (offline) if not.
+pub fn ensure_image(name: &str) {
+    let _guard = IMAGE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let defs = genesis::images::definitions(None).unwrap();
+    let (_, def) = defs.iter().find(|(n, _)| n == name).expect("known image");
+    let present = block_on(async {
+        let docker = genesis::sandbox::connect()
+            .await
+            .expect("docker engine reachable");
+        genesis::images::exists(&docker, &def.tag).await
+    });
+    if present {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let status = Command::new(genesis_bin())
+        .env("GENESIS_HOME", home.path())
+        .args(["images", "build", name])
+        .status()
+        .expect("run genesis images build");
+    assert!(status.success(), "genesis images build {name} failed");
+}
+
+/// Creates a git repo with the given files and one commit; returns its path.
+pub fn git_repo(path: &Path, files: &[(&str, &str)]) -> PathBuf {
+    std::fs::create_dir_all(path).unwrap();
+    for (name, content) in files {
+        let file = path.join(name);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, content).unwrap();
+    }
+    git(path, &["init", "-q", "-b", "main"]);
+    git(path, &["add", "-A"]);
+    git(
+        path,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@localhost",
+            "commit",
+            "-q",
+            "-m",
+            "init",
+        ],
+    );
+    path.to_path_buf()
+}
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    // safe.directory: some tests chown repos to another user.
+    let out = Command::new("git")
+        .args(["-c", "safe.directory=*"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A unified diff turning `repo`'s committed files into `changes`, made by
+/// git in a scratch copy so the repo itself is never touched.
+pub fn diff_for(repo: &Path, changes: &[(&str, Option<&str>)]) -> String {
+    let scratch = tempfile::tempdir().unwrap();
+    let copy = scratch.path().join("copy");
+    let out = Command::new("git")
+        .args(["clone", "-q"])
+        .arg(repo)
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    for (name, content) in changes {
+        let file = copy.join(name);
+        match content {
+            Some(text) => {
+                std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+                std::fs::write(&file, text).unwrap();
+            }
+            None => std::fs::remove_file(&file).unwrap(),
+        }
+    }
+    git(&copy, &["add", "-A"]);
+    git(&copy, &["diff", "--cached"])
+}
+
+/// Digest of every file, symlink and mode under `root` (including `.git`),
+/// to prove a directory was not modified.
+pub fn tree_digest(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+    use std::os::unix::fs::MetadataExt;
+    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let rel = path.strip_prefix(root).unwrap().display().to_string();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if meta.file_type().is_symlink() {
+            out.insert(
+                rel,
+                format!("link {}", std::fs::read_link(&path).unwrap().display()),
+            );
+        } else if meta.is_dir() {
+            out.insert(rel.clone(), format!("dir {:o}", meta.mode()));
+            walk(root, &path, out);
+        } else {
+            let bytes = std::fs::read(&path).unwrap();
+            out.insert(
+                rel,
+                format!(
+                    "file {:o} {} {:x?}",
+                    meta.mode(),
+                    bytes.len(),
+                    &bytes[..bytes.len().min(64)]
+                ) + &format!(" {}", simple_hash(&bytes)),
+            );
+        }
+    }
+}
+
+fn simple_hash(bytes: &[u8]) -> u64 {
+    // FNV-1a: enough to notice any change in a test.
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// A request with the given id, repo and patch.
+pub fn request(id: &str, risk: &str, files: &[&str], patch: &str) -> serde_json::Value {
+    serde_json::json!({
+        "experiment_id": id,
+        "instance_id": "test-instance",
+        "experiment_type": "test",
+        "description": "integration test",
+        "risk_level": risk,
+        "estimated_impact": 0.1,
+        "changes": {"files": files, "description": "", "patch": patch},
+        "rollback_plan": "none",
+        "timeout_ms": 120000
+    })
+}
+
+/// A `genesis serve` process; killed (by PID) on drop if still running.
+pub struct ServeProcess {
+    pub child: Option<std::process::Child>,
+    /// Log lines from stderr, as they arrive.
+    pub lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl ServeProcess {
+    /// Starts `genesis serve` and waits for its "genesis ready" log line.
+    pub fn start(home: &TestHome, nats_url: &str) -> ServeProcess {
+        use std::io::BufRead;
+        let mut child = home
+            .command()
+            .env("GENESIS_NATS_URL", nats_url)
+            .env("GENESIS_LOG", "info")
+            .arg("serve")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn genesis serve");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let serve = ServeProcess {
+            child: Some(child),
+            lines: rx,
+        };
+        serve.wait_for_line("genesis ready", std::time::Duration::from_secs(60));
+        serve
+    }
+
+    /// Blocks until a stderr line contains `needle`; panics with the log on timeout.
+    pub fn wait_for_line(&self, needle: &str, timeout: std::time::Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => panic!(
+                    "no log line with {needle:?} within {timeout:?}; log:\n{}",
+                    seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on the child this test spawned.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.take().expect("running").wait().unwrap()
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
