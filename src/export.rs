@@ -1,27 +1,573 @@
-//! TEMPORARY STUB until the export module lands.
-use crate::errors::Result;
-use crate::store::Store;
+//! `genesis export`: the store as a PostgreSQL-loadable SQL file or as CSV.
+//!
+//! The SQL file is one transaction that `psql -v ON_ERROR_STOP=1 -f` loads
+//! into an empty database or over an earlier load:
+//! 1. `CREATE TABLE IF NOT EXISTS` per table, then `ADD COLUMN IF NOT EXISTS`
+//!    per column, so a newer export also loads over an older schema;
+//! 2. per table, `COPY` (text format) into a temporary table, then
+//!    `INSERT … ON CONFLICT DO UPDATE` into the real one: loading the same
+//!    export twice, or a newer one over an older one, never fails and never
+//!    duplicates a row. Records only move forward: a row is replaced only
+//!    by one with the same or a later `updated_at`.
+//!
+//! COPY text escaping (the part that must survive anything a test log
+//! holds): `\` `\n` `\r` `\t` are backslash-escaped, NULL is `\N` (so a
+//! literal `\N` in data becomes `\\N`), NUL bytes are dropped because
+//! PostgreSQL text cannot hold them, and jsonb values have NULs removed from
+//! their strings before the COPY escaping is applied on top of JSON's.
+//! Timestamps are always written with an explicit `+00` offset so the load
+//! does not depend on the server's time zone.
+//!
+//! Streaming: rows go from a redb read transaction straight to a buffered
+//! writer, one at a time; memory does not grow with the number of rows.
+//!
+//! `--since` keeps rows whose own time is at or after the instant: a
+//! record's `updated_at`, a metrics row's and a history row's `inserted_at`.
+
+use std::borrow::Cow;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use crate::errors::{GenesisError, Result};
+use crate::store::{ExperimentRecord, MetricsRow, SandboxEvent, Store};
+
+/// How many rows of each table an export wrote.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ExportCounts {
     pub records: u64,
     pub metrics: u64,
     pub history: u64,
 }
-pub fn write_sql<W: std::io::Write>(
-    _store: &Store,
-    _out: W,
-    _since_ms: Option<i64>,
-) -> Result<ExportCounts> {
-    Err(crate::errors::GenesisError::Internal(
-        "export not yet implemented".into(),
-    ))
+
+/// One column of an exported table.
+struct Column {
+    name: &'static str,
+    sql_type: &'static str,
 }
-pub fn write_csv(
-    _store: &Store,
-    _dir: &std::path::Path,
-    _since_ms: Option<i64>,
-) -> Result<ExportCounts> {
-    Err(crate::errors::GenesisError::Internal(
-        "export not yet implemented".into(),
-    ))
+
+const fn col(name: &'static str, sql_type: &'static str) -> Column {
+    Column { name, sql_type }
+}
+
+/// An exported table: its columns, in the order rows are written.
+struct Table {
+    name: &'static str,
+    key: &'static str,
+    columns: &'static [Column],
+    /// Extra condition on the upsert (records only move forward).
+    update_when: Option<&'static str>,
+}
+
+const RECORDS: Table = Table {
+    name: "experiment_records",
+    key: "experiment_id",
+    columns: &[
+        col("experiment_id", "text NOT NULL"),
+        col("instance_id", "text"),
+        col("experiment_type", "text"),
+        col("description", "text"),
+        col("risk_level", "text"),
+        col("estimated_impact", "double precision"),
+        col("changes", "jsonb"),
+        col("rollback_plan", "text"),
+        col("timeout_ms", "bigint"),
+        col("status", "text"),
+        col("recommendation", "text"),
+        col("error", "text"),
+        col("error_kind", "text"),
+        col("result", "jsonb"),
+        col("inserted_at", "timestamptz"),
+        col("updated_at", "timestamptz"),
+    ],
+    update_when: Some("experiment_records.updated_at <= EXCLUDED.updated_at"),
+};
+
+const METRICS: Table = Table {
+    name: "experiment_metrics",
+    key: "experiment_id",
+    columns: &[
+        col("experiment_id", "text NOT NULL"),
+        col("success_rate", "double precision"),
+        col("llm_reduction", "double precision"),
+        col("regression", "double precision"),
+        col("runtime_ms", "bigint"),
+        col("test_count", "bigint"),
+        col("failures", "bigint"),
+        col("memory_peak_mb", "double precision"),
+        col("cpu_usage_percent", "double precision"),
+        col("io_operations", "bigint"),
+        col("performance_delta", "double precision"),
+        col("code_coverage_percent", "double precision"),
+        col("complexity_change", "double precision"),
+        col("baseline_test_count", "bigint"),
+        col("baseline_failures", "bigint"),
+        col("baseline_runtime_ms", "bigint"),
+        col("regressions", "jsonb"),
+        col("flaky", "jsonb"),
+        col("inserted_at", "timestamptz"),
+    ],
+    update_when: None,
+};
+
+const HISTORY: Table = Table {
+    name: "sandbox_history",
+    key: "id",
+    columns: &[
+        col("id", "bigint NOT NULL"),
+        col("experiment_id", "text"),
+        col("operation", "text"),
+        col("path", "text"),
+        col("size_bytes", "bigint"),
+        col("detail", "text"),
+        col("inserted_at", "timestamptz"),
+    ],
+    update_when: None,
+};
+
+const TABLES: [&Table; 3] = [&RECORDS, &METRICS, &HISTORY];
+
+/// One value of a row, before it is encoded for COPY or CSV.
+#[derive(Debug, Clone, PartialEq)]
+enum Field<'a> {
+    Null,
+    Text(&'a str),
+    /// JSON text, made jsonb-safe (no `\u0000`) when written.
+    Json(Cow<'a, str>),
+    Int(u64),
+    Float(f64),
+    /// Unix milliseconds.
+    Time(i64),
+}
+
+fn record_fields(r: &ExperimentRecord) -> Vec<Field<'_>> {
+    use Field::*;
+    vec![
+        Text(&r.experiment_id),
+        Text(&r.instance_id),
+        Text(&r.experiment_type),
+        Text(&r.description),
+        Text(&r.risk_level),
+        Float(r.estimated_impact),
+        Json(Cow::Borrowed(&r.changes_json)),
+        Text(&r.rollback_plan),
+        r.timeout_ms.map_or(Null, Int),
+        Text(r.status.as_str()),
+        r.recommendation.as_deref().map_or(Null, Text),
+        r.error.as_deref().map_or(Null, Text),
+        r.error_kind.as_deref().map_or(Null, Text),
+        r.result_json
+            .as_deref()
+            .map_or(Null, |j| Json(Cow::Borrowed(j))),
+        Time(r.inserted_at),
+        Time(r.updated_at),
+    ]
+}
+
+fn metrics_fields(m: &MetricsRow) -> Vec<Field<'_>> {
+    use Field::*;
+    let x = &m.metrics;
+    vec![
+        Text(&m.experiment_id),
+        Float(x.success_rate),
+        Float(x.llm_reduction),
+        Float(x.regression),
+        Int(x.runtime_ms),
+        Int(x.test_count),
+        Int(x.failures),
+        Float(x.memory_peak_mb),
+        Float(x.cpu_usage_percent),
+        Int(x.io_operations),
+        Float(x.performance_delta),
+        x.code_coverage_percent.map_or(Null, Float),
+        x.complexity_change.map_or(Null, Float),
+        Int(m.baseline.test_count),
+        Int(m.baseline.failures),
+        Int(m.baseline.runtime_ms),
+        Json(Cow::Owned(json_list(&m.regressions))),
+        Json(Cow::Owned(json_list(&m.flaky))),
+        Time(m.inserted_at),
+    ]
+}
+
+fn history_fields(h: &SandboxEvent) -> Vec<Field<'_>> {
+    use Field::*;
+    vec![
+        Int(h.id),
+        Text(&h.experiment_id),
+        Text(&h.operation),
+        Text(&h.path),
+        Int(h.size_bytes),
+        Text(&h.detail),
+        Time(h.inserted_at),
+    ]
+}
+
+fn json_list(items: &[String]) -> String {
+    serde_json::to_string(items).expect("a list of strings serializes")
+}
+
+/// Writes the whole SQL export to `out`.
+pub fn write_sql<W: Write>(store: &Store, out: W, since_ms: Option<i64>) -> Result<ExportCounts> {
+    let mut out = BufWriter::with_capacity(1 << 16, out);
+    let mut counts = ExportCounts::default();
+    let io = |e: std::io::Error| GenesisError::io("writing the SQL export", e);
+    writeln!(
+        out,
+        "-- genesis export (PostgreSQL); load with: psql -v ON_ERROR_STOP=1 -f FILE"
+    )
+    .map_err(io)?;
+    writeln!(out, "SET client_encoding = 'UTF8';\nBEGIN;").map_err(io)?;
+    for table in TABLES {
+        write_ddl(&mut out, table).map_err(io)?;
+    }
+    copy_block(&mut out, &RECORDS, &mut counts.records, |emit| {
+        store.for_each_record(since_ms, |r| emit(&record_fields(&r)))
+    })?;
+    copy_block(&mut out, &METRICS, &mut counts.metrics, |emit| {
+        store.for_each_metrics(|m| match since_ms {
+            Some(s) if m.inserted_at < s => Ok(()),
+            _ => emit(&metrics_fields(&m)),
+        })
+    })?;
+    copy_block(&mut out, &HISTORY, &mut counts.history, |emit| {
+        store.for_each_history(|h| match since_ms {
+            Some(s) if h.inserted_at < s => Ok(()),
+            _ => emit(&history_fields(&h)),
+        })
+    })?;
+    writeln!(out, "COMMIT;").map_err(io)?;
+    out.flush().map_err(io)?;
+    Ok(counts)
+}
+
+/// `CREATE TABLE IF NOT EXISTS` plus `ADD COLUMN IF NOT EXISTS` per column.
+fn write_ddl(out: &mut impl Write, table: &Table) -> std::io::Result<()> {
+    write!(out, "{}", ddl(table))
+}
+
+fn ddl(table: &Table) -> String {
+    let mut sql = format!("CREATE TABLE IF NOT EXISTS {} (\n", table.name);
+    for c in table.columns {
+        sql.push_str(&format!("    {} {},\n", c.name, c.sql_type));
+    }
+    sql.push_str(&format!("    PRIMARY KEY ({})\n);\n", table.key));
+    for c in table.columns {
+        let sql_type = c.sql_type.trim_end_matches(" NOT NULL");
+        sql.push_str(&format!(
+            "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {sql_type};\n",
+            table.name, c.name
+        ));
+    }
+    sql
+}
+
+/// A COPY into a temporary table, then the upsert into the real one.
+/// `rows` calls its argument once per row.
+fn copy_block<W: Write>(
+    out: &mut W,
+    table: &Table,
+    count: &mut u64,
+    rows: impl FnOnce(&mut dyn FnMut(&[Field]) -> Result<()>) -> Result<()>,
+) -> Result<()> {
+    let io = |e: std::io::Error| GenesisError::io("writing the SQL export", e);
+    let temp = format!("genesis_import_{}", table.name);
+    let names = column_names(table);
+    writeln!(
+        out,
+        "CREATE TEMP TABLE {temp} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP;\nCOPY {temp} ({names}) FROM stdin;",
+        table.name
+    )
+    .map_err(io)?;
+    let mut line = String::new();
+    rows(&mut |fields| {
+        line.clear();
+        for (i, field) in fields.iter().enumerate() {
+            if i > 0 {
+                line.push('\t');
+            }
+            push_copy_field(&mut line, field);
+        }
+        line.push('\n');
+        *count += 1;
+        out.write_all(line.as_bytes()).map_err(io)
+    })?;
+    writeln!(out, "\\.\n{}", upsert(table, &temp)).map_err(io)
+}
+
+fn column_names(table: &Table) -> String {
+    table
+        .columns
+        .iter()
+        .map(|c| c.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn upsert(table: &Table, temp: &str) -> String {
+    let names = column_names(table);
+    let updates = table
+        .columns
+        .iter()
+        .filter(|c| c.name != table.key)
+        .map(|c| format!("{0} = EXCLUDED.{0}", c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let condition = table
+        .update_when
+        .map(|w| format!(" WHERE {w}"))
+        .unwrap_or_default();
+    format!(
+        "INSERT INTO {} ({names}) SELECT {names} FROM {temp}\n    ON CONFLICT ({}) DO UPDATE SET {updates}{condition};",
+        table.name, table.key
+    )
+}
+
+/// Appends one field in COPY text format.
+fn push_copy_field(line: &mut String, field: &Field) {
+    match field {
+        Field::Null => line.push_str("\\N"),
+        Field::Text(s) => push_copy_escaped(line, s),
+        Field::Json(j) => push_copy_escaped(line, &jsonb_safe(j)),
+        other => line.push_str(&plain_value(other)),
+    }
+}
+
+fn push_copy_escaped(line: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '\\' => line.push_str("\\\\"),
+            '\n' => line.push_str("\\n"),
+            '\r' => line.push_str("\\r"),
+            '\t' => line.push_str("\\t"),
+            '\0' => {}
+            c => line.push(c),
+        }
+    }
+}
+
+/// Numbers and timestamps, the same in COPY and CSV.
+fn plain_value(field: &Field) -> String {
+    match field {
+        // bigint is signed; no real count or duration comes near the limit.
+        Field::Int(n) => (*n).min(i64::MAX as u64).to_string(),
+        Field::Float(x) => float_text(*x),
+        Field::Time(ms) => timestamp_text(*ms),
+        Field::Null | Field::Text(_) | Field::Json(_) => unreachable!("not a plain value"),
+    }
+}
+
+/// Rust prints the shortest text that reads back as the same f64, which
+/// PostgreSQL parses exactly; only the non-finite values need its spelling.
+fn float_text(x: f64) -> String {
+    if x.is_nan() {
+        "NaN".into()
+    } else if x.is_infinite() {
+        if x > 0.0 { "Infinity" } else { "-Infinity" }.into()
+    } else {
+        x.to_string()
+    }
+}
+
+/// `2026-11-24 11:44:02.123+00`; always with the offset.
+fn timestamp_text(ms: i64) -> String {
+    match chrono::DateTime::from_timestamp_millis(ms) {
+        Some(t) => t.format("%Y-%m-%d %H:%M:%S%.3f+00").to_string(),
+        None => "1970-01-01 00:00:00+00".into(),
+    }
+}
+
+/// jsonb cannot hold `\u0000`; drop NULs from every string and key.
+fn jsonb_safe(json: &str) -> Cow<'_, str> {
+    if !json.contains("\\u0000") {
+        return Cow::Borrowed(json);
+    }
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(mut value) => {
+            strip_nul(&mut value);
+            Cow::Owned(value.to_string())
+        }
+        // Not JSON after all (cannot happen for what genesis stores); keep
+        // the load going with the text as a JSON string.
+        Err(_) => Cow::Owned(serde_json::Value::String(json.replace('\0', "")).to_string()),
+    }
+}
+
+fn strip_nul(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.retain(|c| c != '\0'),
+        Value::Array(items) => items.iter_mut().for_each(strip_nul),
+        Value::Object(map) => {
+            let entries = std::mem::take(map);
+            for (mut key, mut v) in entries {
+                key.retain(|c| c != '\0');
+                strip_nul(&mut v);
+                map.insert(key, v);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Writes one RFC 4180 CSV per table into `dir`, plus `schema.sql` with the
+/// tables' DDL, so `\copy TABLE FROM 'DIR/TABLE.csv' csv header` loads them.
+pub fn write_csv(store: &Store, dir: &Path, since_ms: Option<i64>) -> Result<ExportCounts> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| GenesisError::io(format!("creating {}", dir.display()), e))?;
+    let schema: String = TABLES.iter().map(|t| ddl(t)).collect();
+    let schema_path = dir.join("schema.sql");
+    std::fs::write(&schema_path, schema)
+        .map_err(|e| GenesisError::io(format!("writing {}", schema_path.display()), e))?;
+    let mut counts = ExportCounts::default();
+    counts.records = csv_file(dir, &RECORDS, |emit| {
+        store.for_each_record(since_ms, |r| emit(&record_fields(&r)))
+    })?;
+    counts.metrics = csv_file(dir, &METRICS, |emit| {
+        store.for_each_metrics(|m| match since_ms {
+            Some(s) if m.inserted_at < s => Ok(()),
+            _ => emit(&metrics_fields(&m)),
+        })
+    })?;
+    counts.history = csv_file(dir, &HISTORY, |emit| {
+        store.for_each_history(|h| match since_ms {
+            Some(s) if h.inserted_at < s => Ok(()),
+            _ => emit(&history_fields(&h)),
+        })
+    })?;
+    Ok(counts)
+}
+
+fn csv_file(
+    dir: &Path,
+    table: &Table,
+    rows: impl FnOnce(&mut dyn FnMut(&[Field]) -> Result<()>) -> Result<()>,
+) -> Result<u64> {
+    let path = dir.join(format!("{}.csv", table.name));
+    let io = |e: std::io::Error| GenesisError::io(format!("writing {}", path.display()), e);
+    let file = File::create(&path).map_err(io)?;
+    let mut out = BufWriter::with_capacity(1 << 16, file);
+    let header: Vec<&str> = table.columns.iter().map(|c| c.name).collect();
+    write!(out, "{}\r\n", header.join(",")).map_err(io)?;
+    let mut count = 0;
+    let mut line = String::new();
+    rows(&mut |fields| {
+        line.clear();
+        for (i, field) in fields.iter().enumerate() {
+            if i > 0 {
+                line.push(',');
+            }
+            push_csv_field(&mut line, field);
+        }
+        line.push_str("\r\n");
+        count += 1;
+        out.write_all(line.as_bytes()).map_err(io)
+    })?;
+    out.flush().map_err(io)?;
+    Ok(count)
+}
+
+/// RFC 4180; an unquoted empty field is NULL to PostgreSQL, so every text
+/// value is quoted (an empty string stays an empty string).
+fn push_csv_field(line: &mut String, field: &Field) {
+    match field {
+        Field::Null => {}
+        Field::Text(s) => push_csv_quoted(line, s),
+        Field::Json(j) => push_csv_quoted(line, &jsonb_safe(j)),
+        other => line.push_str(&plain_value(other)),
+    }
+}
+
+fn push_csv_quoted(line: &mut String, text: &str) {
+    line.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => line.push_str("\"\""),
+            '\0' => {}
+            c => line.push(c),
+        }
+    }
+    line.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy(field: Field) -> String {
+        let mut s = String::new();
+        push_copy_field(&mut s, &field);
+        s
+    }
+
+    fn csv(field: Field) -> String {
+        let mut s = String::new();
+        push_csv_field(&mut s, &field);
+        s
+    }
+
+    #[test]
+    fn copy_text_escapes_what_copy_reads_specially() {
+        assert_eq!(copy(Field::Text("a\tb\nc\rd\\e")), "a\\tb\\nc\\rd\\\\e");
+        assert_eq!(copy(Field::Text("\\N")), "\\\\N");
+        assert_eq!(copy(Field::Null), "\\N");
+        assert_eq!(copy(Field::Text("nul\0byte")), "nulbyte");
+        assert_eq!(copy(Field::Text("ü 😀 'q' \"d\"")), "ü 😀 'q' \"d\"");
+    }
+
+    #[test]
+    fn jsonb_gets_copy_escaping_on_top_of_json_and_loses_nul() {
+        let json = serde_json::json!({"a\u{0}b": "x\u{0}y\n\\"}).to_string();
+        assert_eq!(copy(Field::Json(Cow::Owned(json))), r#"{"ab":"xy\\n\\\\"}"#);
+    }
+
+    #[test]
+    fn numbers_and_times_are_exact_and_carry_an_offset() {
+        assert_eq!(copy(Field::Float(0.1)), "0.1");
+        assert_eq!(copy(Field::Float(f64::NAN)), "NaN");
+        assert_eq!(copy(Field::Float(f64::NEG_INFINITY)), "-Infinity");
+        assert_eq!(copy(Field::Int(u64::MAX)), i64::MAX.to_string());
+        assert_eq!(
+            copy(Field::Time(1_764_000_000_123)),
+            "2025-11-24 16:00:00.123+00"
+        );
+    }
+
+    #[test]
+    fn csv_quotes_text_so_empty_is_not_null() {
+        assert_eq!(csv(Field::Text("")), "\"\"");
+        assert_eq!(csv(Field::Null), "");
+        assert_eq!(csv(Field::Text("a,\"b\"\r\nc")), "\"a,\"\"b\"\"\r\nc\"");
+        assert_eq!(csv(Field::Int(3)), "3");
+    }
+
+    #[test]
+    fn upsert_moves_records_forward_only() {
+        let sql = upsert(&RECORDS, "t");
+        assert!(sql.contains(
+            "ON CONFLICT (experiment_id) DO UPDATE SET instance_id = EXCLUDED.instance_id"
+        ));
+        assert!(sql.ends_with("WHERE experiment_records.updated_at <= EXCLUDED.updated_at;"));
+        assert!(!sql.contains("experiment_id = EXCLUDED.experiment_id"));
+    }
+
+    #[test]
+    fn every_row_has_one_field_per_column() {
+        let request = crate::contract::Request::parse(
+            br#"{"experiment_id":"e","instance_id":"i","experiment_type":"t","risk_level":"low","changes":{"files":[],"patch":""}}"#,
+        )
+        .unwrap();
+        let r = ExperimentRecord::new(&request, crate::store::Status::Queued, "h:1", 0);
+        assert_eq!(record_fields(&r).len(), RECORDS.columns.len());
+        let h = SandboxEvent {
+            id: 1,
+            experiment_id: "e".into(),
+            operation: "create".into(),
+            path: "/p".into(),
+            size_bytes: 0,
+            detail: String::new(),
+            inserted_at: 0,
+        };
+        assert_eq!(history_fields(&h).len(), HISTORY.columns.len());
+    }
 }

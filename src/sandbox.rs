@@ -12,9 +12,12 @@
 //!    sandbox user) and the snapshot tarballs through the archive API *before*
 //!    start: no host path is ever bind-mounted, and an upload into a running
 //!    container's tmpfs would silently miss it.
-//! 3. **attach, start, wait** with the effective timeout; stats are streamed
-//!    meanwhile for peak memory, CPU and I/O.
-//! 4. **inspect** for `OOMKilled` and the engine's own start/finish times.
+//! 3. **start, exec, wait**: the container's own process idles; the suite
+//!    runs as an attached exec in the same cgroup, waited for with the
+//!    effective timeout. Stats are read once before, streamed during and
+//!    read once after the suite, while the cgroup still exists, so the
+//!    cumulative counters are exact however short the run.
+//! 4. **kill, inspect** for `OOMKilled`.
 //! 5. **download** `/genesis/out` after the container stopped; only regular
 //!    files with plain relative names are kept, symlinks and the like are
 //!    dropped unread (a container-made symlink must never be followed).
@@ -29,13 +32,14 @@ use std::time::{Duration, Instant};
 
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
+use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::{
-    ContainerCreateBody, ContainerStatsResponse, HostConfig, HostConfigLogConfig,
+    ContainerCreateBody, ContainerStatsResponse, ExecConfig, HostConfig, HostConfigLogConfig,
 };
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, DownloadFromContainerOptions,
-    KillContainerOptions, ListContainersOptions, RemoveContainerOptions, StatsOptions,
-    UploadToContainerOptions, WaitContainerOptions,
+    CreateContainerOptions, DownloadFromContainerOptions, KillContainerOptions,
+    ListContainersOptions, RemoveContainerOptions, StatsOptions, UploadToContainerOptions,
+    WaitContainerOptions,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -60,6 +64,29 @@ if [ -n "$GENESIS_SETUP" ]; then
   if [ "$s" -ne 0 ]; then echo "genesis: setup command failed with exit status $s" >&2; exit "$s"; fi
 fi
 exec sh -c "$GENESIS_TEST""#;
+
+/// The container's own process: sleeps until the container is killed.
+const IDLE: &str = "exec sleep 2147483647";
+
+/// The exec that runs the suite, as the sandbox user.
+pub fn exec_config(spec: &SandboxSpec) -> ExecConfig {
+    ExecConfig {
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        tty: Some(false),
+        cmd: Some(vec!["sh".into(), "-c".into(), WRAPPER.into()]),
+        env: Some(vec![
+            format!("GENESIS_WORKDIR=/workspace/{}", spec.repo),
+            format!("GENESIS_SETUP={}", spec.setup_command),
+            format!("GENESIS_TEST={}", spec.test_command),
+            "HOME=/tmp".into(),
+        ]),
+        user: Some(spec.user.clone()),
+        working_dir: Some("/".into()),
+        privileged: Some(false),
+        ..Default::default()
+    }
+}
 
 /// Connects to the engine named by `DOCKER_HOST` (or the local socket) and
 /// agrees on an API version both sides speak.
@@ -218,16 +245,12 @@ pub fn container_config(spec: &SandboxSpec) -> ContainerCreateBody {
         image: Some(spec.image.clone()),
         user: Some(spec.user.clone()),
         working_dir: Some("/".into()),
-        cmd: Some(vec!["sh".into(), "-c".into(), WRAPPER.into()]),
-        env: Some(vec![
-            format!("GENESIS_WORKDIR=/workspace/{}", spec.repo),
-            format!("GENESIS_SETUP={}", spec.setup_command),
-            format!("GENESIS_TEST={}", spec.test_command),
-            "HOME=/tmp".into(),
-        ]),
+        // Idles until killed; the suite runs as an exec (see `Sandbox::run`).
+        cmd: Some(vec!["sh".into(), "-c".into(), IDLE.into()]),
+        env: Some(vec!["HOME=/tmp".into()]),
         network_disabled: Some(!spec.limits.network),
-        attach_stdout: Some(true),
-        attach_stderr: Some(true),
+        attach_stdout: Some(false),
+        attach_stderr: Some(false),
         tty: Some(false),
         labels: Some(labels),
         host_config: Some(host),
@@ -554,84 +577,112 @@ impl Sandbox {
         self.upload("/", bytes).await
     }
 
-    /// Starts the container and waits for it, streaming output into `log`
-    /// and stats into the accumulator, killing it at `timeout`.
+    /// Starts the container, runs the suite in it as an exec and waits for
+    /// that, streaming output into `log`, killing everything at `timeout`.
+    ///
+    /// The container's own process only idles; the suite runs as an exec in
+    /// the same cgroup. That keeps the cgroup alive after the suite ends, so
+    /// one last stats read gets its cumulative counters (CPU time, I/O, and
+    /// on cgroup v1 the kernel's memory high-water mark) exactly, even for a
+    /// suite shorter than the engine's one-second sampling interval.
     pub async fn run(&self, timeout: Duration, log: CappedLog) -> Result<RunOutcome> {
-        let attach = self
-            .docker
-            .attach_container(
-                &self.id,
-                Some(AttachContainerOptions {
-                    stream: true,
-                    stdout: true,
-                    stderr: true,
-                    // Attached before start, so nothing is missed.
-                    logs: false,
-                    ..Default::default()
-                }),
-            )
-            .await
-            .map_err(|e| GenesisError::sandbox(format!("attaching to {}", self.name), e))?;
-        let log_task = tokio::spawn(pump_output(attach.output, log));
-
-        let started = Instant::now();
         self.docker
             .start_container(&self.id, None)
             .await
             .map_err(|e| GenesisError::sandbox(format!("starting {}", self.name), e))?;
+        let mut acc = StatsAccumulator::default();
+        if let Some(first) = self.stats_once().await {
+            acc.add(&first);
+        }
         let (stop_stats, stats_stopped) = tokio::sync::oneshot::channel();
         let stats_task = tokio::spawn(collect_stats(
             self.docker.clone(),
             self.id.clone(),
+            acc,
             stats_stopped,
         ));
 
-        let mut wait = self.docker.wait_container(
-            &self.id,
-            Some(WaitContainerOptions {
-                condition: "not-running".into(),
-            }),
-        );
-        let (exit_code, timed_out) = match tokio::time::timeout(timeout, wait.next()).await {
-            Ok(Some(Ok(resp))) => (resp.status_code, false),
-            // A non-zero exit is a normal failed suite, not an engine error.
-            Ok(Some(Err(DockerError::DockerContainerWaitError { code, .. }))) => (code, false),
-            Ok(Some(Err(e))) => {
-                return Err(GenesisError::sandbox(
-                    format!("waiting for {}", self.name),
-                    e,
-                ))
-            }
-            Ok(None) => {
-                return Err(GenesisError::sandbox(
-                    format!("waiting for {}", self.name),
-                    "wait stream ended",
-                ))
-            }
+        let exec = self.start_suite().await?;
+        let started = Instant::now();
+        let mut log_task = tokio::spawn(pump_output(exec.output, log));
+        // The output stream ends when the suite's process exits.
+        let (pumped, timed_out) = match tokio::time::timeout(timeout, &mut log_task).await {
+            Ok(pumped) => (pumped, false),
             Err(_) => {
                 self.kill().await?;
-                (137, true)
+                (log_task.await, true)
             }
         };
-        let wall_ms = started.elapsed().as_millis() as u64;
-        // The engine keeps a stats stream open on a stopped container, so the
-        // end of the run is what ends the sampling.
+        let runtime_ms = started.elapsed().as_millis() as u64;
+        let log = pumped.map_err(|e| GenesisError::Internal(format!("log pump: {e}")))??;
+        let exit_code = if timed_out {
+            137
+        } else {
+            self.exec_exit_code(&exec.id).await?
+        };
+        let last = self.stats_once().await;
         let _ = stop_stats.send(());
-        let log = log_task
-            .await
-            .map_err(|e| GenesisError::Internal(format!("log pump: {e}")))??;
-        let resources = stats_task
+        let mut acc = stats_task
             .await
             .map_err(|e| GenesisError::Internal(format!("stats task: {e}")))?;
-        let (oom_killed, engine_ms) = self.inspect_end().await?;
+        if let Some(last) = last {
+            acc.add(&last);
+        }
+        self.kill().await?;
+        let oom_killed = self.inspect_oom().await?;
         Ok(RunOutcome {
             exit_code,
             timed_out,
             oom_killed,
-            runtime_ms: engine_ms.unwrap_or(wall_ms),
-            resources,
+            runtime_ms,
+            resources: acc.finish(),
             log,
         })
+    }
+
+    /// Starts the wrapper (setup, then tests) as an attached exec.
+    async fn start_suite(&self) -> Result<StartedExec> {
+        let what = format!("starting the test command in {}", self.name);
+        let created = self
+            .docker
+            .create_exec(&self.id, exec_config(&self.spec))
+            .await
+            .map_err(|e| GenesisError::sandbox(&what, e))?;
+        let started = self
+            .docker
+            .start_exec(&created.id, None::<StartExecOptions>)
+            .await
+            .map_err(|e| GenesisError::sandbox(&what, e))?;
+        match started {
+            StartExecResults::Attached { output, .. } => Ok(StartedExec {
+                id: created.id,
+                output,
+            }),
+            StartExecResults::Detached => Err(GenesisError::sandbox(what, "exec was detached")),
+        }
+    }
+
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<i64> {
+        let info = self.docker.inspect_exec(exec_id).await.map_err(|e| {
+            GenesisError::sandbox(format!("reading the exit status in {}", self.name), e)
+        })?;
+        Ok(info.exit_code.unwrap_or(-1))
+    }
+
+    /// One stats reading, without the engine's one-second wait for a
+    /// previous sample; `None` when the container has no cgroup any more.
+    async fn stats_once(&self) -> Option<ContainerStatsResponse> {
+        let mut stream = self.docker.stats(
+            &self.id,
+            Some(StatsOptions {
+                stream: false,
+                one_shot: true,
+            }),
+        );
+        match stream.next().await {
+            Some(Ok(s)) if has_memory_figures(&s) => Some(s),
+            _ => None,
+        }
     }
 
     async fn kill(&self) -> Result<()> {
@@ -660,23 +711,14 @@ impl Sandbox {
         Ok(())
     }
 
-    /// `OOMKilled`, and the runtime by the engine's own clock.
-    async fn inspect_end(&self) -> Result<(bool, Option<u64>)> {
+    /// Whether the engine saw the kernel's OOM killer act in the container.
+    async fn inspect_oom(&self) -> Result<bool> {
         let info = self
             .docker
             .inspect_container(&self.id, None)
             .await
             .map_err(|e| GenesisError::sandbox(format!("inspecting {}", self.name), e))?;
-        let state = info.state.unwrap_or_default();
-        let parse = |t: &Option<String>| {
-            t.as_deref()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        };
-        let runtime = match (parse(&state.started_at), parse(&state.finished_at)) {
-            (Some(a), Some(b)) if b >= a => Some((b - a).num_milliseconds() as u64),
-            _ => None,
-        };
-        Ok((state.oom_killed.unwrap_or(false), runtime))
+        Ok(info.state.and_then(|s| s.oom_killed).unwrap_or(false))
     }
 
     /// Downloads `/genesis/out` (after the container stopped) into `dest`,
@@ -836,12 +878,14 @@ async fn pump_output(
     log.finish()
 }
 
+/// Samples the stats stream until told to stop; on cgroup v2 the samples'
+/// maximum is the only memory peak there is.
 async fn collect_stats(
     docker: Docker,
     id: String,
+    mut acc: StatsAccumulator,
     mut stop: tokio::sync::oneshot::Receiver<()>,
-) -> Resources {
-    let mut acc = StatsAccumulator::default();
+) -> StatsAccumulator {
     let mut stream = docker.stats(
         &id,
         Some(StatsOptions {
@@ -853,14 +897,26 @@ async fn collect_stats(
         tokio::select! {
             _ = &mut stop => break,
             sample = stream.next() => match sample {
-                // A stopped container reports samples without memory figures.
-                Some(Ok(s)) if s.memory_stats.as_ref().and_then(|m| m.usage).is_some() => acc.add(&s),
+                Some(Ok(s)) if has_memory_figures(&s) => acc.add(&s),
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => break,
             },
         }
     }
-    acc.finish()
+    acc
+}
+
+/// A stopped container reports samples without memory figures.
+fn has_memory_figures(s: &ContainerStatsResponse) -> bool {
+    s.memory_stats.as_ref().and_then(|m| m.usage).is_some()
+}
+
+/// The suite's exec: its id (for the exit status) and its output.
+struct StartedExec {
+    id: String,
+    output: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = std::result::Result<LogOutput, DockerError>> + Send>,
+    >,
 }
 
 /// Extracts only regular files with plain relative paths from a tar made by

@@ -234,8 +234,13 @@ impl Snapshotter {
         let mut submodules = Vec::new();
         collect_submodules(&tree, "", &mut submodules, repo)?;
         if !tarball.exists() {
+            // Unique per writer: two experiments of one process (or two
+            // processes sharing a home) may pack the same commit at once;
+            // each writes its own file and the last rename wins harmlessly.
+            static WRITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let writer = WRITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let tmp = dir.join(format!(
-                ".{commit}-{}.{}.tmp",
+                ".{commit}-{}.{}-{writer}.tmp",
                 &key[..12],
                 std::process::id()
             ));
