@@ -440,6 +440,8 @@ struct ShowView<'a> {
     metrics: Option<&'a crate::contract::Metrics>,
     outcomes: Option<&'a TestOutcomes>,
     history: Vec<HistoryView<'a>>,
+    /// `ok`, `corrupt: WHY`, or absent when the sandbox is not archived.
+    archive: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -486,6 +488,7 @@ async fn show(config: &Config, id: &str, json: bool) -> Result<i32> {
             inserted_at: ms_to_rfc3339(h.inserted_at),
         })
         .collect();
+    let archive = archive_status(config, id).await;
     if json {
         let view = ShowView {
             record: RecordView::from(&record),
@@ -493,6 +496,7 @@ async fn show(config: &Config, id: &str, json: bool) -> Result<i32> {
             metrics: metrics.as_ref().map(|m| &m.metrics),
             outcomes: outcomes.as_ref(),
             history: history_views,
+            archive,
         };
         println!(
             "{}",
@@ -501,7 +505,30 @@ async fn show(config: &Config, id: &str, json: bool) -> Result<i32> {
         return Ok(0);
     }
     print!("{}", render_show(&record, metrics.as_ref(), &history_views));
+    if let Some(archive) = archive {
+        println!("archive      {archive}");
+    }
     Ok(0)
+}
+
+/// Verifies the experiment's archive, if it has one (off the runtime: it
+/// reads and hashes the whole file).
+async fn archive_status(config: &Config, id: &str) -> Option<String> {
+    let (config, id) = (config.clone(), id.to_owned());
+    let check = tokio::task::spawn_blocking(move || {
+        crate::maintenance::check_archive(&config, &id)
+    })
+    .await
+    .ok()??;
+    Some(if check.report.is_ok() {
+        format!("{} (verified)", check.path.display())
+    } else {
+        format!(
+            "{} CORRUPT, kept for inspection: {}",
+            check.path.display(),
+            check.report.summary()
+        )
+    })
 }
 
 fn render_show(

@@ -55,10 +55,30 @@ pub async fn checks(config: &Config) -> Vec<Check> {
         nats(config).await,
         home(config),
         store(config).await,
+        archives(config).await,
     ];
     out.extend(images(config).await);
     out.extend(repos(config));
     out
+}
+
+/// Every sandbox archive must match its MANIFEST.
+async fn archives(config: &Config) -> Check {
+    let owned = config.clone();
+    let corrupt = tokio::task::spawn_blocking(move || crate::maintenance::corrupt_archives(&owned))
+        .await
+        .unwrap_or_default();
+    if corrupt.is_empty() {
+        return Check::pass("archives", "every sandbox archive matches its MANIFEST".into());
+    }
+    Check::fail(
+        "archives",
+        format!("corrupt or tampered: {}", corrupt.join(", ")),
+        format!(
+            "inspect them under {} (`genesis show ID` says what differs); delete one by hand once you know why",
+            crate::maintenance::archives_dir(&config.home).display()
+        ),
+    )
 }
 
 async fn docker(config: &Config) -> Check {

@@ -144,16 +144,21 @@ pub async fn serve(config: Arc<Config>) -> Result<()> {
     Ok(())
 }
 
-/// The scheduled jobs (cleanup, analysis, report, health) run beside intake.
+/// The scheduled jobs (cleanup, analysis, report, health) run beside intake
+/// on the wall clock, publishing on this service's connection.
 fn start_jobs(
-    _config: &Arc<Config>,
-    _store: &Store,
-    _client: &Client,
-    mut stop: watch::Receiver<bool>,
+    config: &Arc<Config>,
+    store: &Store,
+    client: &Client,
+    stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let _ = stop.changed().await;
-    })
+    let ctx = crate::jobs::JobContext {
+        config: config.clone(),
+        store: store.clone(),
+        nats: Some(client.clone()),
+        clock: Arc::new(crate::jobs::SystemClock),
+    };
+    crate::jobs::spawn_scheduler(ctx, stop)
 }
 
 async fn connect(config: &Config) -> Result<Client> {

@@ -670,6 +670,17 @@ async fn tampered_archives_are_detected_reported_refused_and_kept() {
     let health = genesis::jobs::health(&ctx).await.unwrap();
     assert_eq!(health.corrupt_archives, ["flipped", "grown", "shrunk"]);
     assert!(health.disk_used_mb > 0.0);
+
+    // So does `doctor`, with a fix.
+    let checks = genesis::doctor::checks(&f.config).await;
+    let archives = checks.iter().find(|c| c.name == "archives").unwrap();
+    assert!(!archives.ok);
+    assert!(
+        archives.detail.contains("flipped, grown, shrunk"),
+        "{}",
+        archives.detail
+    );
+    assert!(archives.fix.is_some());
 }
 
 #[tokio::test]
