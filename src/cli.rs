@@ -515,11 +515,10 @@ async fn show(config: &Config, id: &str, json: bool) -> Result<i32> {
 /// reads and hashes the whole file).
 async fn archive_status(config: &Config, id: &str) -> Option<String> {
     let (config, id) = (config.clone(), id.to_owned());
-    let check = tokio::task::spawn_blocking(move || {
-        crate::maintenance::check_archive(&config, &id)
-    })
-    .await
-    .ok()??;
+    let check =
+        tokio::task::spawn_blocking(move || crate::maintenance::check_archive(&config, &id))
+            .await
+            .ok()??;
     Some(if check.report.is_ok() {
         format!("{} (verified)", check.path.display())
     } else {

@@ -69,7 +69,10 @@ async fn archives(config: &Config) -> Check {
         .await
         .unwrap_or_default();
     if corrupt.is_empty() {
-        return Check::pass("archives", "every sandbox archive matches its MANIFEST".into());
+        return Check::pass(
+            "archives",
+            "every sandbox archive matches its MANIFEST".into(),
+        );
     }
     Check::fail(
         "archives",

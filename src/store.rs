@@ -374,8 +374,30 @@ impl Store {
         metrics: Option<&MetricsRow>,
         outcomes: Option<&TestOutcomes>,
     ) -> Result<()> {
-        let id = record.experiment_id.as_str();
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        self.write_in(&txn, record, metrics, outcomes)?;
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    /// Stores many records (and their metrics) in one transaction: for
+    /// imports and for building large stores in benchmarks, where one
+    /// commit per record would be dominated by fsync.
+    pub fn write_batch(&self, rows: &[(ExperimentRecord, Option<MetricsRow>)]) -> Result<()> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        for (record, metrics) in rows {
+            self.write_in(&txn, record, metrics.as_ref(), None)?;
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    fn write_in(
+        &self,
+        txn: &redb::WriteTransaction,
+        record: &ExperimentRecord,
+        metrics: Option<&MetricsRow>,
+        outcomes: Option<&TestOutcomes>,
+    ) -> Result<()> {
+        let id = record.experiment_id.as_str();
         {
             let mut records = txn.open_table(RECORDS).map_err(|e| self.err(e))?;
             let old = records
@@ -418,7 +440,7 @@ impl Store {
                     .map_err(|e| self.err(e))?;
             }
         }
-        txn.commit().map_err(|e| self.err(e))
+        Ok(())
     }
 
     pub fn get(&self, id: &str) -> Result<Option<ExperimentRecord>> {

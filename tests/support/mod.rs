@@ -9,6 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 
 pub mod nats;
+pub mod pg;
 
 /// The binary under test.
 pub fn genesis_bin() -> &'static str {

@@ -1,0 +1,340 @@
+//! `genesis export` loaded into a real PostgreSQL (a throwaway cluster of
+//! this test's own): the SQL file twice and a newer one on top, the CSV
+//! files with `\copy`, and every column of every row compared with what the
+//! store holds, including a row whose text holds every character COPY and
+//! CSV treat specially.
+
+mod support;
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use genesis::contract::{BaselineSummary, Metrics, Request};
+use genesis::export::{write_csv, write_sql, ExportCounts};
+use genesis::store::{ExperimentRecord, MetricsRow, Status, Store};
+use support::pg::PgCluster;
+
+/// Everything a test log or a description might hold.
+const NASTY: &str = "tab\there, newline\nthere, cr\rthere, backslash \\ and \\\\, literal \\N, \
+                     quotes ' \" `, comma, semicolon; NUL\0gone, unicode ü 日本 😀 \u{2028}, \\.\n\\.";
+
+fn without_nul(s: &str) -> String {
+    s.replace('\0', "")
+}
+
+fn request(id: &str, description: &str, patch: &str) -> Request {
+    let doc = json!({
+        "experiment_id": id,
+        "instance_id": "inst-1",
+        "experiment_type": "refactor",
+        "description": description,
+        "risk_level": "medium",
+        "estimated_impact": 0.3,
+        "changes": {"files": ["src/a.py"], "description": description, "patch": patch},
+        "rollback_plan": description,
+        "timeout_ms": 60000
+    });
+    Request::parse(doc.to_string().as_bytes()).unwrap()
+}
+
+fn metrics_row(id: &str, inserted_at: i64) -> MetricsRow {
+    MetricsRow {
+        experiment_id: id.into(),
+        metrics: Metrics {
+            success_rate: 11.0 / 13.0,
+            llm_reduction: 0.5,
+            regression: 2.0 / 13.0,
+            runtime_ms: 41_250,
+            test_count: 13,
+            failures: 2,
+            memory_peak_mb: 412.123_456_789,
+            cpu_usage_percent: 1e-300,
+            io_operations: 1834,
+            performance_delta: -0.04,
+            code_coverage_percent: None,
+            complexity_change: Some(1.5e300),
+        },
+        baseline: BaselineSummary {
+            test_count: 13,
+            failures: 0,
+            runtime_ms: 43_000,
+        },
+        regressions: vec![format!("tests::{NASTY}"), "plain".into()],
+        flaky: vec![],
+        inserted_at,
+    }
+}
+
+/// A store with a plain record, a nasty one, a failed one, metrics and history.
+fn populate(store: &Store) {
+    let t0 = 1_764_000_000_123; // 2025-11-24T16:00:00.123Z
+    let mut plain = ExperimentRecord::new(
+        &request("exp-plain", "simple", "p"),
+        Status::Completed,
+        "h:1",
+        t0,
+    );
+    plain.recommendation = Some("merge".into());
+    plain.result_json = Some(json!({"status": "success", "n": 1}).to_string());
+    let mut nasty = ExperimentRecord::new(
+        &request("exp-nasty", NASTY, NASTY),
+        Status::Completed,
+        "h:1",
+        t0 + 1,
+    );
+    nasty.recommendation = Some("rollback".into());
+    nasty.error = Some(NASTY.into());
+    let mut failed = ExperimentRecord::new(
+        &request("exp-failed", "", ""),
+        Status::Failed,
+        "h:1",
+        t0 + 2,
+    );
+    failed.error = Some("timed out".into());
+    failed.error_kind = Some("timeout".into());
+    failed.timeout_ms = None;
+    store
+        .write_final(&plain, Some(&metrics_row("exp-plain", t0)), None)
+        .unwrap();
+    store
+        .write_final(&nasty, Some(&metrics_row("exp-nasty", t0 + 1)), None)
+        .unwrap();
+    store.write_final(&failed, None, None).unwrap();
+    store
+        .add_history(
+            "exp-nasty",
+            "create",
+            "/home/x/sandboxes/exp-nasty",
+            42,
+            NASTY,
+        )
+        .unwrap();
+    store
+        .add_history(
+            "exp-plain",
+            "archive",
+            "/home/x/archives/exp-plain.tar.gz",
+            u64::MAX,
+            "",
+        )
+        .unwrap();
+}
+
+fn ms(v: &Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap())
+        .unwrap_or_else(|e| panic!("{v}: {e}"))
+        .timestamp_millis()
+}
+
+fn opt_text(v: &Option<String>) -> Value {
+    v.as_deref()
+        .map_or(Value::Null, |s| Value::String(without_nul(s)))
+}
+
+/// jsonb cannot hold NUL: the export drops it from every string.
+fn json_without_nul(text: &str) -> Value {
+    serde_json::from_str(&without_nul(&text.replace("\\u0000", ""))).unwrap()
+}
+
+/// Compares every column PostgreSQL holds with the store.
+fn assert_matches_store(pg: &PgCluster, db: &str, store: &Store) {
+    let mut records = Vec::new();
+    store
+        .for_each_record(None, |r| {
+            records.push(r);
+            Ok(())
+        })
+        .unwrap();
+    records.sort_by(|a, b| a.experiment_id.cmp(&b.experiment_id));
+    let rows = pg.rows(db, "experiment_records", "experiment_id");
+    assert_eq!(rows.len(), records.len(), "{rows:?}");
+    for (row, r) in rows.iter().zip(&records) {
+        let expect_text = |col: &str, value: &str| {
+            assert_eq!(
+                row[col],
+                Value::String(without_nul(value)),
+                "{col} of {}",
+                r.experiment_id
+            )
+        };
+        expect_text("experiment_id", &r.experiment_id);
+        expect_text("instance_id", &r.instance_id);
+        expect_text("experiment_type", &r.experiment_type);
+        expect_text("description", &r.description);
+        expect_text("risk_level", &r.risk_level);
+        expect_text("rollback_plan", &r.rollback_plan);
+        expect_text("status", r.status.as_str());
+        assert_eq!(row["estimated_impact"].as_f64(), Some(r.estimated_impact));
+        assert_eq!(row["changes"], json_without_nul(&r.changes_json));
+        assert_eq!(row["timeout_ms"].as_u64(), r.timeout_ms);
+        assert_eq!(row["recommendation"], opt_text(&r.recommendation));
+        assert_eq!(row["error"], opt_text(&r.error));
+        assert_eq!(row["error_kind"], opt_text(&r.error_kind));
+        match &r.result_json {
+            Some(j) => assert_eq!(row["result"], json_without_nul(j)),
+            None => assert_eq!(row["result"], Value::Null),
+        }
+        assert_eq!(ms(&row["inserted_at"]), r.inserted_at);
+        assert_eq!(ms(&row["updated_at"]), r.updated_at);
+    }
+
+    let mut metrics = Vec::new();
+    store
+        .for_each_metrics(|m| {
+            metrics.push(m);
+            Ok(())
+        })
+        .unwrap();
+    metrics.sort_by(|a, b| a.experiment_id.cmp(&b.experiment_id));
+    let rows = pg.rows(db, "experiment_metrics", "experiment_id");
+    assert_eq!(rows.len(), metrics.len());
+    for (row, m) in rows.iter().zip(&metrics) {
+        let x = &m.metrics;
+        let f = |col: &str| row[col].as_f64();
+        let u = |col: &str| row[col].as_u64();
+        assert_eq!(row["experiment_id"], Value::String(m.experiment_id.clone()));
+        assert_eq!(f("success_rate"), Some(x.success_rate));
+        assert_eq!(f("llm_reduction"), Some(x.llm_reduction));
+        assert_eq!(f("regression"), Some(x.regression));
+        assert_eq!(u("runtime_ms"), Some(x.runtime_ms));
+        assert_eq!(u("test_count"), Some(x.test_count));
+        assert_eq!(u("failures"), Some(x.failures));
+        assert_eq!(f("memory_peak_mb"), Some(x.memory_peak_mb));
+        assert_eq!(f("cpu_usage_percent"), Some(x.cpu_usage_percent));
+        assert_eq!(u("io_operations"), Some(x.io_operations));
+        assert_eq!(f("performance_delta"), Some(x.performance_delta));
+        assert_eq!(f("code_coverage_percent"), x.code_coverage_percent);
+        assert_eq!(f("complexity_change"), x.complexity_change);
+        assert_eq!(u("baseline_test_count"), Some(m.baseline.test_count));
+        assert_eq!(u("baseline_failures"), Some(m.baseline.failures));
+        assert_eq!(u("baseline_runtime_ms"), Some(m.baseline.runtime_ms));
+        let regressions: Vec<Value> = m
+            .regressions
+            .iter()
+            .map(|s| Value::String(without_nul(s)))
+            .collect();
+        assert_eq!(row["regressions"], Value::Array(regressions));
+        assert_eq!(row["flaky"], json!(m.flaky));
+        assert_eq!(ms(&row["inserted_at"]), m.inserted_at);
+    }
+
+    let mut history = Vec::new();
+    store
+        .for_each_history(|h| {
+            history.push(h);
+            Ok(())
+        })
+        .unwrap();
+    let rows = pg.rows(db, "sandbox_history", "id");
+    assert_eq!(rows.len(), history.len());
+    for (row, h) in rows.iter().zip(&history) {
+        assert_eq!(row["id"].as_u64(), Some(h.id));
+        assert_eq!(row["experiment_id"], Value::String(h.experiment_id.clone()));
+        assert_eq!(row["operation"], Value::String(h.operation.clone()));
+        assert_eq!(row["path"], Value::String(h.path.clone()));
+        // bigint is signed: the export clamps the (unreal) u64 extreme.
+        assert_eq!(
+            row["size_bytes"].as_u64(),
+            Some(h.size_bytes.min(i64::MAX as u64))
+        );
+        assert_eq!(row["detail"], Value::String(without_nul(&h.detail)));
+        assert_eq!(ms(&row["inserted_at"]), h.inserted_at);
+    }
+}
+
+fn sql_export(store: &Store, path: &Path) -> ExportCounts {
+    let file = std::fs::File::create(path).unwrap();
+    write_sql(store, file, None).unwrap()
+}
+
+fn assert_loads(pg: &PgCluster, db: &str, file: &Path) {
+    let out = pg.load_file(db, file);
+    assert!(
+        out.status.success(),
+        "psql -f {} failed:\n{}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn sql_export_loads_twice_and_a_newer_one_on_top_without_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("genesis.redb")).unwrap();
+    populate(&store);
+    let pg = PgCluster::start();
+    pg.exec("postgres", "CREATE DATABASE genesis");
+
+    let first = dir.path().join("first.sql");
+    let counts = sql_export(&store, &first);
+    assert_eq!(
+        counts,
+        ExportCounts {
+            records: 3,
+            metrics: 2,
+            history: 2
+        }
+    );
+    assert_loads(&pg, "genesis", &first);
+    assert_matches_store(&pg, "genesis", &store);
+    assert_loads(&pg, "genesis", &first);
+    assert_matches_store(&pg, "genesis", &store);
+
+    // The store moves on: one record changes, one is added; the newer
+    // export replaces and adds, and the older one can no longer roll it back.
+    let mut changed = store.get("exp-failed").unwrap().unwrap();
+    changed.error = Some("interrupted by restart\tagain".into());
+    changed.updated_at += 60_000;
+    store.put_record(&changed).unwrap();
+    let extra = ExperimentRecord::new(&request("exp-new", "new", "p"), Status::Queued, "h:1", 1);
+    store.put_record(&extra).unwrap();
+    let second = dir.path().join("second.sql");
+    sql_export(&store, &second);
+    assert_loads(&pg, "genesis", &second);
+    assert_matches_store(&pg, "genesis", &store);
+    assert_loads(&pg, "genesis", &first);
+    assert_matches_store(&pg, "genesis", &store);
+}
+
+#[test]
+fn csv_export_loads_with_copy_csv_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("genesis.redb")).unwrap();
+    populate(&store);
+    let out = dir.path().join("csv");
+    let counts = write_csv(&store, &out, None).unwrap();
+    assert_eq!(counts.records, 3);
+
+    let pg = PgCluster::start();
+    pg.exec("postgres", "CREATE DATABASE genesis");
+    assert_loads(&pg, "genesis", &out.join("schema.sql"));
+    for table in [
+        "experiment_records",
+        "experiment_metrics",
+        "sandbox_history",
+    ] {
+        let file = out.join(format!("{table}.csv"));
+        pg.exec(
+            "genesis",
+            &format!("\\copy {table} FROM '{}' csv header", file.display()),
+        );
+    }
+    assert_matches_store(&pg, "genesis", &store);
+}
+
+#[test]
+fn since_keeps_only_rows_at_or_after_the_instant() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("genesis.redb")).unwrap();
+    populate(&store);
+    let mut out = Vec::new();
+    // exp-failed was updated 2 ms after exp-plain; metrics of exp-nasty 1 ms after.
+    let counts = write_sql(&store, &mut out, Some(1_764_000_000_124)).unwrap();
+    assert_eq!((counts.records, counts.metrics), (2, 1));
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        !text.lines().any(|l| l.starts_with("exp-plain\t")),
+        "{text}"
+    );
+}
