@@ -210,7 +210,9 @@ async fn dispatch(cli: Cli) -> Result<i32> {
 
 pub async fn open_store(config: &Config) -> Result<Store> {
     let path = config.store_path();
-    tokio::task::spawn_blocking(move || Store::open(&path))
+    let cache =
+        usize::try_from(config.store_cache_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
+    tokio::task::spawn_blocking(move || Store::open_with_cache(&path, cache))
         .await
         .map_err(|e| GenesisError::Internal(format!("store open task: {e}")))?
 }

@@ -189,6 +189,7 @@ struct FileConfig {
     max_concurrent: usize,
     queue_capacity: usize,
     drain_timeout_ms: u64,
+    store_cache_mb: u64,
     #[serde(default)]
     llm_patterns: Option<PathBuf>,
     nats: NatsConfig,
@@ -215,6 +216,8 @@ pub struct Config {
     pub max_concurrent: usize,
     pub queue_capacity: usize,
     pub drain_timeout_ms: u64,
+    /// redb page cache; bounds memory however large the store grows.
+    pub store_cache_mb: u64,
     pub nats: NatsConfig,
     pub limits: BTreeMap<RiskLevel, Limits>,
     pub thresholds: ThresholdTable,
@@ -338,6 +341,7 @@ impl Config {
             max_concurrent: parsed.max_concurrent,
             queue_capacity: parsed.queue_capacity,
             drain_timeout_ms: parsed.drain_timeout_ms,
+            store_cache_mb: parsed.store_cache_mb,
             nats,
             limits: parsed.limits,
             thresholds: parsed.thresholds,

@@ -238,6 +238,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
         .map_err(|e| GenesisError::Internal(format!("decoding a stored value: {e}")))
 }
 
+/// Page cache for stores opened without a config (tests, tools): the
+/// service and CLI use `store_cache_mb` from the config instead.
+pub const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -246,12 +250,19 @@ impl Store {
     /// Opens (or creates) the store, creating every table so readers never
     /// meet a missing one.
     pub fn open(path: &Path) -> Result<Store> {
+        Store::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// As [`Store::open`], with redb's page cache bounded to `cache_bytes`:
+    /// memory then stays flat however many rows a scan reads.
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Store> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| GenesisError::io(format!("creating {}", dir.display()), e))?;
         }
         let db = Database::builder()
             .set_concurrency_mode(ConcurrencyMode::MultiWriter)
+            .set_cache_size(cache_bytes)
             .create(path)
             .map_err(|e| store_error(path, e))?;
         let store = Store {
