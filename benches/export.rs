@@ -81,6 +81,8 @@ fn build_store(home: &Path, n: usize) {
 /// Runs the binary, returning (wall seconds, peak RSS in MiB).
 fn timed_export(home: &Path, out: &Path) -> (f64, f64) {
     let started = Instant::now();
+    // Reaped below with wait4, which also returns its resource usage.
+    #[allow(clippy::zombie_processes)]
     let child = Command::new(env!("CARGO_BIN_EXE_genesis"))
         .args(["export", "--format", "sql", "--output"])
         .arg(out)

@@ -165,6 +165,7 @@ pub struct SandboxPolicy {
     pub tmp_mb: u64,
     pub out_cap_bytes: u64,
     pub docker_timeout_ms: u64,
+    pub stats_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

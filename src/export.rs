@@ -40,6 +40,38 @@ pub struct ExportCounts {
     pub history: u64,
 }
 
+impl ExportCounts {
+    fn add(&mut self, source: Source, n: u64) {
+        match source {
+            Source::Records => self.records += n,
+            Source::Metrics => self.metrics += n,
+            Source::History => self.history += n,
+        }
+    }
+}
+
+/// Streams one table's rows into `emit`, keeping those at or after `since_ms`
+/// (a record's `updated_at`, a metrics or history row's `inserted_at`).
+fn stream_rows(
+    store: &Store,
+    table: &Table,
+    since_ms: Option<i64>,
+    emit: &mut dyn FnMut(&[Field]) -> Result<()>,
+) -> Result<()> {
+    let keep = |t: i64| since_ms.is_none_or(|s| t >= s);
+    match table.source {
+        Source::Records => store.for_each_record(since_ms, |r| emit(&record_fields(&r))),
+        Source::Metrics => store.for_each_metrics(|m| match keep(m.inserted_at) {
+            true => emit(&metrics_fields(&m)),
+            false => Ok(()),
+        }),
+        Source::History => store.for_each_history(|h| match keep(h.inserted_at) {
+            true => emit(&history_fields(&h)),
+            false => Ok(()),
+        }),
+    }
+}
+
 /// One column of an exported table.
 struct Column {
     name: &'static str,
@@ -50,8 +82,17 @@ const fn col(name: &'static str, sql_type: &'static str) -> Column {
     Column { name, sql_type }
 }
 
+/// Which store table an exported table comes from.
+#[derive(Clone, Copy)]
+enum Source {
+    Records,
+    Metrics,
+    History,
+}
+
 /// An exported table: its columns, in the order rows are written.
 struct Table {
+    source: Source,
     name: &'static str,
     key: &'static str,
     columns: &'static [Column],
@@ -60,6 +101,7 @@ struct Table {
 }
 
 const RECORDS: Table = Table {
+    source: Source::Records,
     name: "experiment_records",
     key: "experiment_id",
     columns: &[
@@ -84,6 +126,7 @@ const RECORDS: Table = Table {
 };
 
 const METRICS: Table = Table {
+    source: Source::Metrics,
     name: "experiment_metrics",
     key: "experiment_id",
     columns: &[
@@ -111,6 +154,7 @@ const METRICS: Table = Table {
 };
 
 const HISTORY: Table = Table {
+    source: Source::History,
     name: "sandbox_history",
     key: "id",
     columns: &[
@@ -221,21 +265,12 @@ pub fn write_sql<W: Write>(store: &Store, out: W, since_ms: Option<i64>) -> Resu
     for table in TABLES {
         write_ddl(&mut out, table).map_err(io)?;
     }
-    copy_block(&mut out, &RECORDS, &mut counts.records, |emit| {
-        store.for_each_record(since_ms, |r| emit(&record_fields(&r)))
-    })?;
-    copy_block(&mut out, &METRICS, &mut counts.metrics, |emit| {
-        store.for_each_metrics(|m| match since_ms {
-            Some(s) if m.inserted_at < s => Ok(()),
-            _ => emit(&metrics_fields(&m)),
-        })
-    })?;
-    copy_block(&mut out, &HISTORY, &mut counts.history, |emit| {
-        store.for_each_history(|h| match since_ms {
-            Some(s) if h.inserted_at < s => Ok(()),
-            _ => emit(&history_fields(&h)),
-        })
-    })?;
+    for table in TABLES {
+        let n = copy_block(&mut out, table, |emit| {
+            stream_rows(store, table, since_ms, emit)
+        })?;
+        counts.add(table.source, n);
+    }
     writeln!(out, "COMMIT;").map_err(io)?;
     out.flush().map_err(io)?;
     Ok(counts)
@@ -267,9 +302,9 @@ fn ddl(table: &Table) -> String {
 fn copy_block<W: Write>(
     out: &mut W,
     table: &Table,
-    count: &mut u64,
     rows: impl FnOnce(&mut dyn FnMut(&[Field]) -> Result<()>) -> Result<()>,
-) -> Result<()> {
+) -> Result<u64> {
+    let mut count = 0;
     let io = |e: std::io::Error| GenesisError::io("writing the SQL export", e);
     let temp = format!("genesis_import_{}", table.name);
     let names = column_names(table);
@@ -289,10 +324,11 @@ fn copy_block<W: Write>(
             push_copy_field(&mut line, field);
         }
         line.push('\n');
-        *count += 1;
+        count += 1;
         out.write_all(line.as_bytes()).map_err(io)
     })?;
-    writeln!(out, "\\.\n{}", upsert(table, &temp)).map_err(io)
+    writeln!(out, "\\.\n{}", upsert(table, &temp)).map_err(io)?;
+    Ok(count)
 }
 
 fn column_names(table: &Table) -> String {
@@ -420,21 +456,10 @@ pub fn write_csv(store: &Store, dir: &Path, since_ms: Option<i64>) -> Result<Exp
     std::fs::write(&schema_path, schema)
         .map_err(|e| GenesisError::io(format!("writing {}", schema_path.display()), e))?;
     let mut counts = ExportCounts::default();
-    counts.records = csv_file(dir, &RECORDS, |emit| {
-        store.for_each_record(since_ms, |r| emit(&record_fields(&r)))
-    })?;
-    counts.metrics = csv_file(dir, &METRICS, |emit| {
-        store.for_each_metrics(|m| match since_ms {
-            Some(s) if m.inserted_at < s => Ok(()),
-            _ => emit(&metrics_fields(&m)),
-        })
-    })?;
-    counts.history = csv_file(dir, &HISTORY, |emit| {
-        store.for_each_history(|h| match since_ms {
-            Some(s) if h.inserted_at < s => Ok(()),
-            _ => emit(&history_fields(&h)),
-        })
-    })?;
+    for table in TABLES {
+        let n = csv_file(dir, table, |emit| stream_rows(store, table, since_ms, emit))?;
+        counts.add(table.source, n);
+    }
     Ok(counts)
 }
 

@@ -632,6 +632,7 @@ impl Runner {
             .tmp_mb(self.config.sandbox.tmp_mb)
             .home_label(&self.home_label)
             .docker_timeout(Duration::from_millis(self.config.sandbox.docker_timeout_ms))
+            .stats_interval(Duration::from_millis(self.config.sandbox.stats_interval_ms))
             .command(&plan.primary, &plan.repo.setup_command, &plan.test_command)
             .create(&self.docker)
             .await?;

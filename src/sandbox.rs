@@ -35,6 +35,7 @@ use bollard::errors::Error as DockerError;
 use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerStatsResponse, ExecConfig, HostConfig, HostConfigLogConfig,
+    SystemInfoCgroupVersionEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, DownloadFromContainerOptions, KillContainerOptions,
@@ -137,6 +138,8 @@ pub struct SandboxSpec {
     /// Upper bound for one engine call (create, upload, inspect, download,
     /// remove): a wedged engine fails the experiment instead of hanging it.
     pub docker_timeout: Duration,
+    /// How often resource use is sampled while the suite runs.
+    pub stats_interval: Duration,
 }
 
 /// Builder in the style of rustwide's: limits and identity first, command last.
@@ -159,12 +162,18 @@ impl SandboxBuilder {
                 setup_command: String::new(),
                 home_label: String::new(),
                 docker_timeout: Duration::from_secs(120),
+                stats_interval: Duration::from_millis(500),
             },
         }
     }
 
     pub fn docker_timeout(mut self, timeout: Duration) -> Self {
         self.spec.docker_timeout = timeout;
+        self
+    }
+
+    pub fn stats_interval(mut self, every: Duration) -> Self {
+        self.spec.stats_interval = every.max(Duration::from_millis(10));
         self
     }
 
@@ -325,13 +334,19 @@ impl StatsAccumulator {
     }
 
     /// CPU % = Δtotal_usage / Δsystem_usage × online_cpus × 100, over the run.
-    pub fn finish(&self) -> Resources {
+    ///
+    /// With a single reading (the usual case: one exact read when the suite
+    /// ends, see [`Sandbox::run`]) the window is the container's whole life,
+    /// `alive`: its CPU counter started at 0 with the container, and the
+    /// host's `system_cpu_usage` grows by `alive × online_cpus` over that
+    /// time, so the formula becomes total_usage / alive × 100.
+    pub fn finish(&self, alive: Duration) -> Resources {
+        let cpus = f64::from(self.online_cpus.max(1));
         let cpu_percent = match (self.first_cpu, self.last_cpu) {
-            (Some((t0, s0)), Some((t1, s1))) if s1 > s0 => {
-                (t1.saturating_sub(t0)) as f64 / (s1 - s0) as f64
-                    * f64::from(self.online_cpus.max(1))
-                    * 100.0
+            (Some((t0, s0)), Some((t1, s1))) if s1 > s0 && self.samples > 1 => {
+                (t1.saturating_sub(t0)) as f64 / (s1 - s0) as f64 * cpus * 100.0
             }
+            (_, Some((t1, _))) if !alive.is_zero() => t1 as f64 / alive.as_nanos() as f64 * 100.0,
             _ => 0.0,
         };
         Resources {
@@ -586,21 +601,22 @@ impl Sandbox {
     /// on cgroup v1 the kernel's memory high-water mark) exactly, even for a
     /// suite shorter than the engine's one-second sampling interval.
     pub async fn run(&self, timeout: Duration, log: CappedLog) -> Result<RunOutcome> {
+        let alive_since = Instant::now();
         self.docker
             .start_container(&self.id, None)
             .await
             .map_err(|e| GenesisError::sandbox(format!("starting {}", self.name), e))?;
-        let mut acc = StatsAccumulator::default();
-        if let Some(first) = self.stats_once().await {
-            acc.add(&first);
-        }
-        let (stop_stats, stats_stopped) = tokio::sync::oneshot::channel();
-        let stats_task = tokio::spawn(collect_stats(
-            self.docker.clone(),
-            self.id.clone(),
-            acc,
-            stats_stopped,
-        ));
+        let (stop_sampling, sampling_stopped) = tokio::sync::oneshot::channel();
+        let sampler = if needs_sampling(&self.docker).await {
+            Some(tokio::spawn(sample_stats(
+                self.docker.clone(),
+                self.id.clone(),
+                self.spec.stats_interval,
+                sampling_stopped,
+            )))
+        } else {
+            None
+        };
 
         let exec = self.start_suite().await?;
         let started = Instant::now();
@@ -620,14 +636,17 @@ impl Sandbox {
         } else {
             self.exec_exit_code(&exec.id).await?
         };
-        let last = self.stats_once().await;
-        let _ = stop_stats.send(());
-        let mut acc = stats_task
-            .await
-            .map_err(|e| GenesisError::Internal(format!("stats task: {e}")))?;
-        if let Some(last) = last {
+        let _ = stop_sampling.send(());
+        let mut acc = match sampler {
+            Some(task) => task
+                .await
+                .map_err(|e| GenesisError::Internal(format!("stats task: {e}")))?,
+            None => StatsAccumulator::default(),
+        };
+        if let Some(last) = stats_once(&self.docker, &self.id).await {
             acc.add(&last);
         }
+        let alive = alive_since.elapsed();
         self.kill().await?;
         let oom_killed = self.inspect_oom().await?;
         Ok(RunOutcome {
@@ -635,7 +654,7 @@ impl Sandbox {
             timed_out,
             oom_killed,
             runtime_ms,
-            resources: acc.finish(),
+            resources: acc.finish(alive),
             log,
         })
     }
@@ -667,22 +686,6 @@ impl Sandbox {
             GenesisError::sandbox(format!("reading the exit status in {}", self.name), e)
         })?;
         Ok(info.exit_code.unwrap_or(-1))
-    }
-
-    /// One stats reading, without the engine's one-second wait for a
-    /// previous sample; `None` when the container has no cgroup any more.
-    async fn stats_once(&self) -> Option<ContainerStatsResponse> {
-        let mut stream = self.docker.stats(
-            &self.id,
-            Some(StatsOptions {
-                stream: false,
-                one_shot: true,
-            }),
-        );
-        match stream.next().await {
-            Some(Ok(s)) if has_memory_figures(&s) => Some(s),
-            _ => None,
-        }
     }
 
     async fn kill(&self) -> Result<()> {
@@ -878,32 +881,56 @@ async fn pump_output(
     log.finish()
 }
 
-/// Samples the stats stream until told to stop; on cgroup v2 the samples'
-/// maximum is the only memory peak there is.
-async fn collect_stats(
+/// Whether the engine's cgroups lack a memory high-water mark (cgroup v2),
+/// so the peak must be sampled during the run. Asked once per process.
+async fn needs_sampling(docker: &Docker) -> bool {
+    static CGROUP_V2: tokio::sync::OnceCell<bool> = tokio::sync::OnceCell::const_new();
+    *CGROUP_V2
+        .get_or_init(|| async {
+            docker
+                .info()
+                .await
+                .is_ok_and(|info| info.cgroup_version == Some(SystemInfoCgroupVersionEnum::_2))
+        })
+        .await
+}
+
+/// Samples resource use every `every` until told to stop (cgroup v2 only).
+async fn sample_stats(
     docker: Docker,
     id: String,
-    mut acc: StatsAccumulator,
+    every: Duration,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) -> StatsAccumulator {
-    let mut stream = docker.stats(
-        &id,
-        Some(StatsOptions {
-            stream: true,
-            one_shot: false,
-        }),
-    );
+    let mut acc = StatsAccumulator::default();
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = &mut stop => break,
-            sample = stream.next() => match sample {
-                Some(Ok(s)) if has_memory_figures(&s) => acc.add(&s),
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => break,
+            _ = ticks.tick() => match stats_once(&docker, &id).await {
+                Some(s) => acc.add(&s),
+                None => break,
             },
         }
     }
     acc
+}
+
+/// One stats reading, without the engine's wait for a previous sample;
+/// `None` when the container has no cgroup any more.
+async fn stats_once(docker: &Docker, id: &str) -> Option<ContainerStatsResponse> {
+    let mut stream = docker.stats(
+        id,
+        Some(StatsOptions {
+            stream: false,
+            one_shot: true,
+        }),
+    );
+    match stream.next().await {
+        Some(Ok(s)) if has_memory_figures(&s) => Some(s),
+        _ => None,
+    }
 }
 
 /// A stopped container reports samples without memory figures.
@@ -1014,10 +1041,26 @@ mod tests {
         let mut acc = StatsAccumulator::default();
         acc.add(&sample(1_000, 10_000, 5, None));
         acc.add(&sample(3_000, 14_000, 9, None));
-        let r = acc.finish();
+        let r = acc.finish(Duration::ZERO);
         // (2000 / 4000) * 2 * 100
         assert!((r.cpu_percent - 100.0).abs() < 1e-9);
         assert_eq!(r.memory_peak_bytes, 9);
+    }
+
+    #[test]
+    fn one_reading_measures_cpu_over_the_containers_life() {
+        let mut acc = StatsAccumulator::default();
+        // 30 ms of CPU time in a container alive for 120 ms: 25 %.
+        acc.add(&sample(30_000_000, 999_000_000_000, 5, Some(7)));
+        let r = acc.finish(Duration::from_millis(120));
+        assert!((r.cpu_percent - 25.0).abs() < 1e-9, "{}", r.cpu_percent);
+        assert_eq!(r.memory_peak_bytes, 7);
+        assert_eq!(
+            StatsAccumulator::default()
+                .finish(Duration::from_millis(5))
+                .cpu_percent,
+            0.0
+        );
     }
 
     #[test]
@@ -1025,7 +1068,7 @@ mod tests {
         let mut acc = StatsAccumulator::default();
         acc.add(&sample(0, 1, 5, Some(50)));
         acc.add(&sample(0, 2, 7, Some(50)));
-        assert_eq!(acc.finish().memory_peak_bytes, 50);
+        assert_eq!(acc.finish(Duration::ZERO).memory_peak_bytes, 50);
     }
 
     #[test]
