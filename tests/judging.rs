@@ -36,19 +36,7 @@ fn calc_home() -> TestHome {
     assert!(status.success());
     git(&dest, &["init", "-q", "-b", "main"]);
     git(&dest, &["add", "-A"]);
-    git(
-        &dest,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@localhost",
-            "commit",
-            "-q",
-            "-m",
-            "init",
-        ],
-    );
+    commit_all(&dest, "init");
     home
 }
 

@@ -278,19 +278,7 @@ fn bad_inputs_are_refused_and_write_nothing_outside_home() {
     let repo = home.root().join("app");
     std::os::unix::fs::symlink("..", repo.join("up")).unwrap();
     git(&repo, &["add", "up"]);
-    git(
-        &repo,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@localhost",
-            "commit",
-            "-q",
-            "-m",
-            "link",
-        ],
-    );
+    commit_all(&repo, "link");
     let outside = |home: &TestHome| {
         let mut d = tree_digest(home.root());
         d.retain(|k, _| !k.starts_with("home"));

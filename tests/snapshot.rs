@@ -52,19 +52,7 @@ fn snapshots_are_deterministic_cached_and_keep_links() {
         ],
     );
     git(&repo, &["add", "link"]);
-    git(
-        &repo,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@localhost",
-            "commit",
-            "-q",
-            "-m",
-            "more",
-        ],
-    );
+    commit_all(&repo, "more");
     let before = tree_digest(&repo);
 
     let home = dir.path().join("home");

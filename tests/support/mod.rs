@@ -145,16 +145,8 @@ pub fn ensure_image(name: &str) {
     assert!(status.success(), "genesis images build {name} failed");
 }
 
-/// Creates a git repo with the given files and one commit; returns its path.
-pub fn git_repo(path: &Path, files: &[(&str, &str)]) -> PathBuf {
-    std::fs::create_dir_all(path).unwrap();
-    for (name, content) in files {
-        let file = path.join(name);
-        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-        std::fs::write(&file, content).unwrap();
-    }
-    git(path, &["init", "-q", "-b", "main"]);
-    git(path, &["add", "-A"]);
+/// Commits what is staged, with a fixed test identity.
+pub fn commit_all(path: &Path, message: &str) {
     git(
         path,
         &[
@@ -165,9 +157,22 @@ pub fn git_repo(path: &Path, files: &[(&str, &str)]) -> PathBuf {
             "commit",
             "-q",
             "-m",
-            "init",
+            message,
         ],
     );
+}
+
+/// Creates a git repo with the given files and one commit; returns its path.
+pub fn git_repo(path: &Path, files: &[(&str, &str)]) -> PathBuf {
+    std::fs::create_dir_all(path).unwrap();
+    for (name, content) in files {
+        let file = path.join(name);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, content).unwrap();
+    }
+    git(path, &["init", "-q", "-b", "main"]);
+    git(path, &["add", "-A"]);
+    commit_all(path, "init");
     path.to_path_buf()
 }
 

@@ -82,18 +82,23 @@ impl PgCluster {
         self.dir.path().join("data")
     }
 
-    fn server_cmd(&self, tool: &str, args: &[&str]) {
+    /// Runs a server tool, as `postgres` when we are root.
+    fn server_tool(&self, tool: &str, args: &[&str]) -> std::io::Result<Output> {
         let exe = self.bin.join(tool);
-        let out = if self.as_postgres {
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&exe)
-                .args(args)
-                .output()
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
         } else {
-            Command::new(&exe).args(args).output()
-        }
-        .unwrap_or_else(|e| panic!("running {}: {e}", exe.display()));
+            Command::new(&exe)
+        };
+        cmd.args(args).output()
+    }
+
+    fn server_cmd(&self, tool: &str, args: &[&str]) {
+        let out = self
+            .server_tool(tool, args)
+            .unwrap_or_else(|e| panic!("running {tool}: {e}"));
         assert!(
             out.status.success(),
             "{tool} failed: {}\n{}",
@@ -151,23 +156,7 @@ impl PgCluster {
 impl Drop for PgCluster {
     fn drop(&mut self) {
         let data = self.data();
-        let exe = self.bin.join("pg_ctl");
-        let args = [
-            "-D",
-            data.to_str().unwrap(),
-            "-m",
-            "immediate",
-            "-w",
-            "stop",
-        ];
-        let _ = if self.as_postgres {
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&exe)
-                .args(args)
-                .output()
-        } else {
-            Command::new(&exe).args(args).output()
-        };
+        let data = data.to_str().unwrap();
+        let _ = self.server_tool("pg_ctl", &["-D", data, "-m", "immediate", "-w", "stop"]);
     }
 }
