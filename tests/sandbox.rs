@@ -160,6 +160,20 @@ fn sleep_past_its_timeout_ends_as_timeout_quickly() {
     assert!(home.containers_left().is_empty());
 }
 
+/// A suite that dies before reporting anything is never a silent 100 %.
+#[test]
+fn a_crashed_suite_with_no_report_is_no_tests_with_the_log_tail() {
+    let home = home_with_repo();
+    let crash = "echo 'Segmentation fault (core dumped)' >&2; exit 139";
+    let (result, _) = run_with_command(&home, "crashed", crash, 30_000);
+    assert_eq!(result["status"], "failed", "{result}");
+    assert_eq!(result["error_kind"], "no_tests", "{result}");
+    let error = result["error"].as_str().unwrap();
+    assert!(error.contains("status 139"), "{error}");
+    assert!(error.contains("Segmentation fault"), "{error}");
+    assert!(home.containers_left().is_empty());
+}
+
 #[test]
 fn a_gigabyte_under_a_256mb_limit_ends_as_oom() {
     ensure_image("python");
