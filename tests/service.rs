@@ -500,3 +500,29 @@ async fn sigterm_drains_in_flight_work_and_exits_zero() {
     assert_eq!(status.code(), Some(0));
     assert!(home.containers_left().is_empty());
 }
+
+/// The scheduler runs inside `serve`: with a once-a-second health schedule
+/// a health document with the contract's fields arrives without asking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_publishes_health_on_its_schedule() {
+    let nats = NatsServer::start(false);
+    ensure_image("busybox");
+    let text = format!(
+        "{}\n[schedule]\nhealth = \"* * * * * *\"\n",
+        config(2, false)
+    );
+    let home = TestHome::new(&text);
+    git_repo(&home.root().join("app"), &[("run_tests.sh", TAP_SUITE)]);
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut health = client.subscribe("system.health.genesis").await.unwrap();
+    client.flush().await.unwrap();
+    let _serve = ServeProcess::start(&home, &nats.url());
+    let msg = tokio::time::timeout(Duration::from_secs(30), health.next())
+        .await
+        .expect("no health document within 30 s")
+        .unwrap();
+    let doc: genesis::contract::Health = serde_json::from_slice(&msg.payload)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&msg.payload)));
+    assert_eq!((doc.active_experiments, doc.queued), (0, 0));
+    assert!(doc.corrupt_archives.is_empty());
+}
