@@ -316,14 +316,7 @@ fn copy_block<W: Write>(
     .map_err(io)?;
     let mut line = String::new();
     rows(&mut |fields| {
-        line.clear();
-        for (i, field) in fields.iter().enumerate() {
-            if i > 0 {
-                line.push('\t');
-            }
-            push_copy_field(&mut line, field);
-        }
-        line.push('\n');
+        encode_row(&mut line, fields, "\t", push_copy_field, "\n");
         count += 1;
         out.write_all(line.as_bytes()).map_err(io)
     })?;
@@ -357,6 +350,25 @@ fn upsert(table: &Table, temp: &str) -> String {
         "INSERT INTO {} ({names}) SELECT {names} FROM {temp}\n    ON CONFLICT ({}) DO UPDATE SET {updates}{condition};",
         table.name, table.key
     )
+}
+
+/// Replaces `line` with one row: fields encoded by `push`, joined by
+/// `separator`, ended by `end` (COPY: tab and newline; CSV: comma and CRLF).
+fn encode_row(
+    line: &mut String,
+    fields: &[Field],
+    separator: &str,
+    push: fn(&mut String, &Field),
+    end: &str,
+) {
+    line.clear();
+    for (i, field) in fields.iter().enumerate() {
+        if i > 0 {
+            line.push_str(separator);
+        }
+        push(line, field);
+    }
+    line.push_str(end);
 }
 
 /// Appends one field in COPY text format.
@@ -477,14 +489,7 @@ fn csv_file(
     let mut count = 0;
     let mut line = String::new();
     rows(&mut |fields| {
-        line.clear();
-        for (i, field) in fields.iter().enumerate() {
-            if i > 0 {
-                line.push(',');
-            }
-            push_csv_field(&mut line, field);
-        }
-        line.push_str("\r\n");
+        encode_row(&mut line, fields, ",", push_csv_field, "\r\n");
         count += 1;
         out.write_all(line.as_bytes()).map_err(io)
     })?;

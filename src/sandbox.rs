@@ -14,9 +14,10 @@
 //!    container's tmpfs would silently miss it.
 //! 3. **start, exec, wait**: the container's own process idles; the suite
 //!    runs as an attached exec in the same cgroup, waited for with the
-//!    effective timeout. Stats are read once before, streamed during and
-//!    read once after the suite, while the cgroup still exists, so the
-//!    cumulative counters are exact however short the run.
+//!    effective timeout. Stats are read once after the suite, while the
+//!    cgroup still exists, so the cumulative counters are exact however
+//!    short the run (and sampled during it on cgroup v2, which keeps no
+//!    memory high-water mark).
 //! 4. **kill, inspect** for `OOMKilled`.
 //! 5. **download** `/genesis/out` after the container stopped; only regular
 //!    files with plain relative names are kept, symlinks and the like are
@@ -300,9 +301,7 @@ impl StatsAccumulator {
         if let Some(cpu) = &s.cpu_stats {
             let total = cpu.cpu_usage.as_ref().and_then(|u| u.total_usage);
             if let (Some(total), Some(system)) = (total, cpu.system_cpu_usage) {
-                if self.first_cpu.is_none() {
-                    self.first_cpu = Some(self.baseline_cpu(s).unwrap_or((total, system)));
-                }
+                self.first_cpu.get_or_insert((total, system));
                 self.last_cpu = Some((total, system));
             }
             if let Some(n) = cpu.online_cpus.filter(|n| *n > 0) {
@@ -325,14 +324,6 @@ impl StatsAccumulator {
         }
     }
 
-    /// The sample's `precpu` reading, when Docker had one (not on the first read).
-    fn baseline_cpu(&self, s: &ContainerStatsResponse) -> Option<(u64, u64)> {
-        let pre = s.precpu_stats.as_ref()?;
-        let total = pre.cpu_usage.as_ref()?.total_usage?;
-        let system = pre.system_cpu_usage.filter(|v| *v > 0)?;
-        Some((total, system))
-    }
-
     /// CPU % = Δtotal_usage / Δsystem_usage × online_cpus × 100, over the run.
     ///
     /// With a single reading (the usual case: one exact read when the suite
@@ -343,7 +334,7 @@ impl StatsAccumulator {
     pub fn finish(&self, alive: Duration) -> Resources {
         let cpus = f64::from(self.online_cpus.max(1));
         let cpu_percent = match (self.first_cpu, self.last_cpu) {
-            (Some((t0, s0)), Some((t1, s1))) if s1 > s0 && self.samples > 1 => {
+            (Some((t0, s0)), Some((t1, s1))) if s1 > s0 => {
                 (t1.saturating_sub(t0)) as f64 / (s1 - s0) as f64 * cpus * 100.0
             }
             (_, Some((t1, _))) if !alive.is_zero() => t1 as f64 / alive.as_nanos() as f64 * 100.0,

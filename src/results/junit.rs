@@ -34,8 +34,6 @@ pub fn parse_files(files: &[(&str, &[u8])]) -> Result<TestReport, ReportError> {
 /// A testcase while its children are being read.
 struct OpenCase {
     case: TestCase,
-    /// The element that decided the outcome, whose text may be the message.
-    verdict_element: Option<&'static str>,
     /// Whether `message` came from an attribute (then text is not needed).
     message_from_attribute: bool,
     /// Whether the reader is inside the verdict element, whose text is the
@@ -140,7 +138,6 @@ fn open_case(e: &BytesStart, suites: &[String]) -> OpenCase {
             duration_ms,
             message: None,
         },
-        verdict_element: None,
         message_from_attribute: false,
         inside_verdict: false,
         text: String::new(),
@@ -150,17 +147,17 @@ fn open_case(e: &BytesStart, suites: &[String]) -> OpenCase {
 /// Applies a child element of a testcase: only the verdict elements count.
 /// Returns whether this element now decides the outcome.
 fn apply_child(open: &mut OpenCase, tag: &str, e: &BytesStart) -> bool {
-    let (element, outcome) = match tag {
-        "error" => ("error", Outcome::Errored),
-        "failure" => ("failure", Outcome::Failed),
-        "skipped" => ("skipped", Outcome::Skipped),
+    let outcome = match tag {
+        "error" => Outcome::Errored,
+        "failure" => Outcome::Failed,
+        "skipped" => Outcome::Skipped,
         _ => return false,
     };
-    if rank(outcome) <= rank(open.case.outcome) && open.verdict_element.is_some() {
+    // A case starts as passed, which every verdict outranks.
+    if rank(outcome) <= rank(open.case.outcome) {
         return false;
     }
     open.case.outcome = outcome;
-    open.verdict_element = Some(element);
     open.text.clear();
     let message = attribute(e, "message").and_then(|m| bounded_message(&m));
     open.message_from_attribute = message.is_some();
@@ -224,13 +221,10 @@ fn resolve_reference(r: &BytesRef) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::results::outcomes;
 
     fn parse(xml: &str) -> TestReport {
         parse_files(&[("r.xml", xml.as_bytes())]).unwrap()
-    }
-
-    fn outcomes(r: &TestReport) -> Vec<(&str, Outcome)> {
-        r.cases.iter().map(|c| (c.id.as_str(), c.outcome)).collect()
     }
 
     #[test]

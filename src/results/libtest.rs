@@ -156,10 +156,7 @@ fn nextest_line(line: &str) -> Option<TestCase> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn outcomes(r: &TestReport) -> Vec<(&str, Outcome)> {
-        r.cases.iter().map(|c| (c.id.as_str(), c.outcome)).collect()
-    }
+    use crate::results::outcomes;
 
     #[test]
     fn plain_libtest_without_cargo_headers() {

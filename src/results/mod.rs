@@ -316,6 +316,12 @@ pub(crate) fn bounded_message(text: &str) -> Option<String> {
     ))
 }
 
+/// (id, outcome) of every case, for the parsers' unit tests.
+#[cfg(test)]
+pub(crate) fn outcomes(r: &TestReport) -> Vec<(&str, Outcome)> {
+    r.cases.iter().map(|c| (c.id.as_str(), c.outcome)).collect()
+}
+
 pub(crate) fn case(id: impl Into<String>, outcome: Outcome) -> TestCase {
     TestCase {
         id: id.into(),

@@ -181,10 +181,7 @@ fn exunit_totals(kinds: &str, failures: &str, extras: &str) -> BTreeMap<Outcome,
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn outcomes(r: &TestReport) -> Vec<(&str, Outcome)> {
-        r.cases.iter().map(|c| (c.id.as_str(), c.outcome)).collect()
-    }
+    use crate::results::outcomes;
 
     #[test]
     fn pytest_quiet_output_counts_exactly_and_names_failures() {

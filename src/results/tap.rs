@@ -184,10 +184,7 @@ fn split_directive(text: &str) -> (&str, Option<(Directive, String)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn outcomes(r: &TestReport) -> Vec<(&str, Outcome)> {
-        r.cases.iter().map(|c| (c.id.as_str(), c.outcome)).collect()
-    }
+    use crate::results::outcomes;
 
     #[test]
     fn tap13_with_directives_and_yaml() {
