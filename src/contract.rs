@@ -472,6 +472,31 @@ pub mod timestamp {
     }
 }
 
+/// Subjects of contract §3.
+pub mod subjects {
+    pub const REQUESTS: &str = "agent.events.experiment.request.*";
+    pub const QUEUE_GROUP: &str = "genesis";
+    pub const ROLLBACK: &str = "genesis.rollback.event";
+    pub const HEALTH: &str = "system.health.genesis";
+    pub const METRICS: &str = "system.metrics.genesis";
+
+    pub fn completed(id: &str) -> String {
+        format!("agent.events.experiment.completed.{id}")
+    }
+    pub fn failed(id: &str) -> String {
+        format!("agent.events.experiment.failed.{id}")
+    }
+    pub fn progress(id: &str) -> String {
+        format!("agent.events.experiment.progress.{id}")
+    }
+
+    /// Header carrying W3C trace context, copied onto every message about an experiment.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// In JetStream mode the NATS reply subject is the ack subject, so a
+    /// requester that wants a direct answer names its inbox in this header.
+    pub const REPLY_HEADER: &str = "Genesis-Reply-To";
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

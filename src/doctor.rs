@@ -130,7 +130,7 @@ async fn docker(config: &Config) -> Check {
         limits,
     )
     .user(&config.sandbox.user)
-    .home_label(&crate::runner::home_label(&config.home))
+    .home_label(&crate::sandbox::home_label(&config.home))
     .create(&docker)
     .await;
     match probe {
@@ -214,7 +214,7 @@ pub fn free_mb(path: &std::path::Path) -> Option<u64> {
 }
 
 async fn store(config: &Config) -> Check {
-    match crate::cli::open_store(config).await {
+    match crate::store::open_store(config).await {
         Ok(store) => match store.schema_version() {
             Ok(v) => Check::pass(
                 "store",

@@ -3,33 +3,52 @@
 //! suite against the unchanged baseline, and answers merge,
 //! merge_with_adaptations or rollback with the numbers behind it.
 //!
-//! Where things live:
-//! - [`contract`]: every JSON document of the external contract.
-//! - [`config`]: policy files + genesis.toml + environment.
-//! - [`snapshot`]: git snapshots, patching, the candidate commit.
-//! - [`sandbox`]: one hardened container per run (bollard).
+//! The modules follow the flow of one experiment, and data flows one way:
+//! a module may use the ones listed above it, never one below.
+//!
+//! Foundations, used by every stage:
+//! - [`errors`]: the error types and their exit codes.
+//! - [`contract`]: every JSON document and NATS subject of the external contract.
+//! - [`config`]: policy files + genesis.toml + environment, validated on load.
+//!
+//! Pure libraries (no I/O beyond what they are given):
 //! - [`results`]: test report parsers (JUnit, TAP, libtest, pytest, ExUnit).
-//! - [`metrics`], [`policy`], [`llm_calls`]: the numbers and the verdict.
-//! - [`runner`]: request → result orchestration shared by CLI and service.
-//! - [`store`]: the redb database; [`export`]: its Postgres-compatible dump.
-//! - [`service`]: the NATS service; [`jobs`], [`maintenance`]: schedules, cleanup, archives.
-//! - [`images`]: offline test images; [`cli`]: the command line; [`errors`]: error types.
+//! - [`analysis`]: LLM call sites and complexity of source files.
+//!
+//! The stages of an experiment:
+//! - [`snapshot`]: git snapshots, patching, the candidate commit.
+//! - [`sandbox`]: one hardened container per run (bollard), its resources.
+//! - [`judgement`]: metrics and the verdict.
+//! - [`store`]: the redb database.
+//! - [`runner`]: request → result, shared by the CLI and the service.
+//!
+//! Around the stored experiments:
+//! - [`export`]: the Postgres-compatible dump; [`maintenance`]: cleanup,
+//!   archives, sandbox export, disk budget; [`jobs`]: the scheduler and the
+//!   scheduled jobs; [`images`]: offline test images.
+//!
+//! On top, imported by nothing: [`service`] (NATS), [`doctor`], [`cli`].
 
-pub mod cli;
+pub mod errors;
+
 pub mod config;
 pub mod contract;
-pub mod doctor;
-pub mod errors;
+
+pub mod analysis;
+pub mod results;
+
+pub mod judgement;
+pub mod sandbox;
+pub mod snapshot;
+pub mod store;
+
+pub mod runner;
+
 pub mod export;
 pub mod images;
 pub mod jobs;
-pub mod llm_calls;
 pub mod maintenance;
-pub mod metrics;
-pub mod policy;
-pub mod results;
-pub mod runner;
-pub mod sandbox;
+
+pub mod cli;
+pub mod doctor;
 pub mod service;
-pub mod snapshot;
-pub mod store;

@@ -762,7 +762,7 @@ async fn orphan_containers_of_this_home_are_reaped_unless_running() {
     let f = fixture("");
     add(&f, "c-failed", Kind::Failed, 1, &[]);
     add(&f, "c-running", Kind::Running, 1, &[]);
-    let label = genesis::runner::home_label(f.home());
+    let label = genesis::sandbox::home_label(f.home());
     let containers = Containers(vec![
         labelled_container("c-failed", &label),
         labelled_container("c-running", &label),

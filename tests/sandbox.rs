@@ -92,7 +92,7 @@ touch /genesis/out/probe && echo "out=writable"
         network: false,
     };
     let dir = tempfile::tempdir().unwrap();
-    let label = genesis::runner::home_label(dir.path());
+    let label = genesis::sandbox::home_label(dir.path());
     let text = block_on(async {
         let docker = genesis::sandbox::connect().await.unwrap();
         let sandbox = SandboxBuilder::new(

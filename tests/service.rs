@@ -202,7 +202,7 @@ async fn twenty_requests_never_exceed_max_concurrent() {
     for i in 0..20 {
         send(&client, &sleepy_request(&format!("many-{i}"), 0.3)).await;
     }
-    let label = genesis::runner::home_label(&home.home());
+    let label = genesis::sandbox::home_label(&home.home());
     let docker = genesis::sandbox::connect().await.unwrap();
     let mut peak = 0;
     let deadline = Instant::now() + Duration::from_secs(180);

@@ -4,8 +4,8 @@
 
 mod support;
 
+use genesis::analysis::LlmCounter;
 use genesis::config::{Config, Env};
-use genesis::llm_calls::LlmCounter;
 use genesis::snapshot::{Owner, RepoInput, Snapshotter};
 use support::*;
 

@@ -15,7 +15,7 @@
 //!
 //! Identity: each test gets an id that stays the same between the baseline
 //! and the candidate run (`classname::name` for JUnit, the description for
-//! TAP, `target::path` for libtest) so [`crate::metrics`] can say which test
+//! TAP, `target::path` for libtest) so [`crate::judgement::metrics`] can say which test
 //! regressed. A repeated id within one report gets a `#2`, `#3` suffix
 //! rather than silently collapsing two tests into one.
 //!

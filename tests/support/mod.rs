@@ -77,7 +77,7 @@ impl TestHome {
 
     /// Containers labelled with this home, via the Docker API.
     pub fn containers_left(&self) -> Vec<(String, String)> {
-        let label = genesis::runner::home_label(&self.home());
+        let label = genesis::sandbox::home_label(&self.home());
         block_on(async {
             let docker = genesis::sandbox::connect().await.expect("docker");
             genesis::sandbox::labelled_containers(&docker, Some(&label), None)

@@ -28,8 +28,8 @@ use crate::snapshot::Owner;
 
 /// The definitions shipped in `images/`.
 pub const BUILTIN: &[(&str, &str)] = &[
-    ("busybox", include_str!("../images/busybox/image.toml")),
-    ("python", include_str!("../images/python/image.toml")),
+    ("busybox", include_str!("../../images/busybox/image.toml")),
+    ("python", include_str!("../../images/python/image.toml")),
 ];
 
 /// One `image.toml`.

@@ -11,17 +11,20 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::analysis::LlmPatterns;
 use crate::contract::RiskLevel;
 use crate::errors::{GenesisError, Result};
-use crate::llm_calls::LlmPatterns;
 use crate::results::ReportSpec;
 
+pub mod schedule;
+
 /// The built-in defaults, compiled into the binary so it runs from anywhere.
-pub const DEFAULT_POLICY: &str = include_str!("../policies/default.toml");
+pub const DEFAULT_POLICY: &str = include_str!("../../policies/default.toml");
 /// Named overlays a config may select with `policy = "NAME"`.
-pub const NAMED_POLICIES: &[(&str, &str)] = &[("strict", include_str!("../policies/strict.toml"))];
+pub const NAMED_POLICIES: &[(&str, &str)] =
+    &[("strict", include_str!("../../policies/strict.toml"))];
 /// Default LLM call patterns per language.
-pub const DEFAULT_LLM_PATTERNS: &str = include_str!("../policies/llm_patterns.toml");
+pub const DEFAULT_LLM_PATTERNS: &str = include_str!("../../policies/llm_patterns.toml");
 
 /// A git repository experiments may snapshot (contract §2).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -393,7 +396,7 @@ impl Config {
                 .map_err(|e| bad(&format!("repos.{name}.report"), e.to_string()))?;
         }
         for (key, expr) in self.schedule.entries() {
-            crate::jobs::parse_schedule(expr)
+            schedule::parse_schedule(expr)
                 .map_err(|e| bad(&format!("schedule.{key}"), e.to_string()))?;
         }
         Ok(())
@@ -496,7 +499,7 @@ fn load_llm_patterns(path: Option<&Path>, base_dir: &Path) -> Result<LlmPatterns
         file: file.clone(),
         message: e.to_string(),
     })?;
-    crate::llm_calls::LlmCounter::new(&patterns).map_err(|e| GenesisError::Config {
+    crate::analysis::LlmCounter::new(&patterns).map_err(|e| GenesisError::Config {
         file,
         message: e.to_string(),
     })?;
@@ -516,106 +519,4 @@ fn merge_tables(base: &mut toml::Table, overlay: toml::Table) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn load(text: &str) -> Result<Config> {
-        Config::from_layers(
-            PathBuf::from("/tmp/gh"),
-            Some((PathBuf::from("/etc/genesis.toml"), text.into())),
-            &Env::default(),
-        )
-    }
-
-    #[test]
-    fn defaults_load_and_match_the_contract() {
-        let c = Config::from_layers(PathBuf::from("/h"), None, &Env::default()).unwrap();
-        assert_eq!(c.max_concurrent, 5);
-        assert_eq!(c.nats.url, "nats://127.0.0.1:4222");
-        let high = c.limits_for(RiskLevel::High);
-        assert_eq!((high.cpus, high.memory_mb, high.pids), (1.0, 512, 256));
-        let t = c.thresholds.for_risk(RiskLevel::High);
-        assert_eq!(t.rollback_regression, 0.05);
-        assert_eq!(t.merge_success_rate, 0.95);
-    }
-
-    #[test]
-    fn user_file_overrides_single_keys_and_env_wins() {
-        let env = Env {
-            nats_url: Some("nats://127.0.0.1:9999".into()),
-            ..Env::default()
-        };
-        let c = Config::from_layers(
-            PathBuf::from("/h"),
-            Some((
-                PathBuf::from("/etc/g.toml"),
-                "max_concurrent = 2\n[nats]\nurl = \"nats://x:1\"\n[limits.high]\ncpus = 0.5\n"
-                    .into(),
-            )),
-            &env,
-        )
-        .unwrap();
-        assert_eq!(c.max_concurrent, 2);
-        assert_eq!(c.nats.url, "nats://127.0.0.1:9999");
-        assert_eq!(c.limits_for(RiskLevel::High).cpus, 0.5);
-        assert_eq!(c.limits_for(RiskLevel::High).memory_mb, 512);
-    }
-
-    #[test]
-    fn errors_name_file_key_and_expectation() {
-        let err = load("[limits.high]\ncpus = \"lots\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("/etc/genesis.toml"), "{err}");
-        assert!(err.contains("limits.high.cpus"), "{err}");
-        assert!(err.contains("f64") || err.contains("float"), "{err}");
-
-        let err = load("max_concurent = 3\n").unwrap_err().to_string();
-        assert!(err.contains("max_concurent"), "{err}");
-
-        let err = load("default_repo = \"nope\"\n").unwrap_err().to_string();
-        assert!(
-            err.contains("default_repo") && err.contains("nope"),
-            "{err}"
-        );
-
-        let err = load("[schedule]\ncleanup = \"0 */6 * * *\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("schedule.cleanup"), "{err}");
-
-        let err = load("this is not toml").unwrap_err().to_string();
-        assert!(err.contains("not valid TOML"), "{err}");
-    }
-
-    #[test]
-    fn repos_resolve_relative_to_the_config_file() {
-        let c = load(
-            "default_repo = \"app\"\n[repos.app]\npath = \"repo\"\nimage = \"i\"\ntest_command = \"t\"\n",
-        )
-        .unwrap();
-        let (name, repo) = c.repo(None).unwrap();
-        assert_eq!(name, "app");
-        assert_eq!(repo.path, PathBuf::from("/etc/repo"));
-        assert_eq!(repo.report, "auto");
-        assert!(c.repo(Some("other")).is_err());
-    }
-
-    #[test]
-    fn strict_policy_and_per_risk_overrides() {
-        let c = load("policy = \"strict\"\n[thresholds.low]\nmerge_success_rate = 0.5\n").unwrap();
-        assert_eq!(
-            c.thresholds.for_risk(RiskLevel::High).rollback_regression,
-            0.0
-        );
-        assert_eq!(
-            c.thresholds.for_risk(RiskLevel::Low).merge_success_rate,
-            0.5
-        );
-        assert_eq!(
-            c.thresholds.for_risk(RiskLevel::High).merge_success_rate,
-            0.98
-        );
-        assert!(load("policy = \"lenient\"\n").is_err());
-    }
-}
+mod tests;

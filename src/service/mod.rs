@@ -29,61 +29,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use async_nats::{Client, HeaderMap};
-use futures_util::StreamExt;
+use async_nats::Client;
 use tokio::sync::{watch, Mutex, Notify, Semaphore};
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::contract::{
-    ErrorKind, ExperimentResult, Progress as ProgressDoc, Recommendation, Request, RollbackEvent,
-};
+use crate::contract::subjects::{self};
+use crate::contract::{ErrorKind, ExperimentResult, Recommendation, Request, RollbackEvent};
 use crate::errors::{GenesisError, Result};
-use crate::runner::{Admission, Progress, Runner};
+use crate::runner::{Admission, Runner};
 use crate::store::{Status, Store};
 
-/// Subjects of contract §3.
-pub mod subjects {
-    pub const REQUESTS: &str = "agent.events.experiment.request.*";
-    pub const QUEUE_GROUP: &str = "genesis";
-    pub const ROLLBACK: &str = "genesis.rollback.event";
-    pub const HEALTH: &str = "system.health.genesis";
-    pub const METRICS: &str = "system.metrics.genesis";
-
-    pub fn completed(id: &str) -> String {
-        format!("agent.events.experiment.completed.{id}")
-    }
-    pub fn failed(id: &str) -> String {
-        format!("agent.events.experiment.failed.{id}")
-    }
-    pub fn progress(id: &str) -> String {
-        format!("agent.events.experiment.progress.{id}")
-    }
-}
-
-/// Header carrying W3C trace context, copied onto every message about an experiment.
-pub const TRACEPARENT: &str = "traceparent";
-/// In JetStream mode the NATS reply subject is the ack subject, so a
-/// requester that wants a direct answer names its inbox in this header.
-pub const REPLY_HEADER: &str = "Genesis-Reply-To";
-
-/// A request as it arrived, whichever way.
-struct Incoming {
-    body: bytes::Bytes,
-    headers: Option<HeaderMap>,
-    reply: Option<String>,
-    /// The JetStream message to acknowledge, in JetStream mode.
-    jetstream: Option<jetstream::Message>,
-}
-
-impl Incoming {
-    fn traceparent(&self) -> Option<String> {
-        self.headers
-            .as_ref()
-            .and_then(|h| h.get(TRACEPARENT))
-            .map(|v| v.as_str().to_owned())
-    }
-}
+mod intake;
+use intake::*;
+mod publish;
+pub use publish::*;
 
 /// State shared by intake and workers.
 struct Service {
@@ -97,7 +57,7 @@ struct Service {
 
 /// Runs the service until SIGINT/SIGTERM, then drains.
 pub async fn serve(config: Arc<Config>) -> Result<()> {
-    let store = crate::cli::open_store(&config).await?;
+    let store = crate::store::open_store(&config).await?;
     let runner = Arc::new(Runner::new(config.clone(), store.clone()).await?);
     let client = connect(&config).await?;
     let service = Arc::new(Service {
@@ -187,108 +147,6 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-}
-
-async fn intake_core(
-    service: &Arc<Service>,
-    queue_slots: &Arc<Semaphore>,
-    tasks: &tokio_util::task::TaskTracker,
-) -> Result<()> {
-    let mut sub = service
-        .client
-        .queue_subscribe(subjects::REQUESTS, subjects::QUEUE_GROUP.into())
-        .await
-        .map_err(|e| GenesisError::Nats(format!("subscribing to {}: {e}", subjects::REQUESTS)))?;
-    // Make sure the server registered the subscription before anyone relies on it.
-    let _ = service.client.flush().await;
-    tracing::info!(subject = subjects::REQUESTS, "genesis ready");
-    while let Some(msg) = sub.next().await {
-        let permit = queue_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| GenesisError::Internal("queue closed".into()))?;
-        let incoming = Incoming {
-            body: msg.payload,
-            headers: msg.headers,
-            reply: msg.reply.map(|r| r.to_string()),
-            jetstream: None,
-        };
-        let service = service.clone();
-        tasks.spawn(async move {
-            service.handle(incoming).await;
-            drop(permit);
-        });
-    }
-    Ok(())
-}
-
-async fn intake_jetstream(
-    service: &Arc<Service>,
-    queue_slots: &Arc<Semaphore>,
-    tasks: &tokio_util::task::TaskTracker,
-) -> Result<()> {
-    let nats = &service.config.nats;
-    let js = jetstream::new(service.client.clone());
-    let stream = js
-        .get_or_create_stream(jetstream::stream::Config {
-            name: nats.stream.clone(),
-            subjects: vec![subjects::REQUESTS.into()],
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| GenesisError::Nats(format!("creating stream {}: {e}", nats.stream)))?;
-    let consumer = stream
-        .get_or_create_consumer(
-            &nats.consumer,
-            jetstream::consumer::pull::Config {
-                durable_name: Some(nats.consumer.clone()),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_millis(nats.ack_wait_ms),
-                // Pull only what can be worked on; the rest waits in the stream.
-                max_ack_pending: (service.config.max_concurrent + service.config.queue_capacity)
-                    as i64,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| GenesisError::Nats(format!("creating consumer {}: {e}", nats.consumer)))?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| GenesisError::Nats(format!("pulling from {}: {e}", nats.consumer)))?;
-    tracing::info!(stream = %nats.stream, consumer = %nats.consumer, "genesis ready");
-    while let Some(item) = messages.next().await {
-        let msg = match item {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "jetstream pull error; continuing");
-                continue;
-            }
-        };
-        let permit = queue_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| GenesisError::Internal("queue closed".into()))?;
-        let headers = msg.headers.clone();
-        let reply = headers
-            .as_ref()
-            .and_then(|h| h.get(REPLY_HEADER))
-            .map(|v| v.as_str().to_owned());
-        let incoming = Incoming {
-            body: msg.payload.clone(),
-            headers,
-            reply,
-            jetstream: Some(msg),
-        };
-        let service = service.clone();
-        tasks.spawn(async move {
-            service.handle(incoming).await;
-            drop(permit);
-        });
-    }
-    Ok(())
 }
 
 impl Service {
@@ -590,94 +448,4 @@ impl Service {
             }
         }
     }
-}
-
-/// Whether JetStream delivered this message before (to a process that died).
-fn is_redelivery(incoming: &Incoming) -> bool {
-    incoming
-        .jetstream
-        .as_ref()
-        .and_then(|m| m.info().ok())
-        .is_some_and(|info| info.delivered > 1)
-}
-
-async fn ack(incoming: &Incoming, kind: jetstream::AckKind) {
-    if let Some(msg) = &incoming.jetstream {
-        // double_ack waits for the server's confirmation, so "acked" means acked.
-        if let Err(e) = msg.double_ack_with(kind).await {
-            tracing::warn!(error = %e, "could not acknowledge a request; it may be redelivered");
-        }
-    }
-}
-
-fn headers(trace: Option<&str>, msg_id: Option<&str>) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    if let Some(t) = trace {
-        h.insert(TRACEPARENT, t);
-    }
-    if let Some(id) = msg_id {
-        h.insert("Nats-Msg-Id", id);
-    }
-    h
-}
-
-/// Publishes and waits until the server has the message, retrying across
-/// reconnects: an answer is never dropped because NATS was briefly away.
-pub async fn publish_until_sent(
-    client: &Client,
-    subject: String,
-    headers: HeaderMap,
-    body: bytes::Bytes,
-) {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        let sent = client
-            .publish_with_headers(subject.clone(), headers.clone(), body.clone())
-            .await;
-        if sent.is_ok() && client.flush().await.is_ok() {
-            return;
-        }
-        tracing::warn!(%subject, "publish not confirmed; retrying after reconnect");
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
-}
-
-/// Progress to `progress.{id}` plus a log event named after the stage.
-struct NatsProgress {
-    client: Client,
-    traceparent: Option<String>,
-}
-
-impl Progress for NatsProgress {
-    fn stage(&self, experiment_id: &str, stage: &str, detail: &str) {
-        tracing::info!(experiment_id, stage, detail, "{stage}");
-        let doc = ProgressDoc {
-            experiment_id: experiment_id.to_owned(),
-            stage: stage.to_owned(),
-            timestamp: chrono::Utc::now(),
-        };
-        let body = serde_json::to_vec(&doc).unwrap_or_default();
-        let client = self.client.clone();
-        let subject = subjects::progress(experiment_id);
-        let headers = headers(self.traceparent.as_deref(), None);
-        // Progress is best effort and must not slow the experiment down.
-        tokio::spawn(async move {
-            let _ = client
-                .publish_with_headers(subject, headers, body.into())
-                .await;
-        });
-    }
-}
-
-/// Counts for the health document: what runs and what waits, from the store.
-pub async fn active_and_queued(store: &Store) -> Result<(u64, u64)> {
-    store
-        .call(|s| {
-            Ok((
-                s.ids_with_status(Status::Running)?.len() as u64,
-                s.ids_with_status(Status::Queued)?.len() as u64,
-            ))
-        })
-        .await
 }

@@ -24,10 +24,13 @@ use redb::{
     TableDefinition,
 };
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::contract::{BaselineSummary, ExperimentResult, Metrics, Request};
+use crate::config::Config;
 use crate::errors::{GenesisError, Result};
+
+mod records;
+pub use records::*;
 
 /// Version written in front of every value. Bump it when a stored type
 /// changes shape, and teach [`decode`] to read the older version.
@@ -46,159 +49,6 @@ const BASELINES: TableDefinition<&str, &[u8]> = TableDefinition::new("baselines"
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const TRENDS: TableDefinition<&str, &[u8]> = TableDefinition::new("trends");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-
-/// Lifecycle of an experiment in the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Status {
-    /// Accepted, waiting for a worker.
-    Queued,
-    /// A worker is running it.
-    Running,
-    /// Judged: a result with a recommendation exists.
-    Completed,
-    /// Ended with nothing to judge.
-    Failed,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Queued => "queued",
-            Status::Running => "running",
-            Status::Completed => "completed",
-            Status::Failed => "failed",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Status> {
-        [
-            Status::Queued,
-            Status::Running,
-            Status::Completed,
-            Status::Failed,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
-    }
-
-    pub fn is_final(self) -> bool {
-        matches!(self, Status::Completed | Status::Failed)
-    }
-}
-
-/// One experiment: its request, where it stands, and its final document.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ExperimentRecord {
-    pub experiment_id: String,
-    pub instance_id: String,
-    pub experiment_type: String,
-    pub description: String,
-    pub risk_level: String,
-    pub estimated_impact: f64,
-    /// The request's `changes` object as JSON (exported as jsonb).
-    pub changes_json: String,
-    pub rollback_plan: String,
-    pub timeout_ms: Option<u64>,
-    /// The whole request as JSON, so a recovered experiment can run again.
-    pub request_json: String,
-    /// Digest of the request, to tell duplicates from conflicting reuse of an id.
-    pub fingerprint: String,
-    pub status: Status,
-    pub recommendation: Option<String>,
-    pub error: Option<String>,
-    pub error_kind: Option<String>,
-    /// The published result document, exactly as sent.
-    pub result_json: Option<String>,
-    /// Which process runs it (`host:pid`); recovery uses it.
-    pub owner: String,
-    /// When the result was confirmed published (unix ms); a JetStream
-    /// redelivery of a published experiment is acknowledged, not answered again.
-    pub published_at: Option<i64>,
-    /// Unix milliseconds.
-    pub inserted_at: i64,
-    pub updated_at: i64,
-}
-
-impl ExperimentRecord {
-    pub fn new(request: &Request, status: Status, owner: &str, now_ms: i64) -> Self {
-        ExperimentRecord {
-            experiment_id: request.experiment_id.clone(),
-            instance_id: request.instance_id.clone(),
-            experiment_type: request.experiment_type.clone(),
-            description: request.description.clone(),
-            risk_level: request.risk_level.as_str().into(),
-            estimated_impact: request.estimated_impact,
-            changes_json: serde_json::to_string(&request.changes).expect("changes serialize"),
-            rollback_plan: request.rollback_plan.clone(),
-            timeout_ms: request.timeout_ms,
-            request_json: serde_json::to_string(request).expect("requests serialize"),
-            fingerprint: request.fingerprint(),
-            status,
-            recommendation: None,
-            error: None,
-            error_kind: None,
-            result_json: None,
-            owner: owner.into(),
-            published_at: None,
-            inserted_at: now_ms,
-            updated_at: now_ms,
-        }
-    }
-
-    pub fn result(&self) -> Option<ExperimentResult> {
-        self.result_json
-            .as_deref()
-            .and_then(|json| serde_json::from_str(json).ok())
-    }
-
-    pub fn request(&self) -> Result<Request> {
-        Request::parse(self.request_json.as_bytes())
-            .map_err(|e| GenesisError::Internal(format!("stored request unreadable: {e}")))
-    }
-}
-
-/// The numbers of a completed experiment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MetricsRow {
-    pub experiment_id: String,
-    pub metrics: Metrics,
-    pub baseline: BaselineSummary,
-    pub regressions: Vec<String>,
-    pub flaky: Vec<String>,
-    pub inserted_at: i64,
-}
-
-/// Per-test outcomes of both runs, kept so `show` can explain a verdict.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct TestOutcomes {
-    /// (test id, outcome) of the baseline run.
-    pub baseline: Vec<(String, String)>,
-    /// (test id, outcome) of the candidate run.
-    pub candidate: Vec<(String, String)>,
-}
-
-/// What happened to a sandbox on disk or in Docker (export table `sandbox_history`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SandboxEvent {
-    pub id: u64,
-    pub experiment_id: String,
-    /// create, cleanup, archive, export, verify, delete
-    pub operation: String,
-    pub path: String,
-    pub size_bytes: u64,
-    /// Free-form detail, e.g. the container id or why a verify failed.
-    pub detail: String,
-    pub inserted_at: i64,
-}
-
-/// What `insert_new` found.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Inserted {
-    /// The id was new; the record is stored.
-    New,
-    /// The id was known already; here is what the store holds.
-    Existing(Box<ExperimentRecord>),
-}
 
 /// Handle to the store; cheap to clone, shared by all tasks.
 #[derive(Clone)]
@@ -668,121 +518,16 @@ fn store_error(path: &Path, e: impl std::fmt::Display) -> GenesisError {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::contract::{Changes, RiskLevel};
-
-    pub(crate) fn request(id: &str) -> Request {
-        Request {
-            experiment_id: id.into(),
-            instance_id: "inst".into(),
-            experiment_type: "refactor".into(),
-            description: "d".into(),
-            risk_level: RiskLevel::Medium,
-            estimated_impact: 0.1,
-            changes: Changes {
-                files: vec![],
-                description: String::new(),
-                patch: None,
-                patches: Default::default(),
-            },
-            rollback_plan: String::new(),
-            timeout_ms: None,
-            repo: None,
-            base_ref: None,
-            test_command: None,
-        }
-    }
-
-    fn open() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("g.redb")).unwrap();
-        (dir, store)
-    }
-
-    #[test]
-    fn insert_is_idempotent_and_indexes_follow_updates() {
-        let (_dir, store) = open();
-        let mut rec = ExperimentRecord::new(&request("a"), Status::Queued, "h:1", 10);
-        assert_eq!(store.insert_new(&rec).unwrap(), Inserted::New);
-        assert!(matches!(
-            store.insert_new(&rec).unwrap(),
-            Inserted::Existing(_)
-        ));
-        assert_eq!(store.ids_with_status(Status::Queued).unwrap(), vec!["a"]);
-        rec.status = Status::Running;
-        store.put_record(&rec).unwrap();
-        assert!(store.ids_with_status(Status::Queued).unwrap().is_empty());
-        assert_eq!(store.ids_with_status(Status::Running).unwrap(), vec!["a"]);
-        assert_eq!(store.get("a").unwrap().unwrap().status, Status::Running);
-    }
-
-    #[test]
-    fn list_is_newest_first_and_filters() {
-        let (_dir, store) = open();
-        for (i, id) in ["x", "y", "z"].iter().enumerate() {
-            let mut rec = ExperimentRecord::new(&request(id), Status::Queued, "h", i as i64);
-            if *id == "y" {
-                rec.status = Status::Failed;
-            }
-            store.insert_new(&rec).unwrap();
-        }
-        let ids: Vec<_> = store
-            .list(None, 10)
-            .unwrap()
-            .into_iter()
-            .map(|r| r.experiment_id)
-            .collect();
-        assert_eq!(ids, ["z", "y", "x"]);
-        let failed = store.list(Some(Status::Failed), 10).unwrap();
-        assert_eq!(failed.len(), 1);
-        assert_eq!(store.list(None, 2).unwrap().len(), 2);
-    }
-
-    #[test]
-    fn history_rows_get_increasing_ids() {
-        let (_dir, store) = open();
-        let a = store.add_history("e", "create", "/p", 1, "").unwrap();
-        let b = store.add_history("e", "delete", "/p", 0, "").unwrap();
-        store.add_history("other", "create", "/q", 0, "").unwrap();
-        assert!(b > a);
-        let ops: Vec<_> = store
-            .history("e")
-            .unwrap()
-            .into_iter()
-            .map(|e| e.operation)
-            .collect();
-        assert_eq!(ops, ["create", "delete"]);
-    }
-
-    #[test]
-    fn values_carry_a_schema_version() {
-        let bytes = encode(&42u32).unwrap();
-        assert_eq!(&bytes[..4], &SCHEMA_VERSION.to_le_bytes());
-        assert_eq!(decode::<u32>(&bytes).unwrap(), 42);
-        let mut future = bytes.clone();
-        future[0] = 99;
-        assert!(decode::<u32>(&future)
-            .unwrap_err()
-            .to_string()
-            .contains("99"));
-    }
-
-    #[test]
-    fn reopening_keeps_everything() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("g.redb");
-        {
-            let store = Store::open(&path).unwrap();
-            let rec = ExperimentRecord::new(&request("keep"), Status::Completed, "h", 1);
-            store.insert_new(&rec).unwrap();
-        }
-        let store = Store::open(&path).unwrap();
-        assert_eq!(
-            store.get("keep").unwrap().unwrap().status,
-            Status::Completed
-        );
-        assert_eq!(store.schema_version().unwrap(), u64::from(SCHEMA_VERSION));
-    }
+/// Opens the store of a configured home (off the async runtime: redb is
+/// synchronous), with the configured page cache.
+pub async fn open_store(config: &Config) -> Result<Store> {
+    let path = config.store_path();
+    let cache =
+        usize::try_from(config.store_cache_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
+    tokio::task::spawn_blocking(move || Store::open_with_cache(&path, cache))
+        .await
+        .map_err(|e| GenesisError::Internal(format!("store open task: {e}")))?
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,603 @@
+//! Bundles: the deterministic .tar.gz of a sandbox (members, spooling
+//! the snapshot, MANIFEST, writing). See the parent module for the format.
+
+use crate::contract::{hex_digest, ExperimentResult};
+use crate::errors::{GenesisError, Result};
+use flate2::read::MultiGzDecoder;
+use flate2::{Compression, GzBuilder};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::*;
+
+/// Where a member's bytes come from.
+#[derive(Debug, Clone)]
+pub(super) enum Source {
+    Dir,
+    /// A regular file, opened without following links when written.
+    File(PathBuf),
+    /// A symlink entry with this target (never resolved).
+    Link(String),
+    /// In-memory content (the MANIFEST).
+    Bytes(Vec<u8>),
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Member {
+    /// Path below `ID/`, `/`-separated, no trailing slash.
+    name: String,
+    source: Source,
+    mode: u32,
+}
+
+impl Member {
+    fn dir(name: String) -> Member {
+        Member {
+            name,
+            source: Source::Dir,
+            mode: DIR_MODE,
+        }
+    }
+
+    /// Directories sort as `name/` so each precedes its own contents.
+    fn sort_key(&self) -> String {
+        match self.source {
+            Source::Dir => format!("{}/", self.name),
+            _ => self.name.clone(),
+        }
+    }
+}
+
+/// Members by name, so duplicates and file/directory clashes are caught.
+pub(super) type Members = BTreeMap<String, Member>;
+
+/// A path component that is safe as a member name and as a MANIFEST line.
+pub(super) fn name_ok(part: &str) -> bool {
+    !part.is_empty()
+        && part != "."
+        && part != ".."
+        && !part.contains('/')
+        && !part.chars().any(char::is_control)
+}
+
+/// 0755 when the owner may execute it, else 0644: the only mode bit that
+/// matters to a test run, and the only one kept.
+fn file_mode(mode: u32) -> u32 {
+    if mode & 0o100 != 0 {
+        EXEC_MODE
+    } else {
+        FILE_MODE
+    }
+}
+
+/// Opens a regular file for reading without following a symlink, and
+/// without blocking should it have been swapped for a FIFO.
+pub(super) fn open_nofollow(path: &Path) -> io::Result<fs::File> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
+
+/// Adds the regular files and directories under `dir` as members named
+/// `prefix/...`; links and special files are skipped with a note.
+pub(super) fn walk_tree(
+    dir: &Path,
+    prefix: &str,
+    out: &mut Members,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let entries =
+        fs::read_dir(dir).map_err(|e| GenesisError::io(format!("reading {}", dir.display()), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| GenesisError::io(format!("reading {}", dir.display()), e))?;
+        let path = entry.path();
+        let Some(part) = entry.file_name().to_str().map(str::to_owned) else {
+            notes.push(format!("skipped {}: name is not UTF-8", path.display()));
+            continue;
+        };
+        if !name_ok(&part) {
+            notes.push(format!("skipped {}: unusable name", path.display()));
+            continue;
+        }
+        let name = if prefix.is_empty() {
+            part
+        } else {
+            format!("{prefix}/{part}")
+        };
+        let meta = fs::symlink_metadata(&path)
+            .map_err(|e| GenesisError::io(format!("inspecting {}", path.display()), e))?;
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            out.insert(name.clone(), Member::dir(name.clone()));
+            walk_tree(&path, &name, out, notes)?;
+        } else if kind.is_file() {
+            let mode = file_mode(meta.mode());
+            let source = Source::File(path);
+            out.insert(name.clone(), Member { name, source, mode });
+        } else {
+            let what = if kind.is_symlink() {
+                "symlink"
+            } else {
+                "special file"
+            };
+            notes.push(format!("skipped {what} {name}"));
+        }
+    }
+    Ok(())
+}
+
+/// A private directory for spooled snapshot files, removed on drop.
+struct Spool {
+    path: PathBuf,
+}
+
+pub(super) static SPOOL_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Prefix of spool directories in `GENESIS_HOME/tmp`.
+pub(super) const SPOOL_PREFIX: &str = "bundle-";
+
+impl Spool {
+    fn create(home: &Path) -> Result<Spool> {
+        let seq = SPOOL_SEQ.fetch_add(1, Ordering::Relaxed);
+        let path = home
+            .join("tmp")
+            .join(format!("{SPOOL_PREFIX}{}-{seq}", std::process::id()));
+        // A leftover of a crashed process with the same pid.
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path)
+            .map_err(|e| GenesisError::io(format!("creating {}", path.display()), e))?;
+        Ok(Spool { path })
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// The relative path of a snapshot member, or None if it is unsafe.
+/// `.` components (a leading `./`) are dropped; `..` or odd names refuse it.
+pub(super) fn snapshot_rel(raw: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(raw).ok()?;
+    let mut parts = Vec::new();
+    for part in text.split('/') {
+        match part {
+            "" | "." => continue,
+            p if name_ok(p) => parts.push(p),
+            _ => return None,
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
+}
+
+/// Copies a snapshot's regular files into `spool` and returns every usable
+/// member (files, directories, symlinks) named `workspace/...`.
+fn spool_snapshot(tarball: &Path, spool: &Path, notes: &mut Vec<String>) -> Result<Members> {
+    let context = || format!("reading snapshot {}", tarball.display());
+    let file = open_nofollow(tarball).map_err(|e| GenesisError::io(context(), e))?;
+    let mut archive = tar::Archive::new(MultiGzDecoder::new(io::BufReader::new(file)));
+    let mut out = Members::new();
+    for entry in archive
+        .entries()
+        .map_err(|e| GenesisError::io(context(), e))?
+    {
+        let mut entry = entry.map_err(|e| GenesisError::io(context(), e))?;
+        let raw = entry.path_bytes().into_owned();
+        let Some(rel) = snapshot_rel(&raw) else {
+            notes.push(format!(
+                "workspace: skipped unsafe member {:?}",
+                String::from_utf8_lossy(&raw)
+            ));
+            continue;
+        };
+        let name = format!("{WORKSPACE}/{rel}");
+        if out.contains_key(&name) {
+            notes.push(format!("workspace: skipped duplicate member {rel}"));
+            continue;
+        }
+        let kind = entry.header().entry_type();
+        let target = spool.join(&rel);
+        if kind.is_dir() {
+            fs::create_dir_all(&target)
+                .map_err(|e| GenesisError::io(format!("spooling {rel}"), e))?;
+            out.insert(name.clone(), Member::dir(name));
+        } else if kind.is_file() {
+            let mode = file_mode(entry.header().mode().unwrap_or(FILE_MODE));
+            if let Err(e) = spool_file(&mut entry, &target) {
+                notes.push(format!("workspace: skipped {rel}: {e}"));
+                continue;
+            }
+            let source = Source::File(target);
+            out.insert(name.clone(), Member { name, source, mode });
+        } else if kind.is_symlink() {
+            let link = entry.link_name_bytes().map(|l| l.into_owned());
+            let Some(link) = link.and_then(|l| String::from_utf8(l).ok()) else {
+                notes.push(format!(
+                    "workspace: skipped symlink {rel}: unreadable target"
+                ));
+                continue;
+            };
+            let source = Source::Link(link);
+            let mode = LINK_MODE;
+            out.insert(name.clone(), Member { name, source, mode });
+        } else {
+            notes.push(format!(
+                "workspace: skipped {rel}: not a file, directory or symlink"
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Writes one snapshot file into the spool; `create_new` in directories made
+/// here, so nothing outside the spool is written or followed.
+fn spool_file(entry: &mut impl Read, target: &Path) -> io::Result<()> {
+    if let Some(parent) = target.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(target)?;
+    io::copy(entry, &mut file)?;
+    Ok(())
+}
+
+/// Adds a directory member for every ancestor of every member, dropping
+/// members whose ancestor is not a directory (a path below a symlink).
+fn add_parents(members: &mut Members, notes: &mut Vec<String>) {
+    let names: Vec<String> = members.keys().cloned().collect();
+    for name in names {
+        let mut ancestor = name.as_str();
+        while let Some((parent, _)) = ancestor.rsplit_once('/') {
+            match members.get(parent).map(|m| &m.source) {
+                Some(Source::Dir) => {}
+                Some(_) => {
+                    notes.push(format!("skipped {name}: {parent} is not a directory"));
+                    members.remove(&name);
+                    break;
+                }
+                None => {
+                    members.insert(parent.to_owned(), Member::dir(parent.to_owned()));
+                }
+            }
+            ancestor = parent;
+        }
+    }
+}
+
+/// The candidate snapshot tarball named by `result.json`, or why there is none.
+fn candidate_snapshot(home: &Path, sandbox: &Path) -> std::result::Result<PathBuf, String> {
+    let mut text = String::new();
+    open_nofollow(&sandbox.join("result.json"))
+        .and_then(|mut f| f.read_to_string(&mut text))
+        .map_err(|e| format!("no workspace: result.json unreadable ({e})"))?;
+    let result: ExperimentResult = serde_json::from_str(&text)
+        .map_err(|e| format!("no workspace: result.json is not a result ({e})"))?;
+    let ExperimentResult::Success(completed) = result else {
+        return Err("no workspace: the experiment failed before a candidate was judged".into());
+    };
+    let commit = completed.candidate.commit;
+    // The commit becomes part of a file name: hex only.
+    if commit.is_empty() || !commit.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "no workspace: candidate commit {commit:?} is not hex"
+        ));
+    }
+    let dir = home.join("snapshots");
+    let prefix = format!("{commit}-");
+    let mut found: Vec<PathBuf> = fs::read_dir(&dir)
+        .map_err(|e| format!("no workspace: {} unreadable ({e})", dir.display()))?
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with(&prefix) && name.ends_with(".tar.gz")
+        })
+        .map(|e| e.path())
+        .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
+        .collect();
+    // Several only if the owner or repo name changed; pick one deterministically.
+    found.sort();
+    found.into_iter().next().ok_or_else(|| {
+        format!("no workspace: no snapshot of candidate commit {commit} in snapshots/")
+    })
+}
+
+/// Everything a live sandbox's bundle holds, ready to write.
+struct Plan {
+    members: Members,
+    notes: Vec<String>,
+    /// Keeps the spooled workspace alive until the bundle is written.
+    _spool: Option<Spool>,
+}
+
+fn plan_live(home: &Path, id: &str) -> Result<Plan> {
+    let dir = sandboxes_dir(home).join(id);
+    let meta = fs::symlink_metadata(&dir)
+        .map_err(|e| GenesisError::io(format!("opening sandbox {}", dir.display()), e))?;
+    if !meta.is_dir() {
+        return Err(GenesisError::io(
+            format!("opening sandbox {}", dir.display()),
+            io::Error::other("not a directory (links are not followed)"),
+        ));
+    }
+    let mut members = Members::new();
+    let mut notes = Vec::new();
+    walk_tree(&dir, "", &mut members, &mut notes)?;
+    // These names belong to the bundle format, not to the sandbox.
+    members.retain(|name, _| {
+        let reserved =
+            name == MANIFEST || name == WORKSPACE || name.starts_with(&format!("{WORKSPACE}/"));
+        if reserved {
+            notes.push(format!("skipped {name}: reserved name in a bundle"));
+        }
+        !reserved
+    });
+    let spool = match candidate_snapshot(home, &dir) {
+        Ok(tarball) => {
+            let spool = Spool::create(home)?;
+            members.extend(spool_snapshot(&tarball, &spool.path, &mut notes)?);
+            members
+                .entry(WORKSPACE.into())
+                .or_insert_with(|| Member::dir(WORKSPACE.into()));
+            Some(spool)
+        }
+        Err(why) => {
+            notes.push(why);
+            None
+        }
+    };
+    add_parents(&mut members, &mut notes);
+    Ok(Plan {
+        members,
+        notes,
+        _spool: spool,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Writing a bundle
+// ---------------------------------------------------------------------------
+
+/// Reads through, hashing and counting what passes.
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<R: Read> Hashing<R> {
+    fn new(inner: R) -> Self {
+        Hashing {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
+    }
+
+    fn hex(self) -> String {
+        hex_digest(&self.hasher.finalize())
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// sha256 and length of everything a reader yields.
+pub(super) fn hash_reader(reader: impl Read) -> io::Result<(String, u64)> {
+    let mut hashing = Hashing::new(reader);
+    let mut buf = vec![0u8; CHUNK];
+    while hashing.read(&mut buf)? > 0 {}
+    let count = hashing.count;
+    Ok((hashing.hex(), count))
+}
+
+pub(super) fn sha256_hex(bytes: &[u8]) -> String {
+    hex_digest(&Sha256::digest(bytes))
+}
+
+/// MANIFEST text for `name -> sha256` pairs: `<hex>  <name>\n`, sorted.
+pub fn render_manifest(digests: &BTreeMap<String, String>) -> String {
+    digests
+        .iter()
+        .map(|(name, hex)| format!("{hex}  {name}\n"))
+        .collect()
+}
+
+/// Parses MANIFEST text into `name -> sha256`, with a message for every bad
+/// or repeated line.
+pub fn parse_manifest(text: &str) -> (BTreeMap<String, String>, Vec<String>) {
+    let mut entries = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let parsed = line.split_once("  ").filter(|(hex, name)| {
+            hex.len() == 64
+                && hex
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+                && !name.is_empty()
+        });
+        match parsed {
+            Some((hex, name)) => {
+                if entries.insert(name.to_owned(), hex.to_owned()).is_some() {
+                    problems.push(format!("MANIFEST lists {name} twice"));
+                }
+            }
+            None => problems.push(format!("MANIFEST line {} is malformed", n + 1)),
+        }
+    }
+    (entries, problems)
+}
+
+/// What a written bundle holds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BundleInfo {
+    /// Tar members, directories included.
+    pub members: usize,
+    /// Members listed in MANIFEST.
+    pub listed: usize,
+    /// Size of the `.tar.gz`.
+    pub bytes: u64,
+    /// sha256 of the `.tar.gz` itself.
+    pub sha256: String,
+}
+
+fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h
+}
+
+/// Hashes every file and link member: `name -> (sha256, size)`.
+fn digest_members(members: &Members) -> Result<BTreeMap<String, (String, u64)>> {
+    let mut out = BTreeMap::new();
+    for m in members.values() {
+        let digest = match &m.source {
+            Source::Dir => continue,
+            Source::Bytes(b) => (sha256_hex(b), b.len() as u64),
+            Source::Link(target) => (sha256_hex(target.as_bytes()), 0),
+            Source::File(path) => open_nofollow(path)
+                .and_then(hash_reader)
+                .map_err(|e| GenesisError::io(format!("reading {}", path.display()), e))?,
+        };
+        out.insert(m.name.clone(), digest);
+    }
+    Ok(out)
+}
+
+/// Writes the members (plus MANIFEST) as `ID/...` into a deterministic
+/// `.tar.gz` at `dest`, synced to disk. A file that changes between hashing
+/// and writing fails the bundle rather than producing a wrong MANIFEST.
+pub(super) fn write_bundle(id: &str, mut members: Members, dest: &Path) -> Result<BundleInfo> {
+    let digests = digest_members(&members)?;
+    let listed: BTreeMap<String, String> = digests
+        .iter()
+        .map(|(name, (hex, _))| (name.clone(), hex.clone()))
+        .collect();
+    let manifest = render_manifest(&listed).into_bytes();
+    members.insert(
+        MANIFEST.into(),
+        Member {
+            name: MANIFEST.into(),
+            source: Source::Bytes(manifest),
+            mode: FILE_MODE,
+        },
+    );
+    let mut ordered: Vec<&Member> = members.values().collect();
+    ordered.sort_by_key(|m| m.sort_key());
+
+    let context = || format!("writing {}", dest.display());
+    let file = fs::File::create(dest).map_err(|e| GenesisError::io(context(), e))?;
+    let gz = GzBuilder::new()
+        .mtime(0)
+        .write(io::BufWriter::new(file), Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    let mut root = header(tar::EntryType::Directory, DIR_MODE, 0);
+    tar.append_data(&mut root, format!("{id}/"), io::empty())
+        .map_err(|e| GenesisError::io(context(), e))?;
+    for m in &ordered {
+        append_member(&mut tar, id, m, &digests)?;
+    }
+    let gz = tar
+        .into_inner()
+        .map_err(|e| GenesisError::io(context(), e))?;
+    let mut buf = gz.finish().map_err(|e| GenesisError::io(context(), e))?;
+    buf.flush().map_err(|e| GenesisError::io(context(), e))?;
+    let file = buf
+        .into_inner()
+        .map_err(|e| GenesisError::io(context(), e.into_error()))?;
+    file.sync_all()
+        .map_err(|e| GenesisError::io(context(), e))?;
+    drop(file);
+    let (sha256, bytes) = open_nofollow(dest)
+        .and_then(hash_reader)
+        .map_err(|e| GenesisError::io(context(), e))?;
+    Ok(BundleInfo {
+        members: ordered.len() + 1,
+        listed: listed.len(),
+        bytes,
+        sha256,
+    })
+}
+
+fn append_member<W: Write>(
+    tar: &mut tar::Builder<W>,
+    id: &str,
+    m: &Member,
+    digests: &BTreeMap<String, (String, u64)>,
+) -> Result<()> {
+    let path = format!("{id}/{}", m.name);
+    let context = || format!("adding {path} to the bundle");
+    match &m.source {
+        Source::Dir => {
+            let mut h = header(tar::EntryType::Directory, m.mode, 0);
+            tar.append_data(&mut h, format!("{path}/"), io::empty())
+        }
+        Source::Link(target) => {
+            let mut h = header(tar::EntryType::Symlink, m.mode, 0);
+            tar.append_link(&mut h, &path, target)
+        }
+        Source::Bytes(bytes) => {
+            let mut h = header(tar::EntryType::Regular, m.mode, bytes.len() as u64);
+            tar.append_data(&mut h, &path, bytes.as_slice())
+        }
+        Source::File(file) => {
+            let (want, size) = digests.get(&m.name).cloned().unwrap_or_default();
+            append_file(tar, &path, m.mode, file, &want, size)
+        }
+    }
+    .map_err(|e| GenesisError::io(context(), e))
+}
+
+/// Appends a file, checking it still has the size and sha256 it was
+/// listed with: a file that changed in between fails the bundle.
+fn append_file<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &str,
+    mode: u32,
+    file: &Path,
+    want: &str,
+    size: u64,
+) -> io::Result<()> {
+    let mut reader = Hashing::new(open_nofollow(file)?.take(size));
+    let mut h = header(tar::EntryType::Regular, mode, size);
+    tar.append_data(&mut h, path, &mut reader)?;
+    if reader.count != size || reader.hex() != want {
+        return Err(io::Error::other(
+            "the file changed while it was being packed; try again",
+        ));
+    }
+    Ok(())
+}
+
+/// Writes the bundle of a live sandbox to `dest`; returns what it holds and
+/// notes on anything left out.
+pub(super) fn bundle_live(home: &Path, id: &str, dest: &Path) -> Result<(BundleInfo, Vec<String>)> {
+    let plan = plan_live(home, id)?;
+    let info = write_bundle(id, plan.members, dest)?;
+    Ok((info, plan.notes))
+}

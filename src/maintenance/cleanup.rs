@@ -1,0 +1,504 @@
+//! The cleanup job: delete, archive, prune to the disk budget, reap
+//! containers. Decides from the store and an injected clock; one failing
+//! sandbox never stops the others.
+
+use crate::config::{CleanupPolicy, Config};
+use crate::contract::{validate_experiment_id, Recommendation};
+use crate::errors::{GenesisError, Result};
+use crate::store::{ExperimentRecord, Status, Store};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+
+/// What cleanup should do with a sandbox directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxAction {
+    Keep,
+    Delete,
+    Archive,
+}
+
+/// Decides from the record alone. Queued and running experiments are never
+/// touched; failed and rolled-back ones are deleted after
+/// `delete_after_hours`; merged ones archived after `archive_after_hours`.
+pub fn sandbox_action(
+    record: &ExperimentRecord,
+    now_ms: i64,
+    policy: &CleanupPolicy,
+) -> SandboxAction {
+    let age_ms = now_ms.saturating_sub(record.updated_at);
+    let older_than = |hours: u64| {
+        let limit = i64::try_from(hours.saturating_mul(MS_PER_HOUR)).unwrap_or(i64::MAX);
+        age_ms > limit
+    };
+    let recommendation = record.recommendation.as_deref();
+    let kept = [
+        Recommendation::Merge.as_str(),
+        Recommendation::MergeWithAdaptations.as_str(),
+    ];
+    match record.status {
+        Status::Queued | Status::Running => SandboxAction::Keep,
+        Status::Failed if older_than(policy.delete_after_hours) => SandboxAction::Delete,
+        Status::Completed if recommendation == Some(Recommendation::Rollback.as_str()) => {
+            if older_than(policy.delete_after_hours) {
+                SandboxAction::Delete
+            } else {
+                SandboxAction::Keep
+            }
+        }
+        Status::Completed
+            if recommendation.is_some_and(|r| kept.contains(&r))
+                && older_than(policy.archive_after_hours) =>
+        {
+            SandboxAction::Archive
+        }
+        _ => SandboxAction::Keep,
+    }
+}
+
+/// What a cleanup run did; printed by `genesis jobs run cleanup`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CleanupReport {
+    /// Sandbox directories of failed and rolled-back experiments removed.
+    pub deleted: Vec<String>,
+    /// Sandboxes packed into archives (and their directories removed).
+    pub archived: Vec<String>,
+    /// Archives removed to stay under the disk budget, oldest first.
+    pub pruned: Vec<String>,
+    /// Orphan containers removed (container ids).
+    pub containers_removed: Vec<String>,
+    /// Archives failing verification; kept for inspection.
+    pub corrupt_archives: Vec<String>,
+    pub freed_bytes: u64,
+    /// GENESIS_HOME's size after cleanup (apparent size of its files).
+    pub disk_used_bytes: u64,
+    pub disk_budget_bytes: u64,
+    /// Things worth knowing that are not failures (Docker unreachable, ...).
+    pub notes: Vec<String>,
+    /// Steps that failed; the run as a whole counts as failed when non-empty.
+    pub errors: Vec<String>,
+}
+
+impl CleanupReport {
+    /// One line for logs and the job state.
+    pub fn summary(&self) -> String {
+        format!(
+            "deleted {}, archived {}, pruned {}, containers removed {}, corrupt archives {}, freed {:.1} MB, home {:.1} of {:.0} MB{}",
+            self.deleted.len(),
+            self.archived.len(),
+            self.pruned.len(),
+            self.containers_removed.len(),
+            self.corrupt_archives.len(),
+            self.freed_bytes as f64 / BYTES_PER_MB as f64,
+            self.disk_used_bytes as f64 / BYTES_PER_MB as f64,
+            self.disk_budget_bytes as f64 / BYTES_PER_MB as f64,
+            if self.errors.is_empty() {
+                String::new()
+            } else {
+                format!(", {} error(s)", self.errors.len())
+            }
+        )
+    }
+}
+
+/// Apparent size of every regular file under `path`, links not followed;
+/// unreadable parts count as zero.
+pub fn disk_usage_bytes(path: &Path) -> u64 {
+    let mut total = 0u64;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Ok(entries) = fs::read_dir(&p) {
+                stack.extend(entries.flatten().map(|e| e.path()));
+            }
+        } else if meta.is_file() {
+            total = total.saturating_add(meta.len());
+        }
+    }
+    total
+}
+
+/// Cleans GENESIS_HOME as of `now` (the injected clock's time): sandboxes,
+/// archives, the disk budget, stale temporary files, orphan containers.
+pub async fn cleanup(
+    config: &Arc<Config>,
+    store: &Store,
+    now: DateTime<Utc>,
+) -> Result<CleanupReport> {
+    let (cfg, st) = (config.clone(), store.clone());
+    let mut report = tokio::task::spawn_blocking(move || {
+        let mut files = Cleaner::new(&cfg, &st, now.timestamp_millis());
+        files.run();
+        files.report
+    })
+    .await
+    .map_err(|e| GenesisError::Internal(format!("cleanup task: {e}")))?;
+    reap_containers(config, store, &mut report).await;
+    report.disk_used_bytes = disk_usage_bytes(&config.home);
+    Ok(report)
+}
+
+/// The file-system half of cleanup (blocking).
+struct Cleaner<'a> {
+    config: &'a Config,
+    store: &'a Store,
+    now_ms: i64,
+    report: CleanupReport,
+    /// Archives verified during this run (already recorded in history).
+    verified: HashMap<String, VerifyReport>,
+}
+
+impl<'a> Cleaner<'a> {
+    fn new(config: &'a Config, store: &'a Store, now_ms: i64) -> Self {
+        let report = CleanupReport {
+            disk_budget_bytes: config.cleanup.disk_budget_mb.saturating_mul(BYTES_PER_MB),
+            ..CleanupReport::default()
+        };
+        Cleaner {
+            config,
+            store,
+            now_ms,
+            report,
+            verified: HashMap::new(),
+        }
+    }
+
+    fn run(&mut self) {
+        self.sandboxes();
+        let checks = match check_all(&self.config.home, &self.verified) {
+            Ok(checks) => checks,
+            Err(e) => {
+                self.report.errors.push(e.to_string());
+                Vec::new()
+            }
+        };
+        if let Err(e) = record_checks(self.store, &checks) {
+            self.report
+                .errors
+                .push(format!("recording verify rows: {e}"));
+        }
+        self.report.corrupt_archives = checks
+            .iter()
+            .filter(|c| !c.report.is_ok())
+            .map(|c| c.id.clone())
+            .collect();
+        self.budget(&checks);
+        self.stale_temp();
+    }
+
+    fn history(&mut self, id: &str, op: &str, path: &Path, size: u64, detail: &str) {
+        let path = path.display().to_string();
+        if let Err(e) = self.store.add_history(id, op, &path, size, detail) {
+            self.report
+                .errors
+                .push(format!("{id}: recording the {op} in sandbox_history: {e}"));
+        }
+    }
+
+    /// Deletes or archives each sandbox directory its record says is due.
+    fn sandboxes(&mut self) {
+        let dir = sandboxes_dir(&self.config.home);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Err(e) => {
+                self.report
+                    .errors
+                    .push(format!("listing {}: {e}", dir.display()));
+                return;
+            }
+        };
+        let mut ids: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .filter(|id| validate_experiment_id(id).is_ok())
+            .collect();
+        ids.sort();
+        for id in ids {
+            if let Err(e) = self.sandbox(&id) {
+                self.report.errors.push(format!("{id}: {e}"));
+            }
+        }
+    }
+
+    fn sandbox(&mut self, id: &str) -> Result<()> {
+        let path = sandboxes_dir(&self.config.home).join(id);
+        let is_dir = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+        if !is_dir {
+            self.report.notes.push(format!(
+                "{id}: sandbox entry is not a directory; left alone"
+            ));
+            return Ok(());
+        }
+        let Some(record) = self.store.get(id)? else {
+            self.report.notes.push(format!(
+                "{id}: sandbox has no record in the store; left alone"
+            ));
+            return Ok(());
+        };
+        match sandbox_action(&record, self.now_ms, &self.config.cleanup) {
+            SandboxAction::Keep => Ok(()),
+            SandboxAction::Delete => {
+                let size = remove_tree(&path)?;
+                self.report.freed_bytes += size;
+                self.report.deleted.push(id.to_owned());
+                let detail = format!(
+                    "sandbox of a {} experiment removed after {} h",
+                    record
+                        .recommendation
+                        .as_deref()
+                        .unwrap_or(record.status.as_str()),
+                    self.config.cleanup.delete_after_hours
+                );
+                self.history(id, "delete", &path, size, &detail);
+                Ok(())
+            }
+            SandboxAction::Archive => self.archive(id, &path),
+        }
+    }
+
+    /// Packs a sandbox into `archives/ID.tar.gz`, verifies the archive, and
+    /// only then removes the directory.
+    fn archive(&mut self, id: &str, dir: &Path) -> Result<()> {
+        let home = &self.config.home;
+        let dest = archives_dir(home).join(format!("{id}.tar.gz"));
+        if fs::symlink_metadata(&dest).is_ok() {
+            // An earlier run was interrupted after the rename: trust the
+            // archive only if it verifies.
+            let report = verify_archive(&dest)?;
+            let size = fs::symlink_metadata(&dest).map(|m| m.len()).unwrap_or(0);
+            self.history(id, "verify", &dest, size, &report.summary());
+            let summary = report.summary();
+            let ok = report.is_ok();
+            self.verified.insert(id.to_owned(), report);
+            if !ok {
+                return Err(GenesisError::CorruptArchive {
+                    path: dest,
+                    message: format!("{summary}; sandbox kept"),
+                });
+            }
+        } else {
+            fs::create_dir_all(archives_dir(home)).map_err(|e| {
+                GenesisError::io(format!("creating {}", archives_dir(home).display()), e)
+            })?;
+            let tmp = TempFile(Some(temp_beside(&dest)));
+            let (info, notes) = bundle_live(home, id, tmp.path())?;
+            let report = verify_archive(tmp.path())?;
+            if !report.is_ok() {
+                return Err(GenesisError::Internal(format!(
+                    "the new archive of {id} failed verification ({}); sandbox kept",
+                    report.summary()
+                )));
+            }
+            tmp.persist(&dest)?;
+            let mut detail = format!(
+                "{} members, {} listed in MANIFEST; sha256 {}",
+                info.members, info.listed, info.sha256
+            );
+            if !notes.is_empty() {
+                detail.push_str(&format!("; {}", notes.join("; ")));
+            }
+            self.history(id, "archive", &dest, info.bytes, &detail);
+            self.history(id, "verify", &dest, info.bytes, &report.summary());
+            let mut report = report;
+            report.path = dest.clone();
+            self.verified.insert(id.to_owned(), report);
+        }
+        let size = remove_tree(dir)?;
+        self.report.freed_bytes += size;
+        self.report.archived.push(id.to_owned());
+        let detail = format!("archived to {}", dest.display());
+        self.history(id, "delete", dir, size, &detail);
+        Ok(())
+    }
+
+    /// Prunes intact archives, oldest experiment first, while GENESIS_HOME
+    /// is over budget. Corrupt archives and those of unfinished experiments stay.
+    fn budget(&mut self, checks: &[ArchiveCheck]) {
+        let budget = self.report.disk_budget_bytes;
+        let mut used = disk_usage_bytes(&self.config.home);
+        if used <= budget {
+            return;
+        }
+        let mut candidates: Vec<(i64, &ArchiveCheck)> = Vec::new();
+        for check in checks.iter().filter(|c| c.report.is_ok()) {
+            match self.store.get(&check.id) {
+                Ok(Some(r)) if !r.status.is_final() => continue,
+                Ok(Some(r)) => candidates.push((r.updated_at, check)),
+                // An archive without a record: its file time is all we know.
+                Ok(None) => candidates.push((mtime_ms(&check.path), check)),
+                Err(e) => self.report.errors.push(format!("{}: {e}", check.id)),
+            }
+        }
+        candidates.sort_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
+        for (_, check) in candidates {
+            if used <= budget {
+                break;
+            }
+            if let Err(e) = fs::remove_file(&check.path) {
+                self.report.errors.push(format!(
+                    "{}: pruning {}: {e}",
+                    check.id,
+                    check.path.display()
+                ));
+                continue;
+            }
+            used = used.saturating_sub(check.size_bytes);
+            self.report.freed_bytes += check.size_bytes;
+            self.report.pruned.push(check.id.clone());
+            let detail = format!(
+                "archive pruned: GENESIS_HOME over its {} MB budget",
+                self.config.cleanup.disk_budget_mb
+            );
+            self.history(&check.id, "delete", &check.path, check.size_bytes, &detail);
+        }
+        if used > budget {
+            self.report.notes.push(format!(
+                "GENESIS_HOME still uses {:.1} MB of a {} MB budget; nothing else may be pruned (snapshots, mirrors and the store are not)",
+                used as f64 / BYTES_PER_MB as f64,
+                self.config.cleanup.disk_budget_mb
+            ));
+        }
+    }
+
+    /// Removes spool directories and half-written archives left by a crash,
+    /// once they are older than `delete_after_hours`.
+    fn stale_temp(&mut self) {
+        let limit_ms = i64::try_from(
+            self.config
+                .cleanup
+                .delete_after_hours
+                .saturating_mul(MS_PER_HOUR),
+        )
+        .unwrap_or(i64::MAX);
+        let home = &self.config.home;
+        let spools = (home.join("tmp"), SPOOL_PREFIX, "");
+        let archives = (archives_dir(home), ".", ".tmp");
+        for (dir, prefix, suffix) in [spools, archives] {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let path = entry.path();
+                let stale = name.starts_with(prefix)
+                    && name.ends_with(suffix)
+                    && self.now_ms.saturating_sub(mtime_ms(&path)) > limit_ms;
+                if stale {
+                    match remove_tree(&path) {
+                        Ok(size) => self.report.freed_bytes += size,
+                        Err(e) => self.report.errors.push(e.to_string()),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn mtime_ms(path: &Path) -> i64 {
+    fs::symlink_metadata(path)
+        .map(|m| m.mtime().saturating_mul(1000) + m.mtime_nsec() / 1_000_000)
+        .unwrap_or(0)
+}
+
+/// Removes a file or directory tree without following links; returns the
+/// bytes it held.
+fn remove_tree(path: &Path) -> Result<u64> {
+    let size = disk_usage_bytes(path);
+    let meta = fs::symlink_metadata(path)
+        .map_err(|e| GenesisError::io(format!("inspecting {}", path.display()), e))?;
+    // remove_dir_all does not follow links inside the tree; a link at the
+    // top is removed as a link.
+    let removed = if meta.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    removed.map_err(|e| GenesisError::io(format!("removing {}", path.display()), e))?;
+    Ok(size)
+}
+
+/// Removes containers labelled with this home whose experiment is not
+/// running. Docker being unreachable is a note, not a failure.
+async fn reap_containers(config: &Config, store: &Store, report: &mut CleanupReport) {
+    let timeout = Duration::from_millis(config.sandbox.docker_timeout_ms);
+    let docker = match tokio::time::timeout(timeout, crate::sandbox::connect()).await {
+        Ok(Ok(docker)) => docker,
+        Ok(Err(e)) => {
+            report.notes.push(format!(
+                "orphan containers not checked: Docker unreachable: {e}"
+            ));
+            return;
+        }
+        Err(_) => {
+            report.notes.push(format!(
+                "orphan containers not checked: Docker did not answer within {} ms",
+                config.sandbox.docker_timeout_ms
+            ));
+            return;
+        }
+    };
+    let label = crate::sandbox::home_label(&config.home);
+    let listed = tokio::time::timeout(
+        timeout,
+        crate::sandbox::labelled_containers(&docker, Some(&label), None),
+    )
+    .await;
+    let containers = match listed {
+        Ok(Ok(list)) => list,
+        Ok(Err(e)) => {
+            report
+                .notes
+                .push(format!("orphan containers not checked: {e}"));
+            return;
+        }
+        Err(_) => {
+            report.notes.push(format!(
+                "orphan containers not checked: listing took over {} ms",
+                config.sandbox.docker_timeout_ms
+            ));
+            return;
+        }
+    };
+    for (container, experiment) in containers {
+        if let Err(e) = reap_one(&docker, store, &container, &experiment, report).await {
+            report.errors.push(format!("container {container}: {e}"));
+        }
+    }
+}
+
+async fn reap_one(
+    docker: &bollard::Docker,
+    store: &Store,
+    container: &str,
+    experiment: &str,
+    report: &mut CleanupReport,
+) -> Result<()> {
+    let key = experiment.to_owned();
+    let status = store.call(move |s| s.get(&key)).await?.map(|r| r.status);
+    if status == Some(Status::Running) {
+        return Ok(());
+    }
+    crate::sandbox::remove_container(docker, container).await?;
+    report.containers_removed.push(container.to_owned());
+    let detail = format!(
+        "orphan container {container} removed (experiment {})",
+        status.map_or("unknown to the store", Status::as_str)
+    );
+    let key = experiment.to_owned();
+    store
+        .call(move |s| s.add_history(&key, "cleanup", "", 0, &detail))
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,263 @@
+//! The runs of one experiment: the baseline (cached per commit and
+//! command, single flight across concurrent experiments), the candidate's
+//! suite, re-runs that tell flaky tests from regressions, and turning a
+//! sandbox's outcome and report into a [`SuiteRun`].
+
+use crate::contract::{hex_digest, Request};
+use crate::errors::{GenesisError, Result};
+use crate::results::{parse_report, ReportError, ReportInput, TestReport};
+use crate::sandbox::{self, CappedLog, Role, RunOutcome, SandboxBuilder};
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+impl Runner {
+    /// The baseline run: from the store's cache, from a concurrent
+    /// experiment's run in progress, or run now.
+    pub(super) async fn baseline(
+        &self,
+        request: &Request,
+        plan: &Plan,
+        progress: &dyn Progress,
+    ) -> Result<SuiteRun> {
+        let key = self.baseline_key(plan).await?;
+        let cached_key = key.clone();
+        if let Some(run) = self
+            .store
+            .call(move |s| s.baseline::<SuiteRun>(&cached_key))
+            .await?
+        {
+            progress.stage(&request.experiment_id, stage::BASELINE, "cached");
+            return Ok(run);
+        }
+        let slot = {
+            let mut map = self.baselines.lock().await;
+            map.entry(key.clone()).or_default().clone()
+        };
+        let id = &request.experiment_id;
+        let run = slot
+            .get_or_init(|| async {
+                let run = self
+                    .suite(id, Role::Baseline, plan, true, progress)
+                    .await
+                    .map_err(|e| (e.kind(), e.to_string()))?;
+                let store_key = key.clone();
+                let stored = run.clone();
+                self.store
+                    .call(move |s| s.put_baseline(&store_key, &stored))
+                    .await
+                    .map_err(|e| (e.kind(), e.to_string()))?;
+                Ok(run)
+            })
+            .await
+            .clone();
+        // Failed baselines are not kept, so a later experiment tries again.
+        if run.is_err() {
+            self.baselines.lock().await.remove(&key);
+        }
+        let run = run.map_err(|(kind, message)| GenesisError::Baseline { kind, message })?;
+        progress.stage(id, stage::BASELINE, &format!("{} ms", run.runtime_ms));
+        Ok(run)
+    }
+
+    /// Everything that can change a baseline's outcome.
+    async fn baseline_key(&self, plan: &Plan) -> Result<String> {
+        let image = self
+            .docker
+            .inspect_image(&plan.repo.image)
+            .await
+            .map_err(|e| {
+                GenesisError::sandbox(
+                    format!("image {}", plan.repo.image),
+                    format!("{e} (build it with `genesis images build`)"),
+                )
+            })?;
+        let commits: Vec<_> = plan
+            .prepared
+            .iter()
+            .map(|p| format!("{}={}", p.name, p.base.commit))
+            .collect();
+        let material = format!(
+            "{}\n{}\n{}\n{}\n{:?}\n{:?}\n{}",
+            commits.join(","),
+            image.id.unwrap_or_default(),
+            plan.repo.setup_command,
+            plan.test_command,
+            plan.limits,
+            plan.report,
+            self.config.sandbox.user,
+        );
+        Ok(hex_digest(&<sha2::Sha256 as sha2::Digest>::digest(
+            material.as_bytes(),
+        )))
+    }
+
+    /// Re-runs the candidate to separate flaky failures from real ones.
+    pub(super) async fn find_flaky(
+        &self,
+        id: &str,
+        plan: &Plan,
+        baseline: &TestReport,
+        candidate: &TestReport,
+        progress: &dyn Progress,
+    ) -> Result<BTreeSet<String>> {
+        let mut suspects: BTreeSet<String> =
+            crate::judgement::metrics::regressed(baseline, candidate)
+                .into_iter()
+                .collect();
+        let mut flaky = BTreeSet::new();
+        for _ in 0..self.config.judging.reruns {
+            if suspects.is_empty() {
+                break;
+            }
+            let rerun = self.suite(id, Role::Rerun, plan, false, progress).await?;
+            let Some(report) = rerun.report else { continue };
+            let passed = crate::judgement::metrics::passed_ids(&report);
+            let now_ok: Vec<String> = suspects
+                .iter()
+                .filter(|t| passed.contains(t.as_str()))
+                .cloned()
+                .collect();
+            for t in now_ok {
+                suspects.remove(&t);
+                flaky.insert(t);
+            }
+        }
+        Ok(flaky)
+    }
+
+    /// Runs the suite once in a fresh sandbox and parses its report.
+    pub(super) async fn suite(
+        &self,
+        id: &str,
+        role: Role,
+        plan: &Plan,
+        use_base: bool,
+        progress: &dyn Progress,
+    ) -> Result<SuiteRun> {
+        let dir = self.sandbox_dir(id).join(role.as_str());
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| GenesisError::io(format!("creating {}", dir.display()), e))?;
+        let sandbox = SandboxBuilder::new(id, role, &plan.repo.image, plan.limits)
+            .user(&self.config.sandbox.user)
+            .tmp_mb(self.config.sandbox.tmp_mb)
+            .home_label(&self.home_label)
+            .docker_timeout(Duration::from_millis(self.config.sandbox.docker_timeout_ms))
+            .stats_interval(Duration::from_millis(self.config.sandbox.stats_interval_ms))
+            .command(&plan.primary, &plan.repo.setup_command, &plan.test_command)
+            .create(&self.docker)
+            .await?;
+        self.history(
+            id,
+            "create",
+            &dir,
+            0,
+            &format!("container {} ({})", sandbox.name, role.as_str()),
+        )
+        .await;
+        progress.stage(
+            id,
+            stage::SANDBOX,
+            &format!("{} {}", role.as_str(), &sandbox.id[..12]),
+        );
+        let outcome = self.drive(&sandbox, plan, use_base, &dir).await;
+        let removed = sandbox.remove().await;
+        self.history(
+            id,
+            "cleanup",
+            &dir,
+            0,
+            &format!("container removed ({})", role.as_str()),
+        )
+        .await;
+        removed?;
+        let (run, out_files) = outcome?;
+        self.interpret(run, &out_files, plan)
+    }
+
+    /// Uploads, runs and collects; the caller removes the container whatever happens.
+    async fn drive(
+        &self,
+        sandbox: &sandbox::Sandbox,
+        plan: &Plan,
+        use_base: bool,
+        dir: &Path,
+    ) -> Result<(RunOutcome, Vec<(String, Vec<u8>)>)> {
+        sandbox.upload_skeleton(self.owner).await?;
+        for repo in &plan.prepared {
+            let tree = if use_base {
+                &repo.base
+            } else {
+                &repo.candidate
+            };
+            let bytes = tokio::fs::read(&tree.tarball)
+                .await
+                .map_err(|e| GenesisError::io(format!("reading {}", tree.tarball.display()), e))?;
+            sandbox.upload("/workspace", bytes).await?;
+        }
+        let log = CappedLog::create(&dir.join("test.log"), self.config.sandbox.log_cap_bytes)?;
+        let run = sandbox.run(plan.timeout, log).await?;
+        let out_dir = dir.join("out");
+        let _ = std::fs::remove_dir_all(&out_dir);
+        let files = sandbox
+            .download_out(&out_dir, self.config.sandbox.out_cap_bytes)
+            .await?;
+        Ok((run, files))
+    }
+
+    /// Turns a finished container run into a suite result or the right failure.
+    fn interpret(
+        &self,
+        run: RunOutcome,
+        out_files: &[(String, Vec<u8>)],
+        plan: &Plan,
+    ) -> Result<SuiteRun> {
+        if run.timed_out {
+            return Err(GenesisError::Timeout {
+                limit_ms: plan.timeout.as_millis() as u64,
+            });
+        }
+        if run.is_oom(plan.limits.memory_mb) {
+            return Err(GenesisError::Oom {
+                limit_mb: plan.limits.memory_mb,
+            });
+        }
+        if run.setup_failed() {
+            return Err(GenesisError::sandbox(
+                "setup command",
+                format!(
+                    "failed with exit status {}; log tail:\n{}",
+                    run.exit_code,
+                    tail(&run.log.text, 2000)
+                ),
+            ));
+        }
+        let input = ReportInput {
+            out_files,
+            log: &run.log.text,
+        };
+        let (report, report_error) = match parse_report(&plan.report, &input) {
+            Ok(r) => (Some(r), None),
+            Err(e) => (None, Some(describe_report_error(&e, &run))),
+        };
+        Ok(SuiteRun {
+            report,
+            report_error,
+            runtime_ms: run.runtime_ms,
+            memory_peak_bytes: run.resources.memory_peak_bytes,
+            cpu_percent: run.resources.cpu_percent,
+            io_operations: run.resources.io_operations,
+            exit_code: run.exit_code,
+        })
+    }
+}
+
+fn describe_report_error(e: &ReportError, run: &RunOutcome) -> String {
+    format!(
+        "{e} (test command exited with status {}); log tail:\n{}",
+        run.exit_code,
+        tail(&run.log.text, 2000)
+    )
+}

@@ -1,0 +1,364 @@
+//! One container's life: create, upload, start, exec the suite, collect
+//! outputs and resources, kill, remove (also on drop).
+
+use crate::errors::{GenesisError, Result};
+use bollard::container::LogOutput;
+use bollard::errors::Error as DockerError;
+use bollard::exec::{StartExecOptions, StartExecResults};
+use bollard::query_parameters::{
+    CreateContainerOptions, DownloadFromContainerOptions, KillContainerOptions,
+    UploadToContainerOptions, WaitContainerOptions,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunOutcome {
+    pub exit_code: i64,
+    pub timed_out: bool,
+    pub oom_killed: bool,
+    pub runtime_ms: u64,
+    pub resources: Resources,
+    pub log: LogSummary,
+}
+
+impl RunOutcome {
+    /// The contract's OOM rule: the engine says so, or SIGKILL (137) with
+    /// memory at the limit. 137 alone only means something sent SIGKILL.
+    pub fn is_oom(&self, limit_mb: u64) -> bool {
+        let limit = limit_mb.saturating_mul(1024 * 1024);
+        let near_limit = self.resources.memory_peak_bytes >= limit.saturating_sub(limit / 50);
+        self.oom_killed || (self.exit_code == 137 && near_limit && !self.timed_out)
+    }
+
+    pub fn setup_failed(&self) -> bool {
+        self.log.text.contains(SETUP_FAILED_MARKER)
+    }
+}
+
+/// A created container. Removed on drop if [`Sandbox::remove`] was not called.
+pub struct Sandbox {
+    docker: Docker,
+    pub id: String,
+    pub name: String,
+    pub spec: SandboxSpec,
+    removed: bool,
+}
+
+static NAME_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl Sandbox {
+    pub async fn create(docker: &Docker, spec: SandboxSpec) -> Result<Sandbox> {
+        let n = NAME_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!(
+            "genesis-{}-{}-{}-{n}",
+            spec.experiment_id,
+            spec.role.as_str(),
+            std::process::id()
+        );
+        let options = CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
+        };
+        let limit = spec.docker_timeout;
+        let create = docker.create_container(Some(options), container_config(&spec));
+        let created = match tokio::time::timeout(limit, create).await {
+            Ok(Ok(created)) => created,
+            Ok(Err(
+                e @ DockerError::DockerResponseServerError {
+                    status_code: 404, ..
+                },
+            )) => {
+                return Err(GenesisError::sandbox(
+                    format!("creating a container from image {}", spec.image),
+                    format!("{e} (build it with `genesis images build`)"),
+                ))
+            }
+            Ok(Err(e)) => {
+                return Err(GenesisError::sandbox(
+                    format!("creating a container from {}", spec.image),
+                    e,
+                ))
+            }
+            Err(_) => {
+                return Err(GenesisError::sandbox(
+                    format!("creating a container from {}", spec.image),
+                    format!(
+                        "no answer within {} ms ([sandbox] docker_timeout_ms)",
+                        limit.as_millis()
+                    ),
+                ))
+            }
+        };
+        Ok(Sandbox {
+            docker: docker.clone(),
+            id: created.id,
+            name,
+            spec,
+            removed: false,
+        })
+    }
+
+    /// Uploads a tar (optionally gzip'd) and extracts it at `dest`.
+    pub async fn upload(&self, dest: &str, archive: Vec<u8>) -> Result<()> {
+        let options = UploadToContainerOptions {
+            path: dest.into(),
+            ..Default::default()
+        };
+        let what = format!("uploading into {dest} of {}", self.name);
+        let upload = async {
+            self.docker
+                .upload_to_container(&self.id, Some(options), bollard::body_full(archive.into()))
+                .await
+                .map_err(|e| GenesisError::sandbox(&what, e))
+        };
+        within(self.spec.docker_timeout, &what, upload).await
+    }
+
+    /// Creates `/workspace` and `/genesis/out` owned by the sandbox user.
+    pub async fn upload_skeleton(&self, owner: crate::snapshot::Owner) -> Result<()> {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (dir, mode) in [
+            ("workspace/", 0o755),
+            ("genesis/", 0o755),
+            ("genesis/out/", 0o755),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(mode);
+            h.set_size(0);
+            h.set_mtime(0);
+            // /genesis itself stays root's; only out/ is the user's.
+            let (uid, gid) = if dir == "genesis/" {
+                (0, 0)
+            } else {
+                (owner.uid, owner.gid)
+            };
+            h.set_uid(uid);
+            h.set_gid(gid);
+            tar.append_data(&mut h, dir, std::io::empty())
+                .map_err(|e| GenesisError::io("building the sandbox skeleton", e))?;
+        }
+        let bytes = tar
+            .into_inner()
+            .map_err(|e| GenesisError::io("building the sandbox skeleton", e))?;
+        self.upload("/", bytes).await
+    }
+
+    /// Starts the container, runs the suite in it as an exec and waits for
+    /// that, streaming output into `log`, killing everything at `timeout`.
+    ///
+    /// The container's own process only idles; the suite runs as an exec in
+    /// the same cgroup. That keeps the cgroup alive after the suite ends, so
+    /// one last stats read gets its cumulative counters (CPU time, I/O, and
+    /// on cgroup v1 the kernel's memory high-water mark) exactly, even for a
+    /// suite shorter than the engine's one-second sampling interval.
+    pub async fn run(&self, timeout: Duration, log: CappedLog) -> Result<RunOutcome> {
+        let alive_since = Instant::now();
+        self.docker
+            .start_container(&self.id, None)
+            .await
+            .map_err(|e| GenesisError::sandbox(format!("starting {}", self.name), e))?;
+        let (stop_sampling, sampling_stopped) = tokio::sync::oneshot::channel();
+        let sampler = if needs_sampling(&self.docker).await {
+            Some(tokio::spawn(sample_stats(
+                self.docker.clone(),
+                self.id.clone(),
+                self.spec.stats_interval,
+                sampling_stopped,
+            )))
+        } else {
+            None
+        };
+
+        let exec = self.start_suite().await?;
+        let started = Instant::now();
+        let mut log_task = tokio::spawn(pump_output(exec.output, log));
+        // The output stream ends when the suite's process exits.
+        let (pumped, timed_out) = match tokio::time::timeout(timeout, &mut log_task).await {
+            Ok(pumped) => (pumped, false),
+            Err(_) => {
+                self.kill().await?;
+                (log_task.await, true)
+            }
+        };
+        let runtime_ms = started.elapsed().as_millis() as u64;
+        let log = pumped.map_err(|e| GenesisError::Internal(format!("log pump: {e}")))??;
+        let exit_code = if timed_out {
+            137
+        } else {
+            self.exec_exit_code(&exec.id).await?
+        };
+        let _ = stop_sampling.send(());
+        let mut acc = match sampler {
+            Some(task) => task
+                .await
+                .map_err(|e| GenesisError::Internal(format!("stats task: {e}")))?,
+            None => StatsAccumulator::default(),
+        };
+        if let Some(last) = stats_once(&self.docker, &self.id).await {
+            acc.add(&last);
+        }
+        let alive = alive_since.elapsed();
+        self.kill().await?;
+        let oom_killed = self.inspect_oom().await?;
+        Ok(RunOutcome {
+            exit_code,
+            timed_out,
+            oom_killed,
+            runtime_ms,
+            resources: acc.finish(alive),
+            log,
+        })
+    }
+
+    /// Starts the wrapper (setup, then tests) as an attached exec.
+    async fn start_suite(&self) -> Result<StartedExec> {
+        let what = format!("starting the test command in {}", self.name);
+        let created = self
+            .docker
+            .create_exec(&self.id, exec_config(&self.spec))
+            .await
+            .map_err(|e| GenesisError::sandbox(&what, e))?;
+        let started = self
+            .docker
+            .start_exec(&created.id, None::<StartExecOptions>)
+            .await
+            .map_err(|e| GenesisError::sandbox(&what, e))?;
+        match started {
+            StartExecResults::Attached { output, .. } => Ok(StartedExec {
+                id: created.id,
+                output,
+            }),
+            StartExecResults::Detached => Err(GenesisError::sandbox(what, "exec was detached")),
+        }
+    }
+
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<i64> {
+        let info = self.docker.inspect_exec(exec_id).await.map_err(|e| {
+            GenesisError::sandbox(format!("reading the exit status in {}", self.name), e)
+        })?;
+        Ok(info.exit_code.unwrap_or(-1))
+    }
+
+    async fn kill(&self) -> Result<()> {
+        match self
+            .docker
+            .kill_container(
+                &self.id,
+                Some(KillContainerOptions {
+                    signal: "SIGKILL".into(),
+                }),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            // Already stopped between the timeout and the kill: fine.
+            Err(DockerError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
+            Err(e) => Err(GenesisError::sandbox(format!("killing {}", self.name), e)),
+        }?;
+        // Wait until the engine reports it stopped, so stats and logs end.
+        let mut wait = self
+            .docker
+            .wait_container(&self.id, None::<WaitContainerOptions>);
+        let _ = wait.next().await;
+        Ok(())
+    }
+
+    /// Whether the engine saw the kernel's OOM killer act in the container.
+    async fn inspect_oom(&self) -> Result<bool> {
+        let info = self
+            .docker
+            .inspect_container(&self.id, None)
+            .await
+            .map_err(|e| GenesisError::sandbox(format!("inspecting {}", self.name), e))?;
+        Ok(info.state.and_then(|s| s.oom_killed).unwrap_or(false))
+    }
+
+    /// Downloads `/genesis/out` (after the container stopped) into `dest`,
+    /// keeping only regular files, and returns them for report parsing.
+    pub async fn download_out(&self, dest: &Path, cap: u64) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut stream = self.docker.download_from_container(
+            &self.id,
+            Some(DownloadFromContainerOptions {
+                path: "/genesis/out".into(),
+            }),
+        );
+        let mut raw = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(DockerError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => return Ok(Vec::new()),
+                Err(e) => {
+                    return Err(GenesisError::sandbox(
+                        format!("downloading /genesis/out of {}", self.name),
+                        e,
+                    ))
+                }
+            };
+            if raw.len() as u64 + chunk.len() as u64 > cap {
+                return Err(GenesisError::sandbox(
+                    format!("downloading /genesis/out of {}", self.name),
+                    format!("it holds more than the {cap} byte limit ([sandbox] out_cap_bytes)"),
+                ));
+            }
+            raw.extend_from_slice(&chunk);
+        }
+        extract_regular_files(&raw, dest)
+    }
+
+    /// Removes the container and its anonymous volumes.
+    pub async fn remove(mut self) -> Result<()> {
+        self.removed = true;
+        let what = format!("removing {}", self.name);
+        within(
+            self.spec.docker_timeout,
+            &what,
+            remove_container(&self.docker, &self.id),
+        )
+        .await
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
+        // Reached on a panic or a cancelled future. Removal needs async I/O,
+        // so it runs on a short-lived runtime of its own, and we wait for it:
+        // a leaked container is worse than a brief block.
+        let id = self.id.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(docker) = Docker::connect_with_defaults() {
+                    let _ = remove_container(&docker, &id).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The suite's exec: its id (for the exit status) and its output.
+struct StartedExec {
+    id: String,
+    output: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = std::result::Result<LogOutput, DockerError>> + Send>,
+    >,
+}

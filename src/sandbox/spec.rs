@@ -1,0 +1,197 @@
+//! What a sandbox is made of: the [`SandboxSpec`] (limits, identity, command),
+//! its builder, and the engine documents built from it (container create body,
+//! the suite's exec). Every hardening setting is in [`container_config`].
+
+use crate::config::Limits;
+use crate::errors::Result;
+use bollard::models::{ContainerCreateBody, ExecConfig, HostConfig, HostConfigLogConfig};
+use bollard::Docker;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::*;
+
+/// Exit status the wrapper script uses when the setup command fails, with
+/// a marker line in the log so it is told apart from a failing suite.
+pub const SETUP_FAILED_MARKER: &str = "genesis: setup command failed with exit status";
+
+/// Runs the optional setup, then the test command, in the repo's directory.
+const WRAPPER: &str = r#"cd "$GENESIS_WORKDIR" || exit 125
+if [ -n "$GENESIS_SETUP" ]; then
+  sh -c "$GENESIS_SETUP"
+  s=$?
+  if [ "$s" -ne 0 ]; then echo "genesis: setup command failed with exit status $s" >&2; exit "$s"; fi
+fi
+exec sh -c "$GENESIS_TEST""#;
+
+/// The container's own process: sleeps until the container is killed.
+const IDLE: &str = "exec sleep 2147483647";
+
+/// The exec that runs the suite, as the sandbox user.
+pub fn exec_config(spec: &SandboxSpec) -> ExecConfig {
+    ExecConfig {
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        tty: Some(false),
+        cmd: Some(vec!["sh".into(), "-c".into(), WRAPPER.into()]),
+        env: Some(vec![
+            format!("GENESIS_WORKDIR=/workspace/{}", spec.repo),
+            format!("GENESIS_SETUP={}", spec.setup_command),
+            format!("GENESIS_TEST={}", spec.test_command),
+            "HOME=/tmp".into(),
+        ]),
+        user: Some(spec.user.clone()),
+        working_dir: Some("/".into()),
+        privileged: Some(false),
+        ..Default::default()
+    }
+}
+
+/// Everything needed to create one sandbox; built with [`SandboxBuilder`].
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    pub experiment_id: String,
+    pub role: Role,
+    pub image: String,
+    /// `uid:gid` the tests run as.
+    pub user: String,
+    pub limits: Limits,
+    pub tmp_mb: u64,
+    /// Repo the command runs in (`/workspace/NAME`).
+    pub repo: String,
+    pub test_command: String,
+    pub setup_command: String,
+    /// Identifies the genesis home, so two services on one engine never reap
+    /// each other's containers.
+    pub home_label: String,
+    /// Upper bound for one engine call (create, upload, inspect, download,
+    /// remove): a wedged engine fails the experiment instead of hanging it.
+    pub docker_timeout: Duration,
+    /// How often resource use is sampled while the suite runs.
+    pub stats_interval: Duration,
+}
+
+/// Builder in the style of rustwide's: limits and identity first, command last.
+pub struct SandboxBuilder {
+    spec: SandboxSpec,
+}
+
+impl SandboxBuilder {
+    pub fn new(experiment_id: &str, role: Role, image: &str, limits: Limits) -> Self {
+        SandboxBuilder {
+            spec: SandboxSpec {
+                experiment_id: experiment_id.into(),
+                role,
+                image: image.into(),
+                user: "10001:10001".into(),
+                limits,
+                tmp_mb: 64,
+                repo: String::new(),
+                test_command: String::new(),
+                setup_command: String::new(),
+                home_label: String::new(),
+                docker_timeout: Duration::from_secs(120),
+                stats_interval: Duration::from_millis(500),
+            },
+        }
+    }
+
+    pub fn docker_timeout(mut self, timeout: Duration) -> Self {
+        self.spec.docker_timeout = timeout;
+        self
+    }
+
+    pub fn stats_interval(mut self, every: Duration) -> Self {
+        self.spec.stats_interval = every.max(Duration::from_millis(10));
+        self
+    }
+
+    pub fn user(mut self, user: &str) -> Self {
+        self.spec.user = user.into();
+        self
+    }
+
+    pub fn tmp_mb(mut self, mb: u64) -> Self {
+        self.spec.tmp_mb = mb;
+        self
+    }
+
+    pub fn home_label(mut self, label: &str) -> Self {
+        self.spec.home_label = label.into();
+        self
+    }
+
+    pub fn command(mut self, repo: &str, setup: &str, test: &str) -> Self {
+        self.spec.repo = repo.into();
+        self.spec.setup_command = setup.into();
+        self.spec.test_command = test.into();
+        self
+    }
+
+    pub fn spec(self) -> SandboxSpec {
+        self.spec
+    }
+
+    pub async fn create(self, docker: &Docker) -> Result<Sandbox> {
+        Sandbox::create(docker, self.spec).await
+    }
+}
+
+/// The container's create body: limits and hardening in one place.
+pub fn container_config(spec: &SandboxSpec) -> ContainerCreateBody {
+    let mb = |m: u64| i64::try_from(m.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX);
+    let labels = HashMap::from([
+        (LABEL_EXPERIMENT.to_string(), spec.experiment_id.clone()),
+        (LABEL_ROLE.to_string(), spec.role.as_str().to_string()),
+        (LABEL_HOME.to_string(), spec.home_label.clone()),
+    ]);
+    let tmpfs = HashMap::from([(
+        "/tmp".to_string(),
+        format!("rw,nosuid,nodev,size={}m,mode=1777", spec.tmp_mb),
+    )]);
+    let host = HostConfig {
+        nano_cpus: Some((spec.limits.cpus * 1e9) as i64),
+        memory: Some(mb(spec.limits.memory_mb)),
+        // Equal to memory: no swap, so the memory limit is real.
+        memory_swap: Some(mb(spec.limits.memory_mb)),
+        pids_limit: Some(spec.limits.pids),
+        network_mode: Some(
+            if spec.limits.network {
+                "bridge"
+            } else {
+                "none"
+            }
+            .into(),
+        ),
+        cap_drop: Some(vec!["ALL".into()]),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        tmpfs: Some(tmpfs),
+        // Output reaches genesis through the attach stream; the engine's own
+        // copy is kept tiny so a flood cannot fill its disk. (Not every
+        // engine build has the "none" driver.)
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("json-file".into()),
+            config: Some(HashMap::from([
+                ("max-size".to_string(), "1m".to_string()),
+                ("max-file".to_string(), "1".to_string()),
+            ])),
+        }),
+        auto_remove: Some(false),
+        ..Default::default()
+    };
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        user: Some(spec.user.clone()),
+        working_dir: Some("/".into()),
+        // Idles until killed; the suite runs as an exec (see `Sandbox::run`).
+        cmd: Some(vec!["sh".into(), "-c".into(), IDLE.into()]),
+        env: Some(vec!["HOME=/tmp".into()]),
+        network_disabled: Some(!spec.limits.network),
+        attach_stdout: Some(false),
+        attach_stderr: Some(false),
+        tty: Some(false),
+        labels: Some(labels),
+        host_config: Some(host),
+        ..Default::default()
+    }
+}
