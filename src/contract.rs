@@ -239,6 +239,11 @@ pub enum ErrorKind {
     Oom,
     SandboxError,
     NoTests,
+    /// The install command of the repo's environment failed or timed out.
+    EnvironmentFailed,
+    /// The patch changes an `install_inputs` file and the risk level's
+    /// `install_changes` is false.
+    EnvironmentChanged,
     Internal,
 }
 
@@ -251,6 +256,8 @@ impl ErrorKind {
             ErrorKind::Oom => "oom",
             ErrorKind::SandboxError => "sandbox_error",
             ErrorKind::NoTests => "no_tests",
+            ErrorKind::EnvironmentFailed => "environment_failed",
+            ErrorKind::EnvironmentChanged => "environment_changed",
             ErrorKind::Internal => "internal",
         }
     }
@@ -295,6 +302,30 @@ pub struct CandidateRef {
     pub commit: String,
 }
 
+/// The environment the candidate ran in (contract §2a).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnvironmentRef {
+    /// `genesis-env/NAME:KEY`.
+    pub image: String,
+    pub key: String,
+    /// Whether it existed before this experiment (no install ran for it).
+    pub reused: bool,
+    /// How long its install took, when it was built (0 when reused).
+    pub build_ms: u64,
+}
+
+/// How the suite was chosen when the repo's config names none: what the
+/// snapshot contains decides the command and the report format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrameworkRef {
+    /// `pytest`, `cargo`, `mix` or `npm`.
+    pub name: String,
+    pub test_command: String,
+    pub report: String,
+    /// Whether it was detected (true) or configured (false).
+    pub detected: bool,
+}
+
 /// A judged experiment (`status: "success"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Completed {
@@ -310,6 +341,12 @@ pub struct Completed {
     pub recommendation: Recommendation,
     pub reasons: Vec<String>,
     pub candidate: CandidateRef,
+    /// The candidate's environment; null for a repo without one.
+    #[serde(default)]
+    pub environment: Option<EnvironmentRef>,
+    /// The test command and report actually used, and whether detected.
+    #[serde(default)]
+    pub framework: Option<FrameworkRef>,
     #[serde(with = "timestamp")]
     pub timestamp: DateTime<Utc>,
 }
@@ -470,6 +507,22 @@ pub mod timestamp {
             .map(|t| t.with_timezone(&Utc))
             .map_err(serde::de::Error::custom)
     }
+}
+
+/// Stages reported on `progress.{id}` and in logs, named as the seed's events.
+pub mod stage {
+    pub const START: &str = "experiment_start";
+    pub const SNAPSHOT: &str = "snapshot_ready";
+    pub const CHANGES: &str = "changes_applied";
+    pub const ENVIRONMENT_BUILDING: &str = "environment_building";
+    pub const ENVIRONMENT_READY: &str = "environment_ready";
+    pub const SANDBOX: &str = "sandbox_created";
+    pub const BASELINE: &str = "baseline_completed";
+    pub const TESTS: &str = "tests_completed";
+    pub const METRICS: &str = "metrics_measured";
+    pub const COMPLETE: &str = "experiment_complete";
+    pub const FAILED: &str = "experiment_failed";
+    pub const TIMEOUT: &str = "experiment_timeout";
 }
 
 /// Subjects of contract §3.

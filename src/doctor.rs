@@ -58,8 +58,27 @@ pub async fn checks(config: &Config) -> Vec<Check> {
         archives(config).await,
     ];
     out.extend(images(config).await);
+    out.extend(environments(config).await);
     out.extend(repos(config));
     out
+}
+
+/// How many environments exist and how much of their budget they use.
+async fn environments(config: &Config) -> Option<Check> {
+    let docker = crate::sandbox::connect().await.ok()?;
+    let infos = crate::environment::list(&docker, &config.home).await.ok()?;
+    let used: u64 = infos.iter().filter_map(|i| i.size_bytes).sum();
+    let budget = config.environments.disk_budget_mb;
+    let detail = format!(
+        "{} environment(s), {:.0} MB of the {budget} MB budget ([environments] disk_budget_mb)",
+        infos.len(),
+        used as f64 / 1048576.0
+    );
+    Some(if used > budget.saturating_mul(1024 * 1024) {
+        Check::fail("envs", detail, "genesis env prune (or raise the budget)")
+    } else {
+        Check::pass("envs", detail)
+    })
 }
 
 /// Every sandbox archive must match its MANIFEST.
@@ -262,10 +281,7 @@ fn repos(config: &Config) -> Vec<Check> {
         .repos
         .iter()
         .map(|(name, repo)| match git2::Repository::open(&repo.path) {
-            Ok(_) => Check::pass(
-                "repo",
-                format!("{name}: {} is a git repository", repo.path.display()),
-            ),
+            Ok(git) => suite_check(name, repo, &git),
             Err(e) => Check::fail(
                 "repo",
                 format!(
@@ -277,4 +293,38 @@ fn repos(config: &Config) -> Vec<Check> {
             ),
         })
         .collect()
+}
+
+/// A repo opens; say which suite runs in it: the configured command, or
+/// the framework its files imply at HEAD.
+fn suite_check(name: &str, repo: &crate::config::RepoConfig, git: &git2::Repository) -> Check {
+    let path = repo.path.display();
+    if !repo.test_command.trim().is_empty() {
+        return Check::pass(
+            "repo",
+            format!(
+                "{name}: {path}; tests: `{}` (configured)",
+                repo.test_command
+            ),
+        );
+    }
+    let detected = git
+        .head()
+        .and_then(|h| h.peel_to_tree())
+        .ok()
+        .and_then(|tree| crate::snapshot::detect_framework(git, &tree));
+    match detected {
+        Some(f) => Check::pass(
+            "repo",
+            format!(
+                "{name}: {path}; tests: `{}`, report {} (detected {})",
+                f.test_command, f.report, f.name
+            ),
+        ),
+        None => Check::fail(
+            "repo",
+            format!("{name}: {path} has no test_command and no known framework at HEAD"),
+            format!("set [repos.{name}] test_command (and report) in genesis.toml"),
+        ),
+    }
 }

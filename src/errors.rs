@@ -37,6 +37,15 @@ pub enum GenesisError {
     #[error("sandbox: {context}: {message}")]
     Sandbox { context: String, message: String },
 
+    /// The environment's install failed or timed out; the message holds
+    /// the install log's tail.
+    #[error("{0}")]
+    EnvironmentFailed(String),
+
+    /// The candidate changes the environment's inputs and may not rebuild it.
+    #[error("{0}")]
+    EnvironmentChanged(String),
+
     /// The suite ran but no test report could be found or it held no tests.
     #[error("{0}")]
     NoTests(String),
@@ -113,6 +122,8 @@ impl GenesisError {
             GenesisError::Oom { .. } => ErrorKind::Oom,
             GenesisError::Sandbox { .. } => ErrorKind::SandboxError,
             GenesisError::NoTests(_) => ErrorKind::NoTests,
+            GenesisError::EnvironmentFailed(_) => ErrorKind::EnvironmentFailed,
+            GenesisError::EnvironmentChanged(_) => ErrorKind::EnvironmentChanged,
             GenesisError::Baseline { kind, .. } => *kind,
             GenesisError::Config { .. }
             | GenesisError::Store { .. }

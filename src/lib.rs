@@ -17,6 +17,7 @@
 //!
 //! The stages of an experiment:
 //! - [`snapshot`]: git snapshots, patching, the candidate commit.
+//! - [`environment`]: dependencies installed once per manifest, as an image.
 //! - [`sandbox`]: one hardened container per run (bollard), its resources.
 //! - [`judgement`]: metrics and the verdict.
 //! - [`store`]: the redb database.
@@ -37,6 +38,7 @@ pub mod contract;
 pub mod analysis;
 pub mod results;
 
+pub mod environment;
 pub mod judgement;
 pub mod sandbox;
 pub mod snapshot;

@@ -188,6 +188,8 @@ fn completed(id: &str, recommendation: Recommendation) -> Completed {
             base_commit: "f".repeat(40),
             commit: COMMIT.into(),
         },
+        environment: None,
+        framework: None,
         timestamp: DateTime::from_timestamp_millis(0).unwrap(),
     }
 }

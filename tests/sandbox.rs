@@ -90,6 +90,7 @@ touch /genesis/out/probe && echo "out=writable"
         pids: 50,
         timeout_ms: 30_000,
         network: false,
+        install_changes: true,
     };
     let dir = tempfile::tempdir().unwrap();
     let label = genesis::sandbox::home_label(dir.path());

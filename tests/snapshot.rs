@@ -71,6 +71,7 @@ fn snapshots_are_deterministic_cached_and_keep_links() {
         base_ref: "HEAD",
         patch: Some(&patch),
         declared_files: Some(&files),
+        install_inputs: None,
     };
     let first = snap.prepare(&input, "exp-1", &counter()).unwrap();
     let bytes = std::fs::read(&first.base.tarball).unwrap();
@@ -131,6 +132,7 @@ fn a_missing_ref_or_repo_is_an_invalid_request() {
         base_ref: "no-such-branch",
         patch: None,
         declared_files: None,
+        install_inputs: None,
     };
     let err = snap.prepare(&input, "e", &counter()).unwrap_err();
     assert_eq!(err.kind(), genesis::contract::ErrorKind::InvalidRequest);

@@ -17,6 +17,7 @@ use crate::errors::{GenesisError, Result};
 use crate::runner::{Admission, Progress, Runner};
 use crate::store::{open_store, Status};
 
+mod env;
 mod views;
 pub use views::*;
 
@@ -97,6 +98,33 @@ pub enum Command {
     },
     /// Check Docker, NATS, disk and the store; say what is wrong and how to fix it.
     Doctor,
+    /// Repo environments: dependencies installed once, tests offline.
+    Env {
+        #[command(subcommand)]
+        command: EnvCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EnvCommand {
+    /// Build (or find) the environment of REPO at a commit; JSON on stdout.
+    Build {
+        repo: String,
+        /// Commit, branch or tag to install from.
+        #[arg(long = "ref", default_value = "HEAD")]
+        reference: String,
+    },
+    /// List environments: key, repo, size, last used.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove environments unused for [environments] keep_days or over its disk budget.
+    Prune {
+        /// Remove every environment not in use.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -207,16 +235,21 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             command: ImagesCommand::Build { name, dir, force },
         } => build_images(&config, name.as_deref(), dir.as_deref(), force).await,
         Command::Doctor => Ok(crate::doctor::run(&config).await),
+        Command::Env { command } => match command {
+            EnvCommand::Build { repo, reference } => env::build(config, &repo, &reference).await,
+            EnvCommand::List { json } => env::list(&config, json).await,
+            EnvCommand::Prune { all } => env::prune(&config, all).await,
+        },
     }
 }
 
 /// Progress on stderr: a spinner on a terminal, plain lines otherwise.
-struct StderrProgress {
+pub(crate) struct StderrProgress {
     bar: Option<indicatif::ProgressBar>,
 }
 
 impl StderrProgress {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = indicatif::ProgressBar::new_spinner();
             bar.enable_steady_tick(Duration::from_millis(120));

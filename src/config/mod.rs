@@ -16,6 +16,7 @@ use crate::contract::RiskLevel;
 use crate::errors::{GenesisError, Result};
 use crate::results::ReportSpec;
 
+pub mod globs;
 pub mod schedule;
 
 /// The built-in defaults, compiled into the binary so it runs from anywhere.
@@ -34,18 +35,25 @@ pub struct RepoConfig {
     pub path: PathBuf,
     /// Image the tests run in.
     pub image: String,
-    /// Run with `sh -c` in `/workspace/NAME`.
+    /// Run with `sh -c` in `/workspace/NAME`. Empty: detected from the
+    /// repo's files (see `snapshot::detect_framework`).
+    #[serde(default)]
     pub test_command: String,
     /// Where the per-test results come from; see `results::ReportSpec`.
-    #[serde(default = "default_report")]
+    /// Empty: detected with the test command, else `auto`.
+    #[serde(default)]
     pub report: String,
-    /// Runs before the tests in the same container (e.g. install dependencies).
+    /// Runs before the tests in the same container, network off.
     #[serde(default)]
     pub setup_command: String,
-}
-
-fn default_report() -> String {
-    "auto".into()
+    /// Builds the repo's environment (contract §2a): runs once per
+    /// environment key as root, network on; empty means no environment.
+    #[serde(default)]
+    pub install_command: String,
+    /// Globs (repo-relative, `*` does not cross `/`, `**` does) of the files
+    /// whose contents key the environment, e.g. `["requirements*.txt"]`.
+    #[serde(default)]
+    pub install_inputs: Vec<String>,
 }
 
 /// Resource profile for one risk level.
@@ -57,6 +65,38 @@ pub struct Limits {
     pub pids: i64,
     pub timeout_ms: u64,
     pub network: bool,
+    /// May a candidate whose patch changes an `install_inputs` file get an
+    /// environment of its own? Otherwise it fails with `environment_changed`.
+    #[serde(default = "yes")]
+    pub install_changes: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[environments]`: how environments are built and kept (contract §2a).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentPolicy {
+    /// Limits of the install container (network is always on there).
+    pub cpus: f64,
+    pub memory_mb: u64,
+    pub pids: i64,
+    /// The install command's own time limit.
+    pub timeout_ms: u64,
+    /// Capabilities the install keeps (all others are dropped as in a test run).
+    pub cap_add: Vec<String>,
+    /// Host CA bundle copied into the install container, so a proxy that
+    /// re-signs TLS is trusted. Empty: none is copied.
+    pub ca_bundle: String,
+    /// Host environment variables passed into the install (proxies, index
+    /// URLs); only these, never the whole host environment.
+    pub pass_env: Vec<String>,
+    /// Environments unused this long are removed by the cleanup job.
+    pub keep_days: u64,
+    /// Upper bound on the images' total size; least recently used go first.
+    pub disk_budget_mb: u64,
 }
 
 /// The recommendation rules' numbers (contract §5).
@@ -204,6 +244,7 @@ struct FileConfig {
     jobs: JobsPolicy,
     sandbox: SandboxPolicy,
     cleanup: CleanupPolicy,
+    environments: EnvironmentPolicy,
 }
 
 /// Everything the service needs to know, resolved and validated.
@@ -230,6 +271,7 @@ pub struct Config {
     pub jobs: JobsPolicy,
     pub sandbox: SandboxPolicy,
     pub cleanup: CleanupPolicy,
+    pub environments: EnvironmentPolicy,
     pub llm_patterns: LlmPatterns,
 }
 
@@ -354,6 +396,7 @@ impl Config {
             jobs: parsed.jobs,
             sandbox: parsed.sandbox,
             cleanup: parsed.cleanup,
+            environments: parsed.environments,
             llm_patterns,
         })
     }
@@ -391,9 +434,19 @@ impl Config {
             }
         }
         for (name, repo) in &self.repos {
-            repo.report
-                .parse::<ReportSpec>()
-                .map_err(|e| bad(&format!("repos.{name}.report"), e.to_string()))?;
+            if !repo.report.is_empty() {
+                repo.report
+                    .parse::<ReportSpec>()
+                    .map_err(|e| bad(&format!("repos.{name}.report"), e.to_string()))?;
+            }
+            if !repo.install_command.is_empty() && repo.install_inputs.is_empty() {
+                return Err(bad(
+                    &format!("repos.{name}.install_inputs"),
+                    "an install_command needs the files that key its environment, e.g. [\"requirements.txt\"]".into(),
+                ));
+            }
+            globs::InputGlobs::new(&repo.install_inputs)
+                .map_err(|e| bad(&format!("repos.{name}.install_inputs"), e.to_string()))?;
         }
         for (key, expr) in self.schedule.entries() {
             schedule::parse_schedule(expr)

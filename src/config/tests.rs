@@ -80,7 +80,8 @@ fn repos_resolve_relative_to_the_config_file() {
     let (name, repo) = c.repo(None).unwrap();
     assert_eq!(name, "app");
     assert_eq!(repo.path, PathBuf::from("/etc/repo"));
-    assert_eq!(repo.report, "auto");
+    // Empty: the report comes with a detected framework, else `auto`.
+    assert_eq!(repo.report, "");
     assert!(c.repo(Some("other")).is_err());
 }
 

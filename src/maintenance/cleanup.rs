@@ -75,6 +75,8 @@ pub struct CleanupReport {
     pub pruned: Vec<String>,
     /// Orphan containers removed (container ids).
     pub containers_removed: Vec<String>,
+    /// Environment images removed (unused past keep_days, or over budget).
+    pub environments_removed: Vec<String>,
     /// Archives failing verification; kept for inspection.
     pub corrupt_archives: Vec<String>,
     pub freed_bytes: u64,
@@ -91,11 +93,12 @@ impl CleanupReport {
     /// One line for logs and the job state.
     pub fn summary(&self) -> String {
         format!(
-            "deleted {}, archived {}, pruned {}, containers removed {}, corrupt archives {}, freed {:.1} MB, home {:.1} of {:.0} MB{}",
+            "deleted {}, archived {}, pruned {}, containers removed {}, environments removed {}, corrupt archives {}, freed {:.1} MB, home {:.1} of {:.0} MB{}",
             self.deleted.len(),
             self.archived.len(),
             self.pruned.len(),
             self.containers_removed.len(),
+            self.environments_removed.len(),
             self.corrupt_archives.len(),
             self.freed_bytes as f64 / BYTES_PER_MB as f64,
             self.disk_used_bytes as f64 / BYTES_PER_MB as f64,
@@ -145,6 +148,7 @@ pub async fn cleanup(
     .await
     .map_err(|e| GenesisError::Internal(format!("cleanup task: {e}")))?;
     reap_containers(config, store, &mut report).await;
+    prune_environments(config, now, &mut report).await;
     report.disk_used_bytes = disk_usage_bytes(&config.home);
     Ok(report)
 }
@@ -431,6 +435,43 @@ fn remove_tree(path: &Path) -> Result<u64> {
 
 /// Removes containers labelled with this home whose experiment is not
 /// running. Docker being unreachable is a note, not a failure.
+/// Environments unused for `[environments] keep_days`, then the least
+/// recently used over its disk budget (see `environment::prune`).
+async fn prune_environments(config: &Config, now: DateTime<Utc>, report: &mut CleanupReport) {
+    let timeout = Duration::from_millis(config.sandbox.docker_timeout_ms);
+    let Ok(Ok(docker)) = tokio::time::timeout(timeout, crate::sandbox::connect()).await else {
+        report
+            .notes
+            .push("environments not checked: Docker unreachable".into());
+        return;
+    };
+    let policy = &config.environments;
+    match crate::environment::prune(
+        &docker,
+        &config.home,
+        policy.keep_days,
+        policy.disk_budget_mb,
+        now.timestamp_millis(),
+        false,
+    )
+    .await
+    {
+        Ok(pruned) => {
+            report.freed_bytes += pruned.freed_bytes;
+            report
+                .environments_removed
+                .extend(pruned.removed.into_iter().map(|(image, _)| image));
+            report.notes.extend(
+                pruned
+                    .kept
+                    .into_iter()
+                    .map(|(image, why)| format!("environment {image} kept: {why}")),
+            );
+        }
+        Err(e) => report.errors.push(format!("pruning environments: {e}")),
+    }
+}
+
 async fn reap_containers(config: &Config, store: &Store, report: &mut CleanupReport) {
     let timeout = Duration::from_millis(config.sandbox.docker_timeout_ms);
     let docker = match tokio::time::timeout(timeout, crate::sandbox::connect()).await {

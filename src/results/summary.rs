@@ -132,12 +132,20 @@ static EXUNIT_TRACE: LazyLock<Regex> = LazyLock::new(|| {
         .unwrap()
 });
 
+/// What a terminal shows of a line: the text after its last carriage
+/// return. `mix test --trace` rewrites a test's line in place (`* test x
+/// [L#5]\r* test x (0.00ms) [L#5]`) even when writing to a pipe.
+fn shown_text(line: &str) -> &str {
+    let line = line.trim_end_matches('\r');
+    line.rsplit('\r').next().unwrap_or(line)
+}
+
 /// ExUnit's console output (`mix test`, optionally `--trace`).
 pub fn parse_exunit(log: &str) -> TestReport {
     let mut named = Named::default();
     let mut module = String::new();
     let mut totals = None;
-    for line in log.lines().map(|l| l.trim_end_matches('\r')) {
+    for line in log.lines().map(shown_text) {
         if let Some(c) = EXUNIT_MODULE.captures(line) {
             module = c[1].to_owned();
         } else if let Some(c) = EXUNIT_TRACE.captures(line) {
@@ -250,5 +258,13 @@ mod tests {
                 ("CalcTest::test divides", Outcome::Failed),
             ]
         );
+    }
+
+    #[test]
+    fn exunit_trace_keeps_what_a_terminal_shows_after_a_carriage_return() {
+        // As `mix test --trace` 1.14 writes it to a pipe.
+        let log = "CalcTest [test/calc_test.exs]\n  * test adds [L#4]\r  * test adds (0.00ms) [L#4]\n\nFinished in 0.02 seconds\n1 test, 0 failures\n";
+        let r = parse_exunit(log);
+        assert_eq!(outcomes(&r), [("CalcTest::test adds", Outcome::Passed)]);
     }
 }

@@ -27,8 +27,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, OnceCell};
 
 use crate::analysis::LlmCounter;
+use crate::config::globs::InputGlobs;
 use crate::config::{Config, Limits, RepoConfig};
-use crate::contract::{CandidateRef, Completed, ErrorKind, ExperimentResult, Request};
+use crate::contract::{
+    CandidateRef, Completed, EnvironmentRef, ErrorKind, ExperimentResult, FrameworkRef, Request,
+};
+use crate::environment::Environments;
 use crate::errors::{GenesisError, Result};
 use crate::judgement::metrics::{judge, outcome_pairs, MeasuredRun};
 use crate::results::{ReportSpec, TestReport};
@@ -36,21 +40,10 @@ use crate::sandbox::{self, home_label, Resources, Role};
 use crate::snapshot::{Owner, PreparedRepo, RepoInput, Snapshotter};
 use crate::store::{ExperimentRecord, Inserted, MetricsRow, Status, Store, TestOutcomes};
 
-/// Stages reported on `progress.{id}` and in logs, named as the seed's events.
+mod environments;
 mod suites;
 
-pub mod stage {
-    pub const START: &str = "experiment_start";
-    pub const SNAPSHOT: &str = "snapshot_ready";
-    pub const CHANGES: &str = "changes_applied";
-    pub const SANDBOX: &str = "sandbox_created";
-    pub const BASELINE: &str = "baseline_completed";
-    pub const TESTS: &str = "tests_completed";
-    pub const METRICS: &str = "metrics_measured";
-    pub const COMPLETE: &str = "experiment_complete";
-    pub const FAILED: &str = "experiment_failed";
-    pub const TIMEOUT: &str = "experiment_timeout";
-}
+pub use crate::contract::stage;
 
 /// Receives stage changes: stderr for the CLI, NATS for the service.
 pub trait Progress: Send + Sync {
@@ -109,6 +102,8 @@ pub struct Runner {
     pub store: Store,
     pub docker: Docker,
     snapshotter: Snapshotter,
+    /// Builds and hands out repo environments (single flight per key).
+    pub environments: Environments,
     counter: Arc<LlmCounter>,
     owner: Owner,
     /// Single-flight baseline runs by cache key.
@@ -126,6 +121,8 @@ struct RepoJob {
     patch: Option<String>,
     /// `changes.files`, for the primary repo only.
     declared_files: Option<Vec<String>>,
+    /// The primary repo's `install_inputs`, when it has an environment.
+    install_inputs: Option<InputGlobs>,
 }
 
 /// Everything about one repo of an experiment that the runs need.
@@ -137,6 +134,14 @@ struct Plan {
     timeout: Duration,
     test_command: String,
     report: ReportSpec,
+    /// The command and report in force, and whether they were detected.
+    framework: FrameworkRef,
+    /// Images the baseline and the candidate run in: the repo's image, or
+    /// its environments once [`Runner::environments_for`] has them.
+    base_image: String,
+    candidate_image: String,
+    /// The candidate's environment, for the result.
+    environment: Option<EnvironmentRef>,
 }
 
 impl Runner {
@@ -154,6 +159,12 @@ impl Runner {
         })?;
         Ok(Runner {
             snapshotter: Snapshotter::new(&config.home, owner),
+            environments: Environments::new(
+                docker.clone(),
+                config.clone(),
+                owner,
+                home_label(&config.home),
+            ),
             home_label: home_label(&config.home),
             instance: instance_name(),
             config,
@@ -296,7 +307,7 @@ impl Runner {
         progress: &dyn Progress,
     ) -> Result<(Completed, MetricsRow, TestOutcomes)> {
         let id = &request.experiment_id;
-        let plan = self.plan(request).await?;
+        let mut plan = self.plan(request).await?;
         let primary = plan
             .prepared
             .iter()
@@ -318,6 +329,7 @@ impl Runner {
             ),
         );
 
+        self.environments_for(request, &mut plan, progress).await?;
         let baseline = self.baseline(request, &plan, progress).await?;
         let candidate = self
             .suite(id, Role::Candidate, &plan, false, progress)
@@ -391,6 +403,8 @@ impl Runner {
                 base_commit: primary.base.commit.clone(),
                 commit: primary.candidate.commit.clone(),
             },
+            environment: plan.environment.clone(),
+            framework: Some(plan.framework.clone()),
             timestamp: chrono::Utc::now(),
         };
         let row = MetricsRow {
@@ -412,11 +426,17 @@ impl Runner {
     async fn plan(&self, request: &Request) -> Result<Plan> {
         let (primary, repo) = self.config.repo(request.repo.as_deref())?;
         let repo = repo.clone();
+        let install_inputs = if repo.install_command.is_empty() {
+            None
+        } else {
+            Some(InputGlobs::new(&repo.install_inputs)?)
+        };
         let mut inputs = vec![RepoJob {
             name: primary.clone(),
             path: repo.path.clone(),
             patch: request.changes.patch.clone(),
             declared_files: Some(request.changes.files.clone()),
+            install_inputs,
         }];
         for (name, patch) in &request.changes.patches {
             if *name == primary {
@@ -430,6 +450,7 @@ impl Runner {
                 path: other.path.clone(),
                 patch: Some(patch.clone()),
                 declared_files: None,
+                install_inputs: None,
             });
         }
         let base_ref = request.base_ref.clone().unwrap_or_else(|| "HEAD".into());
@@ -447,6 +468,7 @@ impl Runner {
                             base_ref: &base_ref,
                             patch: job.patch.as_deref(),
                             declared_files: job.declared_files.as_deref(),
+                            install_inputs: job.install_inputs.as_ref(),
                         },
                         &id,
                         &counter,
@@ -461,11 +483,9 @@ impl Runner {
         let timeout_ms = request
             .timeout_ms
             .map_or(limits.timeout_ms, |t| t.min(limits.timeout_ms));
-        let test_command = request
-            .test_command
-            .clone()
-            .unwrap_or_else(|| repo.test_command.clone());
-        let report = repo
+        let detected = prepared.first().and_then(|p| p.framework.clone());
+        let framework = choose_framework(&primary, &repo, request, detected)?;
+        let report = framework
             .report
             .parse::<ReportSpec>()
             .map_err(|e| GenesisError::Config {
@@ -474,12 +494,16 @@ impl Runner {
             })?;
         Ok(Plan {
             primary,
+            base_image: repo.image.clone(),
+            candidate_image: repo.image.clone(),
+            environment: None,
             repo,
             prepared,
             limits,
             timeout: Duration::from_millis(timeout_ms),
-            test_command,
+            test_command: framework.test_command.clone(),
             report,
+            framework,
         })
     }
 
@@ -522,15 +546,6 @@ impl Runner {
     }
 }
 
-/// The last `n` bytes of a text, cut at a character boundary.
-pub fn tail(text: &str, n: usize) -> &str {
-    let mut start = text.len().saturating_sub(n);
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    &text[start..]
-}
-
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -557,4 +572,42 @@ pub fn instance_name() -> String {
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "localhost".into());
     format!("{host}:{}", std::process::id())
+}
+
+/// The suite to run: the request's command, else the repo's, else what the
+/// snapshot's files imply. A configured report wins over a detected one.
+fn choose_framework(
+    primary: &str,
+    repo: &RepoConfig,
+    request: &Request,
+    detected: Option<FrameworkRef>,
+) -> Result<FrameworkRef> {
+    let configured = request
+        .test_command
+        .clone()
+        .filter(|c| !c.trim().is_empty())
+        .or_else(|| Some(repo.test_command.clone()).filter(|c| !c.trim().is_empty()));
+    match (configured, detected) {
+        (Some(test_command), _) => Ok(FrameworkRef {
+            name: "configured".into(),
+            test_command,
+            report: if repo.report.is_empty() {
+                "auto".into()
+            } else {
+                repo.report.clone()
+            },
+            detected: false,
+        }),
+        (None, Some(mut found)) => {
+            if !repo.report.is_empty() {
+                found.report = repo.report.clone();
+            }
+            Ok(found)
+        }
+        (None, None) => Err(GenesisError::InvalidRequest(format!(
+            "repo {primary:?} has no test_command, the request names none, and its files \
+             show no known framework (mix.exs, Cargo.toml, package.json with a test script, \
+             pyproject.toml/setup.cfg/setup.py/pytest.ini/tox.ini or a tests/ directory)"
+        ))),
+    }
 }

@@ -6,7 +6,7 @@
 use crate::contract::{hex_digest, Request};
 use crate::errors::{GenesisError, Result};
 use crate::results::{parse_report, ReportError, ReportInput, TestReport};
-use crate::sandbox::{self, CappedLog, Role, RunOutcome, SandboxBuilder};
+use crate::sandbox::{self, tail, CappedLog, Role, RunOutcome, SandboxBuilder};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
@@ -66,11 +66,11 @@ impl Runner {
     async fn baseline_key(&self, plan: &Plan) -> Result<String> {
         let image = self
             .docker
-            .inspect_image(&plan.repo.image)
+            .inspect_image(&plan.base_image)
             .await
             .map_err(|e| {
                 GenesisError::sandbox(
-                    format!("image {}", plan.repo.image),
+                    format!("image {}", plan.base_image),
                     format!("{e} (build it with `genesis images build`)"),
                 )
             })?;
@@ -140,7 +140,12 @@ impl Runner {
         let dir = self.sandbox_dir(id).join(role.as_str());
         std::fs::create_dir_all(&dir)
             .map_err(|e| GenesisError::io(format!("creating {}", dir.display()), e))?;
-        let sandbox = SandboxBuilder::new(id, role, &plan.repo.image, plan.limits)
+        let image = if use_base {
+            &plan.base_image
+        } else {
+            &plan.candidate_image
+        };
+        let sandbox = SandboxBuilder::new(id, role, image, plan.limits)
             .user(&self.config.sandbox.user)
             .tmp_mb(self.config.sandbox.tmp_mb)
             .home_label(&self.home_label)

@@ -316,6 +316,36 @@ impl Sandbox {
         extract_regular_files(&raw, dest)
     }
 
+    /// Commits the (stopped) container as image `repo:tag` with `labels`,
+    /// returning the image id. Used for environments: the install's result
+    /// becomes the image later runs start from.
+    pub async fn commit(
+        &self,
+        repo: &str,
+        tag: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<String> {
+        let options = bollard::query_parameters::CommitContainerOptionsBuilder::default()
+            .container(&self.id)
+            .repo(repo)
+            .tag(tag)
+            .pause(false)
+            .build();
+        let config = bollard::models::ContainerConfig {
+            labels: Some(labels),
+            ..Default::default()
+        };
+        let what = format!("committing {} as {repo}:{tag}", self.name);
+        let commit = async {
+            self.docker
+                .commit_container(options, config)
+                .await
+                .map_err(|e| GenesisError::sandbox(&what, e))
+        };
+        let created = within(self.spec.docker_timeout, &what, commit).await?;
+        Ok(created.id)
+    }
+
     /// Removes the container and its anonymous volumes.
     pub async fn remove(mut self) -> Result<()> {
         self.removed = true;

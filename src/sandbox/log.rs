@@ -128,3 +128,12 @@ pub(super) async fn pump_output(
     }
     log.finish()
 }
+
+/// The last `n` bytes of a text, cut at a character boundary.
+pub fn tail(text: &str, n: usize) -> &str {
+    let mut start = text.len().saturating_sub(n);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}

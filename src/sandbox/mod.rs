@@ -69,6 +69,8 @@ pub enum Role {
     Baseline,
     Candidate,
     Rerun,
+    /// Builds an environment (contract §2a).
+    Install,
 }
 
 impl Role {
@@ -77,6 +79,7 @@ impl Role {
             Role::Baseline => "baseline",
             Role::Candidate => "candidate",
             Role::Rerun => "rerun",
+            Role::Install => "install",
         }
     }
 }

@@ -34,12 +34,17 @@ pub fn exec_config(spec: &SandboxSpec) -> ExecConfig {
         attach_stderr: Some(true),
         tty: Some(false),
         cmd: Some(vec!["sh".into(), "-c".into(), WRAPPER.into()]),
-        env: Some(vec![
-            format!("GENESIS_WORKDIR=/workspace/{}", spec.repo),
-            format!("GENESIS_SETUP={}", spec.setup_command),
-            format!("GENESIS_TEST={}", spec.test_command),
-            "HOME=/tmp".into(),
-        ]),
+        env: Some(
+            [
+                format!("GENESIS_WORKDIR=/workspace/{}", spec.repo),
+                format!("GENESIS_SETUP={}", spec.setup_command),
+                format!("GENESIS_TEST={}", spec.test_command),
+                "HOME=/tmp".into(),
+            ]
+            .into_iter()
+            .chain(spec.env.iter().cloned())
+            .collect(),
+        ),
         user: Some(spec.user.clone()),
         working_dir: Some("/".into()),
         privileged: Some(false),
@@ -69,6 +74,11 @@ pub struct SandboxSpec {
     pub docker_timeout: Duration,
     /// How often resource use is sampled while the suite runs.
     pub stats_interval: Duration,
+    /// Capabilities kept despite `CapDrop ALL`; empty for test runs. An
+    /// environment's install keeps the few package managers need.
+    pub cap_add: Vec<String>,
+    /// Extra `KEY=VALUE` variables for the command (the install's `pass_env`).
+    pub env: Vec<String>,
 }
 
 /// Builder in the style of rustwide's: limits and identity first, command last.
@@ -92,6 +102,8 @@ impl SandboxBuilder {
                 home_label: String::new(),
                 docker_timeout: Duration::from_secs(120),
                 stats_interval: Duration::from_millis(500),
+                cap_add: Vec::new(),
+                env: Vec::new(),
             },
         }
     }
@@ -118,6 +130,16 @@ impl SandboxBuilder {
 
     pub fn home_label(mut self, label: &str) -> Self {
         self.spec.home_label = label.into();
+        self
+    }
+
+    pub fn cap_add(mut self, caps: &[String]) -> Self {
+        self.spec.cap_add = caps.to_vec();
+        self
+    }
+
+    pub fn env(mut self, vars: Vec<String>) -> Self {
+        self.spec.env = vars;
         self
     }
 
@@ -164,6 +186,7 @@ pub fn container_config(spec: &SandboxSpec) -> ContainerCreateBody {
             .into(),
         ),
         cap_drop: Some(vec!["ALL".into()]),
+        cap_add: (!spec.cap_add.is_empty()).then(|| spec.cap_add.clone()),
         security_opt: Some(vec!["no-new-privileges".into()]),
         tmpfs: Some(tmpfs),
         // Output reaches genesis through the attach stream; the engine's own

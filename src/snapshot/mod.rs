@@ -27,11 +27,14 @@ use std::sync::Mutex;
 use git2::{ApplyOptions, Diff, ObjectType, Oid, Repository, RepositoryOpenFlags, Tree};
 
 use crate::analysis::LlmCounter;
+use crate::config::globs::InputGlobs;
 use crate::contract::hex_digest;
 use crate::errors::{GenesisError, Result};
 
 mod checks;
 pub use checks::*;
+mod inputs;
+pub use inputs::*;
 mod pack;
 use pack::*;
 
@@ -87,6 +90,12 @@ pub struct PreparedRepo {
     /// LLM call sites in the base and candidate trees.
     pub llm_before: u64,
     pub llm_after: u64,
+    /// `install_inputs` files of the base and candidate trees, as sorted
+    /// (path, blob id) pairs; empty without an environment.
+    pub base_inputs: Vec<(String, String)>,
+    pub candidate_inputs: Vec<(String, String)>,
+    /// The framework the base tree implies (used when no test command is configured).
+    pub framework: Option<crate::contract::FrameworkRef>,
 }
 
 /// What to snapshot for one repo.
@@ -97,6 +106,8 @@ pub struct RepoInput<'a> {
     pub patch: Option<&'a str>,
     /// `changes.files` when this is the repo it describes.
     pub declared_files: Option<&'a [String]>,
+    /// The repo's `install_inputs`, when it has an environment.
+    pub install_inputs: Option<&'a InputGlobs>,
 }
 
 /// Turns off libgit2's "repository owned by another user" refusal: genesis
@@ -181,8 +192,20 @@ impl Snapshotter {
         let llm_after = llm_before - count_paths(&mirror, &base_tree, &touched, counter)
             + count_paths(&mirror, &candidate_tree, &touched, counter);
 
+        let (base_inputs, candidate_inputs) = match input.install_inputs {
+            Some(globs) => (
+                matching_blobs(&base_tree, globs)?,
+                matching_blobs(&candidate_tree, globs)?,
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        let framework = detect_framework(&mirror, &base_tree);
+
         Ok(PreparedRepo {
             name: input.name.to_owned(),
+            base_inputs,
+            candidate_inputs,
+            framework,
             base: self.pack(&mirror, input.name, base_oid)?,
             candidate: self.pack(&mirror, input.name, candidate_oid)?,
             touched,

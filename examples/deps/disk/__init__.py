@@ -1,0 +1,1 @@
+"""A tiny disk-usage reporter: Genesis's example with a PyPI dependency."""

@@ -1,0 +1,93 @@
+//! What a snapshot tells the later stages about a tree, read from git
+//! objects without unpacking anything:
+//! - the files that key the repo's environment (`install_inputs`), as
+//!   (path, blob id) pairs: a blob id is the hash of the file's contents,
+//!   so equal pairs mean equal contents;
+//! - the test framework a repo without a configured `test_command` uses,
+//!   from the files at its top level.
+
+use git2::{ObjectType, Repository, Tree, TreeWalkMode, TreeWalkResult};
+
+use crate::config::globs::InputGlobs;
+use crate::contract::FrameworkRef;
+use crate::errors::{GenesisError, Result};
+
+/// Files of `tree` matching `globs`, as sorted (path, blob id) pairs.
+pub fn matching_blobs(tree: &Tree, globs: &InputGlobs) -> Result<Vec<(String, String)>> {
+    let mut found = Vec::new();
+    if globs.is_empty() {
+        return Ok(found);
+    }
+    tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
+        if entry.kind() == Some(ObjectType::Blob) {
+            let path = format!("{dir}{}", String::from_utf8_lossy(entry.name_bytes()));
+            if globs.matches(&path) {
+                found.push((path, entry.id().to_string()));
+            }
+        }
+        TreeWalkResult::Ok
+    })
+    .map_err(|e| GenesisError::git("listing the environment's input files", e))?;
+    found.sort();
+    Ok(found)
+}
+
+/// The suite a repo's top-level files imply, first match wins: `mix.exs`
+/// (ExUnit), `Cargo.toml` (libtest), `package.json` with a real `test`
+/// script, then the Python markers (pytest with a JUnit file).
+pub fn detect_framework(repo: &Repository, tree: &Tree) -> Option<FrameworkRef> {
+    let has = |name: &str| tree.get_name(name).is_some();
+    let detected = |name: &str, test_command: &str, report: &str| FrameworkRef {
+        name: name.into(),
+        test_command: test_command.into(),
+        report: report.into(),
+        detected: true,
+    };
+    if has("mix.exs") {
+        return Some(detected("mix", "mix test --trace", "exunit"));
+    }
+    if has("Cargo.toml") {
+        return Some(detected("cargo", "cargo test --offline", "libtest"));
+    }
+    if has("package.json") && package_has_test_script(repo, tree) {
+        return Some(detected("npm", "npm test", "auto"));
+    }
+    let python = [
+        "pyproject.toml",
+        "setup.cfg",
+        "setup.py",
+        "pytest.ini",
+        "tox.ini",
+    ];
+    let has_tests_dir = tree
+        .get_name("tests")
+        .is_some_and(|e| e.kind() == Some(ObjectType::Tree));
+    if python.iter().any(|f| has(f)) || has_tests_dir {
+        return Some(detected(
+            "pytest",
+            "python3 -m pytest -q --junitxml=/genesis/out/junit.xml",
+            "junit:/genesis/out/junit.xml",
+        ));
+    }
+    None
+}
+
+/// npm's placeholder script ("no test specified") is not a test suite.
+fn package_has_test_script(repo: &Repository, tree: &Tree) -> bool {
+    let Some(blob) = tree
+        .get_name("package.json")
+        .and_then(|e| e.to_object(repo).ok())
+        .and_then(|o| o.into_blob().ok())
+    else {
+        return false;
+    };
+    #[derive(serde::Deserialize)]
+    struct Package {
+        #[serde(default)]
+        scripts: std::collections::BTreeMap<String, String>,
+    }
+    serde_json::from_slice::<Package>(blob.content())
+        .ok()
+        .and_then(|p| p.scripts.get("test").cloned())
+        .is_some_and(|script| !script.contains("no test specified"))
+}
