@@ -326,6 +326,53 @@ pub struct FrameworkRef {
     pub detected: bool,
 }
 
+/// A count before and after the change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BeforeAfter {
+    pub before: u64,
+    pub after: u64,
+}
+
+/// The analysis of the files the change touches (contract §5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisSummary {
+    /// `local`, or `nats` when a peer on `[analysis] nats_subject` answered.
+    pub analyzer: String,
+    pub llm_call_sites: BeforeAfter,
+    pub complexity: BeforeAfter,
+}
+
+/// `code.analysis.parse` request (contract §3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisRequest {
+    pub experiment_id: String,
+    pub files: Vec<AnalysisRequestFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisRequestFile {
+    pub path: String,
+    pub language: String,
+    /// The file's text before the change; null when it did not exist.
+    pub before: Option<String>,
+    pub after: Option<String>,
+}
+
+/// `code.analysis.parse` reply (contract §3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisReply {
+    pub files: Vec<AnalysisReplyFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisReplyFile {
+    pub path: String,
+    pub llm_call_sites_before: u64,
+    pub llm_call_sites_after: u64,
+    pub complexity_before: u64,
+    pub complexity_after: u64,
+}
+
 /// A judged experiment (`status: "success"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Completed {
@@ -347,6 +394,9 @@ pub struct Completed {
     /// The test command and report actually used, and whether detected.
     #[serde(default)]
     pub framework: Option<FrameworkRef>,
+    /// LLM call sites and complexity of the touched files, and who counted.
+    #[serde(default)]
+    pub analysis: Option<AnalysisSummary>,
     #[serde(with = "timestamp")]
     pub timestamp: DateTime<Utc>,
 }

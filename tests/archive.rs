@@ -190,6 +190,7 @@ fn completed(id: &str, recommendation: Recommendation) -> Completed {
         },
         environment: None,
         framework: None,
+        analysis: None,
         timestamp: DateTime::from_timestamp_millis(0).unwrap(),
     }
 }

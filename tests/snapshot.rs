@@ -4,15 +4,8 @@
 
 mod support;
 
-use genesis::analysis::LlmCounter;
-use genesis::config::{Config, Env};
-use genesis::snapshot::{Owner, RepoInput, Snapshotter};
+use genesis::snapshot::{Owner, RepoInput, Snapshotter, TouchedSource};
 use support::*;
-
-fn counter() -> LlmCounter {
-    let config = Config::from_layers("/unused".into(), None, &Env::default()).unwrap();
-    LlmCounter::new(&config.llm_patterns).unwrap()
-}
 
 fn entries(tarball: &std::path::Path) -> Vec<(String, tar::EntryType, Option<String>)> {
     let file = std::fs::File::open(tarball).unwrap();
@@ -72,14 +65,15 @@ fn snapshots_are_deterministic_cached_and_keep_links() {
         patch: Some(&patch),
         declared_files: Some(&files),
         install_inputs: None,
+        analysis_cap_bytes: 1 << 20,
     };
-    let first = snap.prepare(&input, "exp-1", &counter()).unwrap();
+    let first = snap.prepare(&input, "exp-1").unwrap();
     let bytes = std::fs::read(&first.base.tarball).unwrap();
     let modified = std::fs::metadata(&first.base.tarball)
         .unwrap()
         .modified()
         .unwrap();
-    let second = snap.prepare(&input, "exp-2", &counter()).unwrap();
+    let second = snap.prepare(&input, "exp-2").unwrap();
     assert_eq!(first.base, second.base);
     assert_eq!(
         first.candidate.commit, second.candidate.commit,
@@ -116,7 +110,14 @@ fn snapshots_are_deterministic_cached_and_keep_links() {
             .any(|(p, _, _)| p.starts_with("app/vendored/") && p != "app/vendored/"),
         "submodule not followed"
     );
-    assert_eq!((first.llm_before, first.llm_after), (1, 0));
+    assert_eq!(
+        first.sources,
+        [TouchedSource {
+            path: "a.py".into(),
+            before: Some("llm.complete('x')\n".into()),
+            after: Some("print('no model')\n".into()),
+        }]
+    );
     assert_eq!(first.touched, ["a.py"]);
     assert_eq!(before, tree_digest(&repo), "the source repository changed");
 }
@@ -133,8 +134,9 @@ fn a_missing_ref_or_repo_is_an_invalid_request() {
         patch: None,
         declared_files: None,
         install_inputs: None,
+        analysis_cap_bytes: 1 << 20,
     };
-    let err = snap.prepare(&input, "e", &counter()).unwrap_err();
+    let err = snap.prepare(&input, "e").unwrap_err();
     assert_eq!(err.kind(), genesis::contract::ErrorKind::InvalidRequest);
     assert!(err.to_string().contains("no-such-branch"));
     let not_a_repo = dir.path().join("plain");
@@ -142,7 +144,7 @@ fn a_missing_ref_or_repo_is_an_invalid_request() {
     input.source = &not_a_repo;
     input.base_ref = "HEAD";
     assert_eq!(
-        snap.prepare(&input, "e", &counter()).unwrap_err().kind(),
+        snap.prepare(&input, "e").unwrap_err().kind(),
         genesis::contract::ErrorKind::InvalidRequest
     );
 }

@@ -17,6 +17,7 @@ use crate::errors::{GenesisError, Result};
 use crate::runner::{Admission, Progress, Runner};
 use crate::store::{open_store, Status};
 
+mod analyze;
 mod env;
 mod views;
 pub use views::*;
@@ -98,6 +99,13 @@ pub enum Command {
     },
     /// Check Docker, NATS, disk and the store; say what is wrong and how to fix it.
     Doctor,
+    /// LLM call sites and cyclomatic complexity per file (directories are walked).
+    Analyze {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Repo environments: dependencies installed once, tests offline.
     Env {
         #[command(subcommand)]
@@ -235,6 +243,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             command: ImagesCommand::Build { name, dir, force },
         } => build_images(&config, name.as_deref(), dir.as_deref(), force).await,
         Command::Doctor => Ok(crate::doctor::run(&config).await),
+        Command::Analyze { paths, json } => analyze::run(&config, &paths, json),
         Command::Env { command } => match command {
             EnvCommand::Build { repo, reference } => env::build(config, &repo, &reference).await,
             EnvCommand::List { json } => env::list(&config, json).await,

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::analysis::LlmPatterns;
+use crate::analysis::{Analyzer, Shapes};
 use crate::contract::RiskLevel;
 use crate::errors::{GenesisError, Result};
 use crate::results::ReportSpec;
@@ -24,8 +24,6 @@ pub const DEFAULT_POLICY: &str = include_str!("../../policies/default.toml");
 /// Named overlays a config may select with `policy = "NAME"`.
 pub const NAMED_POLICIES: &[(&str, &str)] =
     &[("strict", include_str!("../../policies/strict.toml"))];
-/// Default LLM call patterns per language.
-pub const DEFAULT_LLM_PATTERNS: &str = include_str!("../../policies/llm_patterns.toml");
 
 /// A git repository experiments may snapshot (contract §2).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -73,6 +71,19 @@ pub struct Limits {
 
 fn yes() -> bool {
     true
+}
+
+/// `[analysis]`: how the changed files are analysed (contract §3, §5).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisPolicy {
+    /// Ask a peer on this NATS subject first (e.g. `code.analysis.parse`);
+    /// empty: always analyse locally.
+    pub nats_subject: String,
+    /// How long to wait for the peer before analysing locally.
+    pub timeout_ms: u64,
+    /// Touched files larger than this are not analysed.
+    pub max_file_bytes: u64,
 }
 
 /// `[environments]`: how environments are built and kept (contract §2a).
@@ -245,6 +256,7 @@ struct FileConfig {
     sandbox: SandboxPolicy,
     cleanup: CleanupPolicy,
     environments: EnvironmentPolicy,
+    analysis: AnalysisPolicy,
 }
 
 /// Everything the service needs to know, resolved and validated.
@@ -272,7 +284,10 @@ pub struct Config {
     pub sandbox: SandboxPolicy,
     pub cleanup: CleanupPolicy,
     pub environments: EnvironmentPolicy,
-    pub llm_patterns: LlmPatterns,
+    pub analysis: AnalysisPolicy,
+    /// LLM call shapes per language (`policies/llm_patterns.toml`, or the
+    /// file named by `llm_patterns`), validated on load.
+    pub llm_shapes: Shapes,
 }
 
 /// Environment a config is resolved in; a struct so tests need not touch the
@@ -377,7 +392,7 @@ impl Config {
                 repo.path = base_dir.join(&repo.path);
             }
         }
-        let llm_patterns = load_llm_patterns(parsed.llm_patterns.as_deref(), base_dir)?;
+        let llm_shapes = load_llm_shapes(parsed.llm_patterns.as_deref(), base_dir)?;
         Ok(Config {
             policy: parsed.policy,
             home,
@@ -397,7 +412,8 @@ impl Config {
             sandbox: parsed.sandbox,
             cleanup: parsed.cleanup,
             environments: parsed.environments,
-            llm_patterns,
+            analysis: parsed.analysis,
+            llm_shapes,
         })
     }
 
@@ -536,27 +552,28 @@ fn named_policy(name: &str, config_file: Option<&Path>) -> Result<(PathBuf, Stri
     })
 }
 
-fn load_llm_patterns(path: Option<&Path>, base_dir: &Path) -> Result<LlmPatterns> {
-    let (file, text) = match path {
+/// The built-in shapes, or the user's policy file (relative to the config
+/// file); either way compiled once here so a bad shape is refused at load.
+fn load_llm_shapes(path: Option<&Path>, base_dir: &Path) -> Result<Shapes> {
+    let (file, shapes) = match path {
         Some(p) => {
             let p = base_dir.join(p);
-            let text = read_file(&p)?;
-            (p, text)
+            let shapes = Shapes::from_path(&p).map_err(|e| GenesisError::Config {
+                file: p.clone(),
+                message: e.to_string(),
+            })?;
+            (p, shapes)
         }
         None => (
             PathBuf::from("<built-in policies/llm_patterns.toml>"),
-            DEFAULT_LLM_PATTERNS.to_owned(),
+            Shapes::builtin(),
         ),
     };
-    let patterns: LlmPatterns = toml::from_str(&text).map_err(|e| GenesisError::Config {
-        file: file.clone(),
-        message: e.to_string(),
-    })?;
-    crate::analysis::LlmCounter::new(&patterns).map_err(|e| GenesisError::Config {
+    Analyzer::new(shapes.clone()).map_err(|e| GenesisError::Config {
         file,
         message: e.to_string(),
     })?;
-    Ok(patterns)
+    Ok(shapes)
 }
 
 /// Deep merge: tables merge key by key, anything else is replaced.

@@ -21,6 +21,8 @@ pub struct MeasuredRun<'a> {
     pub report: &'a TestReport,
     pub runtime_ms: u64,
     pub resources: &'a Resources,
+    /// Line coverage from the run's coverage report, when one is configured.
+    pub coverage_percent: Option<f64>,
 }
 
 /// Metrics plus the lists behind them.
@@ -61,13 +63,29 @@ pub fn regressed(baseline: &TestReport, candidate: &TestReport) -> Vec<String> {
 }
 
 /// Computes every metric of contract §5.
+/// What the analysis found in the files the change touches (all repos).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChangeFigures {
+    pub llm_before: u64,
+    pub llm_after: u64,
+    /// Sum of the cyclomatic complexity of every function, before and after.
+    pub complexity_before: u64,
+    pub complexity_after: u64,
+}
+
+/// `(after − before) / before`; None when the files had no function before
+/// (contract §5: null when those files have no function).
+pub fn complexity_change(before: u64, after: u64) -> Option<f64> {
+    (before > 0).then(|| (after as f64 - before as f64) / before as f64)
+}
+
 pub fn judge(
     baseline: &MeasuredRun,
     candidate: &MeasuredRun,
-    llm_before: u64,
-    llm_after: u64,
+    change: &ChangeFigures,
     flaky: &BTreeSet<String>,
 ) -> Judged {
+    let (llm_before, llm_after) = (change.llm_before, change.llm_after);
     let test_count = candidate.report.test_count() as u64;
     let failures = candidate.report.failures() as u64;
     let baseline_passed = passed_ids(baseline.report).len() as f64;
@@ -92,8 +110,8 @@ pub fn judge(
             candidate.runtime_ms as f64 - baseline.runtime_ms as f64,
             baseline.runtime_ms as f64,
         ),
-        code_coverage_percent: None,
-        complexity_change: None,
+        code_coverage_percent: candidate.coverage_percent,
+        complexity_change: complexity_change(change.complexity_before, change.complexity_after),
     };
     Judged {
         metrics,
@@ -185,14 +203,20 @@ mod tests {
                 report: &base,
                 runtime_ms: 1000,
                 resources: &Resources::default(),
+                coverage_percent: None,
             },
             &MeasuredRun {
                 report: &cand,
                 runtime_ms: 1200,
                 resources: &res,
+                coverage_percent: None,
             },
-            10,
-            6,
+            &ChangeFigures {
+                llm_before: 10,
+                llm_after: 6,
+                complexity_before: 8,
+                complexity_after: 10,
+            },
             &BTreeSet::new(),
         );
         let m = &j.metrics;
@@ -202,6 +226,7 @@ mod tests {
         assert_eq!(j.regressions, ["b", "c"]);
         assert!((m.regression - 2.0 / 3.0).abs() < 1e-12);
         assert!((m.llm_reduction - 0.4).abs() < 1e-12);
+        assert_eq!(m.complexity_change, Some(0.25));
         assert!((m.performance_delta - 0.2).abs() < 1e-12);
         assert_eq!(m.memory_peak_mb, 3.0);
         assert_eq!(
@@ -226,16 +251,18 @@ mod tests {
                 report: &base,
                 runtime_ms: 0,
                 resources: &r,
+                coverage_percent: None,
             },
             &MeasuredRun {
                 report: &cand,
                 runtime_ms: 0,
                 resources: &r,
+                coverage_percent: None,
             },
-            0,
-            0,
+            &ChangeFigures::default(),
             &flaky,
         );
+        assert_eq!(j.metrics.complexity_change, None, "no function before");
         assert_eq!(j.regressions, ["b"]);
         assert_eq!(j.flaky, ["a"]);
         assert_eq!(j.metrics.regression, 0.5);

@@ -114,7 +114,8 @@ impl Runner {
             )));
         }
         let globs = InputGlobs::new(&repo.install_inputs)?;
-        let (snapshotter, counter) = (self.snapshotter.clone(), self.counter.clone());
+        let snapshotter = self.snapshotter.clone();
+        let analysis_cap_bytes = self.config.analysis.max_file_bytes;
         let (source, base_ref, task_name) = (repo.path.clone(), reference.to_owned(), name.clone());
         let prepared = tokio::task::spawn_blocking(move || {
             snapshotter.prepare(
@@ -125,9 +126,9 @@ impl Runner {
                     patch: None,
                     declared_files: None,
                     install_inputs: Some(&globs),
+                    analysis_cap_bytes,
                 },
                 ENV_BUILD_ID,
-                &counter,
             )
         })
         .await

@@ -26,7 +26,7 @@ use bollard::Docker;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, OnceCell};
 
-use crate::analysis::LlmCounter;
+use crate::analysis::Analyzer;
 use crate::config::globs::InputGlobs;
 use crate::config::{Config, Limits, RepoConfig};
 use crate::contract::{
@@ -40,6 +40,7 @@ use crate::sandbox::{self, home_label, Resources, Role};
 use crate::snapshot::{Owner, PreparedRepo, RepoInput, Snapshotter};
 use crate::store::{ExperimentRecord, Inserted, MetricsRow, Status, Store, TestOutcomes};
 
+mod analysis;
 mod environments;
 mod suites;
 
@@ -80,7 +81,14 @@ pub struct SuiteRun {
     pub cpu_percent: f64,
     pub io_operations: u64,
     pub exit_code: i64,
+    /// Line coverage from the repo's `coverage` report, when configured.
+    pub coverage_percent: Option<f64>,
 }
+
+/// Part of every baseline cache key: bump it when [`SuiteRun`] changes
+/// shape, so runs stored in the older shape (bincode is not
+/// self-describing) are never read back, just run again.
+const SUITE_RUN_SHAPE: u32 = 2;
 
 impl SuiteRun {
     fn resources(&self) -> Resources {
@@ -104,7 +112,10 @@ pub struct Runner {
     snapshotter: Snapshotter,
     /// Builds and hands out repo environments (single flight per key).
     pub environments: Environments,
-    counter: Arc<LlmCounter>,
+    /// Counts LLM call sites and complexity of touched files (tree-sitter).
+    analyzer: Arc<Analyzer>,
+    /// A NATS connection for `[analysis] nats_subject`, set by the service.
+    analysis_peer: std::sync::OnceLock<async_nats::Client>,
     owner: Owner,
     /// Single-flight baseline runs by cache key.
     baselines: Mutex<HashMap<String, BaselineSlot>>,
@@ -153,10 +164,11 @@ impl Runner {
     pub fn with_docker(config: Arc<Config>, store: Store, docker: Docker) -> Result<Runner> {
         crate::snapshot::allow_foreign_owners();
         let owner = Owner::parse(&config.sandbox.user)?;
-        let counter = LlmCounter::new(&config.llm_patterns).map_err(|e| GenesisError::Config {
-            file: PathBuf::from("llm_patterns"),
-            message: e.to_string(),
-        })?;
+        let analyzer =
+            Analyzer::new(config.llm_shapes.clone()).map_err(|e| GenesisError::Config {
+                file: PathBuf::from("llm_patterns"),
+                message: e.to_string(),
+            })?;
         Ok(Runner {
             snapshotter: Snapshotter::new(&config.home, owner),
             environments: Environments::new(
@@ -170,10 +182,17 @@ impl Runner {
             config,
             store,
             docker,
-            counter: Arc::new(counter),
+            analyzer: Arc::new(analyzer),
+            analysis_peer: std::sync::OnceLock::new(),
             owner,
             baselines: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Lets the analysis ask a peer on `[analysis] nats_subject` (the
+    /// service sets its connection; the CLI has none and counts locally).
+    pub fn set_analysis_peer(&self, client: async_nats::Client) {
+        let _ = self.analysis_peer.set(client);
     }
 
     /// Records a request, or says why it must not run again.
@@ -355,10 +374,7 @@ impl Runner {
         let flaky = self
             .find_flaky(id, &plan, base_report, &cand_report, progress)
             .await?;
-        let (llm_before, llm_after) = plan
-            .prepared
-            .iter()
-            .fold((0, 0), |(b, a), p| (b + p.llm_before, a + p.llm_after));
+        let (analysis, change) = self.analyze_change(id, &plan).await;
         let base_resources = baseline.resources();
         let cand_resources = candidate.resources();
         let judged = judge(
@@ -366,14 +382,15 @@ impl Runner {
                 report: base_report,
                 runtime_ms: baseline.runtime_ms,
                 resources: &base_resources,
+                coverage_percent: baseline.coverage_percent,
             },
             &MeasuredRun {
                 report: &cand_report,
                 runtime_ms: candidate.runtime_ms,
                 resources: &cand_resources,
+                coverage_percent: candidate.coverage_percent,
             },
-            llm_before,
-            llm_after,
+            &change,
             &flaky,
         );
         progress.stage(
@@ -405,6 +422,7 @@ impl Runner {
             },
             environment: plan.environment.clone(),
             framework: Some(plan.framework.clone()),
+            analysis: Some(analysis),
             timestamp: chrono::Utc::now(),
         };
         let row = MetricsRow {
@@ -455,7 +473,7 @@ impl Runner {
         }
         let base_ref = request.base_ref.clone().unwrap_or_else(|| "HEAD".into());
         let snapshotter = self.snapshotter.clone();
-        let counter = self.counter.clone();
+        let analysis_cap_bytes = self.config.analysis.max_file_bytes;
         let id = request.experiment_id.clone();
         let prepared = tokio::task::spawn_blocking(move || {
             inputs
@@ -469,9 +487,9 @@ impl Runner {
                             patch: job.patch.as_deref(),
                             declared_files: job.declared_files.as_deref(),
                             install_inputs: job.install_inputs.as_ref(),
+                            analysis_cap_bytes,
                         },
                         &id,
-                        &counter,
                     )
                 })
                 .collect::<Result<Vec<_>>>()

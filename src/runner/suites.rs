@@ -80,7 +80,8 @@ impl Runner {
             .map(|p| format!("{}={}", p.name, p.base.commit))
             .collect();
         let material = format!(
-            "{}\n{}\n{}\n{}\n{:?}\n{:?}\n{}",
+            "{}\n{}\n{}\n{}\n{}\n{:?}\n{:?}\n{}",
+            super::SUITE_RUN_SHAPE,
             commits.join(","),
             image.id.unwrap_or_default(),
             plan.repo.setup_command,
@@ -255,6 +256,7 @@ impl Runner {
             cpu_percent: run.resources.cpu_percent,
             io_operations: run.resources.io_operations,
             exit_code: run.exit_code,
+            coverage_percent: None,
         })
     }
 }

@@ -60,6 +60,7 @@ pub async fn serve(config: Arc<Config>) -> Result<()> {
     let store = crate::store::open_store(&config).await?;
     let runner = Arc::new(Runner::new(config.clone(), store.clone()).await?);
     let client = connect(&config).await?;
+    runner.set_analysis_peer(client.clone());
     let service = Arc::new(Service {
         runner: runner.clone(),
         client: client.clone(),

@@ -4,7 +4,11 @@
 //!   (path, blob id) pairs: a blob id is the hash of the file's contents,
 //!   so equal pairs mean equal contents;
 //! - the test framework a repo without a configured `test_command` uses,
-//!   from the files at its top level.
+//!   from the files at its top level;
+//! - the contents before and after of the files a patch touches, for the
+//!   analysis (LLM call sites, complexity) of the change.
+
+use std::path::Path;
 
 use git2::{ObjectType, Repository, Tree, TreeWalkMode, TreeWalkResult};
 
@@ -90,4 +94,44 @@ fn package_has_test_script(repo: &Repository, tree: &Tree) -> bool {
         .ok()
         .and_then(|p| p.scripts.get("test").cloned())
         .is_some_and(|script| !script.contains("no test specified"))
+}
+
+/// One file a patch touched: its text before and after (None when absent
+/// on that side, a symlink, not UTF-8, or over the size cap).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TouchedSource {
+    pub path: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+}
+
+/// The texts of `paths` in the base and candidate trees.
+pub fn touched_sources(
+    repo: &Repository,
+    base: &Tree,
+    candidate: &Tree,
+    paths: &[String],
+    cap_bytes: u64,
+) -> Vec<TouchedSource> {
+    paths
+        .iter()
+        .map(|path| TouchedSource {
+            path: path.clone(),
+            before: blob_text(repo, base, path, cap_bytes),
+            after: blob_text(repo, candidate, path, cap_bytes),
+        })
+        .collect()
+}
+
+fn blob_text(repo: &Repository, tree: &Tree, path: &str, cap_bytes: u64) -> Option<String> {
+    let entry = tree.get_path(Path::new(path)).ok()?;
+    // Regular files only (mode 100644/100755): a symlink's blob is its target.
+    if entry.kind() != Some(ObjectType::Blob) || entry.filemode() == 0o120000 {
+        return None;
+    }
+    let blob = repo.find_blob(entry.id()).ok()?;
+    if blob.size() as u64 > cap_bytes {
+        return None;
+    }
+    String::from_utf8(blob.content().to_vec()).ok()
 }

@@ -26,7 +26,6 @@ use std::sync::Mutex;
 
 use git2::{ApplyOptions, Diff, ObjectType, Oid, Repository, RepositoryOpenFlags, Tree};
 
-use crate::analysis::LlmCounter;
 use crate::config::globs::InputGlobs;
 use crate::contract::hex_digest;
 use crate::errors::{GenesisError, Result};
@@ -87,9 +86,8 @@ pub struct PreparedRepo {
     pub candidate: TreeSnapshot,
     /// Paths the patch touched, sorted.
     pub touched: Vec<String>,
-    /// LLM call sites in the base and candidate trees.
-    pub llm_before: u64,
-    pub llm_after: u64,
+    /// The touched files' texts before and after, for the analysis.
+    pub sources: Vec<TouchedSource>,
     /// `install_inputs` files of the base and candidate trees, as sorted
     /// (path, blob id) pairs; empty without an environment.
     pub base_inputs: Vec<(String, String)>,
@@ -108,6 +106,8 @@ pub struct RepoInput<'a> {
     pub declared_files: Option<&'a [String]>,
     /// The repo's `install_inputs`, when it has an environment.
     pub install_inputs: Option<&'a InputGlobs>,
+    /// Touched files larger than this are left out of the analysis.
+    pub analysis_cap_bytes: u64,
 }
 
 /// Turns off libgit2's "repository owned by another user" refusal: genesis
@@ -137,12 +137,7 @@ impl Snapshotter {
     }
 
     /// Resolves, patches and packs one repo. Blocking; call from a blocking task.
-    pub fn prepare(
-        &self,
-        input: &RepoInput,
-        experiment_id: &str,
-        counter: &LlmCounter,
-    ) -> Result<PreparedRepo> {
+    pub fn prepare(&self, input: &RepoInput, experiment_id: &str) -> Result<PreparedRepo> {
         let source = open_source(input.source)?;
         let base_oid = resolve(&source, input.base_ref, input.source)?;
         let mirror = self.mirror(input.name, &source)?;
@@ -188,9 +183,13 @@ impl Snapshotter {
             .map_err(|e| GenesisError::git("reading the candidate tree", e))?;
         check_candidate_symlinks(&mirror, &candidate_tree, &touched)?;
 
-        let llm_before = count_llm(&mirror, &base_tree, counter)?;
-        let llm_after = llm_before - count_paths(&mirror, &base_tree, &touched, counter)
-            + count_paths(&mirror, &candidate_tree, &touched, counter);
+        let sources = touched_sources(
+            &mirror,
+            &base_tree,
+            &candidate_tree,
+            &touched,
+            input.analysis_cap_bytes,
+        );
 
         let (base_inputs, candidate_inputs) = match input.install_inputs {
             Some(globs) => (
@@ -209,8 +208,7 @@ impl Snapshotter {
             base: self.pack(&mirror, input.name, base_oid)?,
             candidate: self.pack(&mirror, input.name, candidate_oid)?,
             touched,
-            llm_before,
-            llm_after,
+            sources,
         })
     }
 

@@ -1,7 +1,5 @@
-//! Packing a tree into the snapshot tarball (files, links, submodules) and
-//! counting the LLM call sites of a tree.
+//! Packing a tree into the snapshot tarball (files, links, submodules).
 
-use crate::analysis::LlmCounter;
 use crate::errors::{GenesisError, Result};
 use flate2::write::GzEncoder;
 use flate2::Compression;
@@ -105,54 +103,4 @@ impl Packer<'_> {
         };
         result.map_err(|e| GenesisError::io(format!("adding {path} to the snapshot"), e))
     }
-}
-
-/// LLM call sites in a whole tree.
-pub(super) fn count_llm(repo: &Repository, tree: &Tree, counter: &LlmCounter) -> Result<u64> {
-    let mut total = 0u64;
-    let mut failure = None;
-    tree.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
-        if entry.kind() != Some(ObjectType::Blob) || entry.filemode() == MODE_LINK {
-            return git2::TreeWalkResult::Ok;
-        }
-        let path = format!("{dir}{}", String::from_utf8_lossy(entry.name_bytes()));
-        match count_blob(repo, &path, entry.id(), counter) {
-            Ok(n) => total += n,
-            Err(e) => {
-                failure = Some(e);
-                return git2::TreeWalkResult::Abort;
-            }
-        }
-        git2::TreeWalkResult::Ok
-    })
-    .ok();
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(total),
-    }
-}
-
-/// LLM call sites in some paths of a tree (missing paths count 0).
-pub(super) fn count_paths(
-    repo: &Repository,
-    tree: &Tree,
-    paths: &[String],
-    counter: &LlmCounter,
-) -> u64 {
-    paths
-        .iter()
-        .filter_map(|p| tree.get_path(Path::new(p)).ok().map(|e| (p, e)))
-        .filter(|(_, e)| e.kind() == Some(ObjectType::Blob) && e.filemode() != MODE_LINK)
-        .map(|(p, e)| count_blob(repo, p, e.id(), counter).unwrap_or(0))
-        .sum()
-}
-
-fn count_blob(repo: &Repository, path: &str, id: Oid, counter: &LlmCounter) -> Result<u64> {
-    let blob = repo
-        .find_blob(id)
-        .map_err(|e| GenesisError::git(format!("reading {path}"), e))?;
-    let Ok(text) = std::str::from_utf8(blob.content()) else {
-        return Ok(0);
-    };
-    Ok(counter.count_file(path, text).unwrap_or(0) as u64)
 }
