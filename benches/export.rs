@@ -13,8 +13,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use genesis::contract::{BaselineSummary, Metrics, Request};
-use genesis::store::{ExperimentRecord, MetricsRow, Status, Store};
+use genesis::contract::{Metrics, Request};
+use genesis::store::{BaselineFigures, ExperimentRecord, MetricsRow, Status, Store};
 
 const SIZES: [usize; 3] = [10_000, 100_000, 300_000];
 /// Records per write transaction while building the store.
@@ -55,7 +55,7 @@ fn synthetic(i: usize) -> (ExperimentRecord, Option<MetricsRow>) {
             code_coverage_percent: None,
             complexity_change: None,
         },
-        baseline: BaselineSummary {
+        baseline: BaselineFigures {
             test_count: 250,
             failures: 10,
             runtime_ms: 43_000,

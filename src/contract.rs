@@ -292,6 +292,9 @@ pub struct BaselineSummary {
     pub test_count: u64,
     pub failures: u64,
     pub runtime_ms: u64,
+    /// Line coverage of the baseline run, when a coverage report is configured.
+    #[serde(default)]
+    pub code_coverage_percent: Option<f64>,
 }
 
 /// Where a reviewer finds the tested change.

@@ -178,6 +178,7 @@ fn completed(id: &str, recommendation: Recommendation) -> Completed {
             test_count: 3,
             failures: 0,
             runtime_ms: 10,
+            code_coverage_percent: None,
         },
         regressions: vec![],
         flaky: vec![],
@@ -236,7 +237,7 @@ fn add(f: &Fixture, id: &str, kind: Kind, age_hours: i64, extra: &[(&str, Vec<u8
         Some(ExperimentResult::Success(c)) => Some(MetricsRow {
             experiment_id: id.into(),
             metrics: c.metrics.clone(),
-            baseline: c.baseline.clone(),
+            baseline: (&c.baseline).into(),
             regressions: vec![],
             flaky: vec![],
             inserted_at: updated,

@@ -10,9 +10,9 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use genesis::contract::{BaselineSummary, Metrics, Request};
+use genesis::contract::{Metrics, Request};
 use genesis::export::{write_csv, write_sql, ExportCounts};
-use genesis::store::{ExperimentRecord, MetricsRow, Status, Store};
+use genesis::store::{BaselineFigures, ExperimentRecord, MetricsRow, Status, Store};
 use support::pg::PgCluster;
 
 /// Everything a test log or a description might hold.
@@ -55,7 +55,7 @@ fn metrics_row(id: &str, inserted_at: i64) -> MetricsRow {
             code_coverage_percent: None,
             complexity_change: Some(1.5e300),
         },
-        baseline: BaselineSummary {
+        baseline: BaselineFigures {
             test_count: 13,
             failures: 0,
             runtime_ms: 43_000,

@@ -52,6 +52,10 @@ pub struct RepoConfig {
     /// whose contents key the environment, e.g. `["requirements*.txt"]`.
     #[serde(default)]
     pub install_inputs: Vec<String>,
+    /// `cobertura:PATH`, `lcov:PATH` or `jacoco:PATH` under /genesis/out:
+    /// the line coverage of each run; empty for none.
+    #[serde(default)]
+    pub coverage: String,
 }
 
 /// Resource profile for one risk level.
@@ -460,6 +464,11 @@ impl Config {
                     &format!("repos.{name}.install_inputs"),
                     "an install_command needs the files that key its environment, e.g. [\"requirements.txt\"]".into(),
                 ));
+            }
+            if !repo.coverage.is_empty() {
+                repo.coverage
+                    .parse::<crate::results::coverage::CoverageSpec>()
+                    .map_err(|e| bad(&format!("repos.{name}.coverage"), e.to_string()))?;
             }
             globs::InputGlobs::new(&repo.install_inputs)
                 .map_err(|e| bad(&format!("repos.{name}.install_inputs"), e.to_string()))?;

@@ -119,6 +119,7 @@ pub fn judge(
             test_count: baseline.report.test_count() as u64,
             failures: baseline.report.failures() as u64,
             runtime_ms: baseline.runtime_ms,
+            code_coverage_percent: baseline.coverage_percent,
         },
         regressions,
         flaky: flaky_hits,
@@ -234,7 +235,8 @@ mod tests {
             BaselineSummary {
                 test_count: 4,
                 failures: 1,
-                runtime_ms: 1000
+                runtime_ms: 1000,
+                code_coverage_percent: None
             }
         );
     }

@@ -24,6 +24,7 @@
 //! that is missing or holds zero tests is an error ([`ReportError`]) which the
 //! runner turns into `failed` / `no_tests`: never a silent 100%.
 
+pub mod coverage;
 pub mod junit;
 pub mod libtest;
 pub mod summary;

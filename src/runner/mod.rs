@@ -35,6 +35,7 @@ use crate::contract::{
 use crate::environment::Environments;
 use crate::errors::{GenesisError, Result};
 use crate::judgement::metrics::{judge, outcome_pairs, MeasuredRun};
+use crate::results::coverage::CoverageSpec;
 use crate::results::{ReportSpec, TestReport};
 use crate::sandbox::{self, home_label, Resources, Role};
 use crate::snapshot::{Owner, PreparedRepo, RepoInput, Snapshotter};
@@ -153,6 +154,8 @@ struct Plan {
     candidate_image: String,
     /// The candidate's environment, for the result.
     environment: Option<EnvironmentRef>,
+    /// Where each run's line coverage comes from, when configured.
+    coverage: Option<CoverageSpec>,
 }
 
 impl Runner {
@@ -428,7 +431,7 @@ impl Runner {
         let row = MetricsRow {
             experiment_id: id.clone(),
             metrics: judged.metrics,
-            baseline: judged.baseline,
+            baseline: (&judged.baseline).into(),
             regressions: judged.regressions,
             flaky: judged.flaky,
             inserted_at: now_ms(),
@@ -510,7 +513,20 @@ impl Runner {
                 file: self.config.source.clone().unwrap_or_default(),
                 message: e.to_string(),
             })?;
+        let coverage = if repo.coverage.is_empty() {
+            None
+        } else {
+            Some(
+                repo.coverage
+                    .parse::<CoverageSpec>()
+                    .map_err(|e| GenesisError::Config {
+                        file: self.config.source.clone().unwrap_or_default(),
+                        message: e.to_string(),
+                    })?,
+            )
+        };
         Ok(Plan {
+            coverage,
             primary,
             base_image: repo.image.clone(),
             candidate_image: repo.image.clone(),

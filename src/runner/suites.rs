@@ -256,8 +256,25 @@ impl Runner {
             cpu_percent: run.resources.cpu_percent,
             io_operations: run.resources.io_operations,
             exit_code: run.exit_code,
-            coverage_percent: None,
+            coverage_percent: coverage_of(plan, out_files),
         })
+    }
+}
+
+/// The run's line coverage; a configured report that is missing or
+/// unreadable gives None (and a warning), never a failed experiment.
+fn coverage_of(plan: &Plan, out_files: &[(String, Vec<u8>)]) -> Option<f64> {
+    let spec = plan.coverage.as_ref()?;
+    let Some(bytes) = crate::results::coverage::find_report(spec, out_files) else {
+        tracing::warn!(path = %spec.path, "the configured coverage report was not written");
+        return None;
+    };
+    match crate::results::coverage::line_coverage(spec, bytes) {
+        Ok(percent) => percent,
+        Err(e) => {
+            tracing::warn!(error = %e, "the coverage report could not be read");
+            None
+        }
     }
 }
 

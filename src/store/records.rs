@@ -121,10 +121,29 @@ impl ExperimentRecord {
 pub struct MetricsRow {
     pub experiment_id: String,
     pub metrics: Metrics,
-    pub baseline: BaselineSummary,
+    pub baseline: BaselineFigures,
     pub regressions: Vec<String>,
     pub flaky: Vec<String>,
     pub inserted_at: i64,
+}
+
+/// The baseline's figures as stored (the shape of schema version 1; the
+/// result document's `baseline` may carry more, e.g. its coverage).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct BaselineFigures {
+    pub test_count: u64,
+    pub failures: u64,
+    pub runtime_ms: u64,
+}
+
+impl From<&BaselineSummary> for BaselineFigures {
+    fn from(b: &BaselineSummary) -> Self {
+        BaselineFigures {
+            test_count: b.test_count,
+            failures: b.failures,
+            runtime_ms: b.runtime_ms,
+        }
+    }
 }
 
 /// Per-test outcomes of both runs, kept so `show` can explain a verdict.
