@@ -127,7 +127,7 @@ pub enum EnvCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Remove environments unused for [environments] keep_days or over its disk budget.
+    /// Remove environments unused for `[environments] keep_days` or over its disk budget.
     Prune {
         /// Remove every environment not in use.
         #[arg(long)]

@@ -14,7 +14,7 @@
 //!   file's contents, so commits that leave those files alone share one key
 //!   and a rebuilt base image gets new environments. The image is
 //!   `genesis-env/NAME:KEY` (first 32 hex digits).
-//! - **Build** ([`build`]): the same sandbox as a test run (limits, pids,
+//! - **Build** (`build.rs`): the same sandbox as a test run (limits, pids,
 //!   no-new-privileges, all capabilities dropped but `[environments]
 //!   cap_add`), except that it runs as root with network on and its own time
 //!   limit, with the host's CA bundle copied in (proxies that re-sign TLS)

@@ -24,8 +24,8 @@
 //!   attempts in all, waiting `jobs.backoff_ms` doubled after each failure
 //!   ([`backoff_ms`]), through the clock. Shutdown cuts the waiting short but
 //!   never an attempt in progress.
-//! - **Documents.** `report` publishes a [`MetricsReport`] on
-//!   `system.metrics.genesis`, `health` a [`Health`] on
+//! - **Documents.** `report` publishes a [`MetricsReport`](crate::contract::MetricsReport) on
+//!   `system.metrics.genesis`, `health` a [`Health`](crate::contract::Health) on
 //!   `system.health.genesis`; without a NATS client the document is still
 //!   built and returned in the [`JobOutcome`] (the CLI prints it).
 //!   `analysis` stores a [`Trend`] per day and as `analysis/latest`.

@@ -66,7 +66,7 @@ impl StatsAccumulator {
     /// CPU % = Δtotal_usage / Δsystem_usage × online_cpus × 100, over the run.
     ///
     /// With a single reading (the usual case: one exact read when the suite
-    /// ends, see [`Sandbox::run`]) the window is the container's whole life,
+    /// ends, see [`super::Sandbox::run`]) the window is the container's whole life,
     /// `alive`: its CPU counter started at 0 with the container, and the
     /// host's `system_cpu_usage` grows by `alive × online_cpus` over that
     /// time, so the formula becomes total_usage / alive × 100.
