@@ -1,0 +1,84 @@
+use super::*;
+
+fn minimal() -> serde_json::Value {
+    serde_json::json!({
+        "experiment_id": "exp-1",
+        "instance_id": "inst",
+        "experiment_type": "refactor",
+        "risk_level": "low",
+        "changes": {"files": [], "patch": ""}
+    })
+}
+
+#[test]
+fn parses_a_minimal_request_with_defaults() {
+    let r = Request::parse(minimal().to_string().as_bytes()).unwrap();
+    assert_eq!(r.experiment_id, "exp-1");
+    assert_eq!(r.risk_level, RiskLevel::Low);
+    assert_eq!(r.timeout_ms, None);
+    assert!(r.changes.patches.is_empty());
+}
+
+#[test]
+fn missing_field_is_named() {
+    let mut v = minimal();
+    v.as_object_mut().unwrap().remove("instance_id");
+    let err = Request::parse(v.to_string().as_bytes()).unwrap_err();
+    assert!(err.message.contains("instance_id"), "{}", err.message);
+    assert_eq!(err.experiment_id.as_deref(), Some("exp-1"));
+}
+
+#[test]
+fn wrong_type_names_the_field_path() {
+    let mut v = minimal();
+    v["changes"]["files"] = serde_json::json!("not a list");
+    let err = Request::parse(v.to_string().as_bytes()).unwrap_err();
+    assert!(err.message.contains("changes.files"), "{}", err.message);
+}
+
+#[test]
+fn bad_ids_are_refused() {
+    for id in ["", "a b", "../x", "a.b", "ü", &"x".repeat(129)] {
+        let mut v = minimal();
+        v["experiment_id"] = serde_json::json!(id);
+        let err = Request::parse(v.to_string().as_bytes()).unwrap_err();
+        assert!(
+            err.message.contains("experiment_id"),
+            "{id}: {}",
+            err.message
+        );
+        assert_eq!(err.experiment_id, None);
+    }
+    assert!(validate_experiment_id(&"x".repeat(128)).is_ok());
+}
+
+#[test]
+fn oversized_body_is_refused_before_parsing() {
+    let body = vec![b' '; MAX_REQUEST_BYTES + 1];
+    let err = Request::parse(&body).unwrap_err();
+    assert!(err.message.contains("limit"));
+}
+
+#[test]
+fn unknown_fields_are_ignored_and_fingerprint_ignores_them() {
+    let a = Request::parse(minimal().to_string().as_bytes()).unwrap();
+    let mut v = minimal();
+    v["whatever"] = serde_json::json!(1);
+    let b = Request::parse(v.to_string().as_bytes()).unwrap();
+    assert_eq!(a.fingerprint(), b.fingerprint());
+    v["description"] = serde_json::json!("different");
+    let c = Request::parse(v.to_string().as_bytes()).unwrap();
+    assert_ne!(a.fingerprint(), c.fingerprint());
+}
+
+#[test]
+fn result_has_contract_shape() {
+    let r = ExperimentResult::failed("e", "i", ErrorKind::NoTests, "no tests ran");
+    let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+    assert_eq!(v["status"], "failed");
+    assert_eq!(v["error_kind"], "no_tests");
+    assert_eq!(v["recommendation"], "rollback");
+    assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+    let back: ExperimentResult = serde_json::from_value(v).unwrap();
+    assert_eq!(back.experiment_id(), "e");
+}
