@@ -6,7 +6,8 @@
 //! - `busybox`: a rootfs made here from the host's static busybox and its
 //!   applet links;
 //! - `debootstrap`: a minimal Debian rootfs from the host's configured
-//!   mirror with the listed packages.
+//!   mirror with the listed packages; optionally followed by an apt step in
+//!   a chroot (`apt_install`, `security`) for what debootstrap cannot do.
 //!
 //! Either way the rootfs gets a `genesis` user (the sandbox uid), then is
 //! imported through the Docker API (`POST /images/create?fromSrc=-`). Users
@@ -29,7 +30,10 @@ use crate::snapshot::Owner;
 /// The definitions shipped in `images/`.
 pub const BUILTIN: &[(&str, &str)] = &[
     ("busybox", include_str!("../../images/busybox/image.toml")),
+    ("elixir", include_str!("../../images/elixir/image.toml")),
+    ("node", include_str!("../../images/node/image.toml")),
     ("python", include_str!("../../images/python/image.toml")),
+    ("rust", include_str!("../../images/rust/image.toml")),
 ];
 
 /// One `image.toml`.
@@ -52,7 +56,40 @@ pub struct ImageDef {
     pub mirror: Option<String>,
     #[serde(default)]
     pub env: Vec<String>,
+    /// `debootstrap` only: packages installed with apt-get after
+    /// debootstrap. apt resolves virtual packages, debootstrap's `--include`
+    /// does not (npm depends on several).
+    #[serde(default)]
+    pub apt_install: Vec<String>,
+    /// `debootstrap` only: add `SUITE-updates` and `SUITE-security` and
+    /// `apt-get full-upgrade` (a full one: a security update may need new
+    /// packages, as rustc-web 1.96 needs llvm-22). The sources stay in the
+    /// image.
+    #[serde(default)]
+    pub security: bool,
 }
+
+impl ImageDef {
+    /// Whether the debootstrap rootfs needs the apt step.
+    fn needs_apt(&self) -> bool {
+        self.security || !self.apt_install.is_empty()
+    }
+
+    fn suite(&self) -> String {
+        self.suite.clone().unwrap_or_else(|| "bookworm".into())
+    }
+
+    /// The configured mirror, else the host's, else debootstrap's default.
+    fn mirror(&self) -> String {
+        self.mirror
+            .clone()
+            .or_else(host_debian_mirror)
+            .unwrap_or_else(|| DEFAULT_MIRROR.into())
+    }
+}
+
+const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+const DEFAULT_SECURITY_MIRROR: &str = "http://deb.debian.org/debian-security";
 
 /// Loads definitions: the built-in ones, or every `*/image.toml` under `dir`.
 pub fn definitions(dir: Option<&Path>) -> Result<Vec<(String, ImageDef)>> {
@@ -108,6 +145,9 @@ pub async fn build(
         "debootstrap" => {
             let rootfs = work.join("rootfs");
             debootstrap(def, &rootfs, say).await?;
+            if def.needs_apt() {
+                apt_step(def, &rootfs, say).await?;
+            }
             say("adding the sandbox user and directories");
             prepare_debian_rootfs(&rootfs, owner)?;
             say("packing the rootfs");
@@ -129,6 +169,7 @@ pub async fn build(
     say(&format!("importing into Docker as {}", def.tag));
     import(docker, &tarball, def).await?;
     let _ = std::fs::remove_file(&tarball);
+    let _ = std::fs::remove_dir(&work);
     say(&format!("built {}", def.tag));
     Ok(())
 }
@@ -275,36 +316,54 @@ fn file_header(mode: u32, size: u64) -> tar::Header {
     h
 }
 
-/// The first `URIs:` (deb822) or `deb URL` line of the host's apt sources.
+/// The first non-security URI of the host's apt sources.
 pub fn host_debian_mirror() -> Option<String> {
+    host_apt_uris()
+        .into_iter()
+        .find(|u| !u.contains("security"))
+}
+
+/// The first security URI of the host's apt sources.
+pub fn host_security_mirror() -> Option<String> {
+    host_apt_uris().into_iter().find(|u| u.contains("security"))
+}
+
+/// Every `URIs:` (deb822) and `deb URL` entry of the host's apt sources, in
+/// apt's order. Only the files apt reads (`*.list`, `*.sources`): hosts
+/// park disabled sources beside them under other names.
+fn host_apt_uris() -> Vec<String> {
     let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
     if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
-        let mut more: Vec<_> = dir.flatten().map(|e| e.path()).collect();
+        let mut more: Vec<_> = dir
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "list" || x == "sources"))
+            .collect();
         more.sort();
         files.extend(more);
     }
-    files.iter().find_map(|f| {
-        let text = std::fs::read_to_string(f).ok()?;
-        text.lines().find_map(|line| {
-            let line = line.trim();
+    let mut uris = Vec::new();
+    for text in files.iter().filter_map(|f| std::fs::read_to_string(f).ok()) {
+        for line in text.lines().map(str::trim) {
             if let Some(rest) = line.strip_prefix("URIs:") {
-                return rest
-                    .split_whitespace()
-                    .find(|u| !u.contains("security"))
-                    .map(str::to_owned);
+                uris.extend(rest.split_whitespace().map(str::to_owned));
+                continue;
             }
             let mut words = line.split_whitespace();
-            (words.next() == Some("deb"))
-                .then(|| words.find(|w| w.contains("://")).map(str::to_owned))
-                .flatten()
-                .filter(|u| !u.contains("security"))
-        })
-    })
+            if words.next() == Some("deb") {
+                uris.extend(words.find(|w| w.contains("://")).map(str::to_owned));
+            }
+        }
+    }
+    uris
 }
 
 async fn debootstrap(def: &ImageDef, rootfs: &Path, say: &(dyn Fn(&str) + Sync)) -> Result<()> {
+    // A build killed during the apt step leaves proc mounted; removing the
+    // rootfs would then walk into the host's /proc.
+    unmount_stale_proc(rootfs);
     let _ = std::fs::remove_dir_all(rootfs);
-    let suite = def.suite.clone().unwrap_or_else(|| "bookworm".into());
+    let suite = def.suite();
     let mut cmd = tokio::process::Command::new("debootstrap");
     cmd.arg(format!(
         "--variant={}",
@@ -313,10 +372,7 @@ async fn debootstrap(def: &ImageDef, rootfs: &Path, say: &(dyn Fn(&str) + Sync))
     if !def.include.is_empty() {
         cmd.arg(format!("--include={}", def.include.join(",")));
     }
-    cmd.arg(&suite).arg(rootfs);
-    if let Some(mirror) = def.mirror.clone().or_else(host_debian_mirror) {
-        cmd.arg(mirror);
-    }
+    cmd.arg(&suite).arg(rootfs).arg(def.mirror());
     say(&format!(
         "debootstrap {suite} with {} (a minute or two)",
         def.include.join(", ")
@@ -363,6 +419,209 @@ async fn debootstrap(def: &ImageDef, rootfs: &Path, say: &(dyn Fn(&str) + Sync))
         ));
     }
     Ok(())
+}
+
+/// apt-get in a chroot of the fresh rootfs, for what debootstrap cannot do:
+/// resolve virtual packages (`apt_install`) and take updates (`security`).
+async fn apt_step(def: &ImageDef, rootfs: &Path, say: &(dyn Fn(&str) + Sync)) -> Result<()> {
+    let io = |what: &str, e| GenesisError::io(format!("{what} in {}", rootfs.display()), e);
+    let (suite, mirror) = (def.suite(), def.mirror());
+    let mut sources = format!("deb {mirror} {suite} main\n");
+    if def.security {
+        let security = host_security_mirror().unwrap_or_else(|| DEFAULT_SECURITY_MIRROR.into());
+        sources.push_str(&format!(
+            "deb {mirror} {suite}-updates main\ndeb {security} {suite}-security main\n"
+        ));
+    }
+    std::fs::write(rootfs.join("etc/apt/sources.list"), sources)
+        .map_err(|e| io("writing etc/apt/sources.list", e))?;
+    // apt resolves names itself; remove first so a symlink in the rootfs
+    // cannot redirect the copy onto a host file.
+    let resolv = rootfs.join("etc/resolv.conf");
+    let _ = std::fs::remove_file(&resolv);
+    std::fs::copy("/etc/resolv.conf", &resolv).map_err(|e| io("copying etc/resolv.conf", e))?;
+    // Maintainer scripts must not start daemons: they would outlive the
+    // step and keep the proc mount busy.
+    let policy = rootfs.join("usr/sbin/policy-rc.d");
+    std::fs::write(&policy, "#!/bin/sh\nexit 101\n").map_err(|e| io("writing policy-rc.d", e))?;
+    std::fs::set_permissions(&policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .map_err(|e| io("chmod policy-rc.d", e))?;
+
+    let apt = ["-y", "-q", "--no-install-recommends"];
+    let mut steps = vec![("update", "apt-get update".to_owned(), vec!["-q", "update"])];
+    if def.security {
+        let says = format!("apt-get full-upgrade from {suite}-updates and {suite}-security");
+        steps.push(("full-upgrade", says, [&apt[..], &["full-upgrade"]].concat()));
+    }
+    if !def.apt_install.is_empty() {
+        let says = format!("apt-get install {}", def.apt_install.join(" "));
+        let mut args = [&apt[..], &["install"]].concat();
+        args.extend(def.apt_install.iter().map(String::as_str));
+        steps.push(("install", says, args));
+    }
+    steps.push(("clean", "apt-get clean".to_owned(), vec!["clean"]));
+
+    // dpkg's maintainer scripts expect /proc.
+    let mut proc = ProcMount::mount(&rootfs.join("proc"))?;
+    let mut result = Ok(());
+    for (step, says, args) in &steps {
+        say(says);
+        result = apt_get(rootfs, step, args, say).await;
+        if result.is_err() {
+            break;
+        }
+    }
+    let unmounted = proc.unmount();
+    let _ = std::fs::remove_file(&policy);
+    // Docker mounts its own resolv.conf; the build host's must not ship.
+    let emptied = std::fs::write(&resolv, "").map_err(|e| io("emptying etc/resolv.conf", e));
+    result.and(unmounted).and(emptied)
+}
+
+/// Runs `apt-get ARGS` chrooted into `rootfs`, noninteractive. The host
+/// environment is kept (as for debootstrap) so proxy variables reach apt.
+async fn apt_get(
+    rootfs: &Path,
+    step: &str,
+    args: &[&str],
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<()> {
+    let context = format!("apt-get {step} in {}", rootfs.display());
+    // stderr joins stdout inside the chroot, so an error's last lines come
+    // in the order apt wrote them.
+    let mut child = tokio::process::Command::new("chroot")
+        .arg(rootfs)
+        .args(["/bin/sh", "-c", "exec \"$@\" 2>&1", "sh", "apt-get"])
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| GenesisError::io(format!("starting chroot for {context}"), e))?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut last = std::collections::VecDeque::with_capacity(LAST_LINES);
+    let (mut fetched, mut set_up) = (0usize, 0usize);
+    while let Ok(Some(line)) = lines.next_line().await {
+        // One line per 50 packages fetched or configured.
+        if line.starts_with("Get:") && step != "update" {
+            fetched += 1;
+            if fetched.is_multiple_of(50) {
+                say(&format!("  fetched {fetched} packages"));
+            }
+        } else if line.starts_with("Setting up ") {
+            set_up += 1;
+            if set_up.is_multiple_of(50) {
+                say(&format!("  set up {set_up} packages"));
+            }
+        }
+        if last.len() == LAST_LINES {
+            last.pop_front();
+        }
+        last.push_back(line);
+    }
+    let output = child
+        .wait_with_output()
+        .await
+        .map_err(|e| GenesisError::io(format!("waiting for {context}"), e))?;
+    if !output.status.success() {
+        last.extend(
+            String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .map(str::to_owned),
+        );
+        return Err(GenesisError::sandbox(
+            context,
+            format!(
+                "exited with {}: {}",
+                output.status,
+                Vec::from(last).join("\n")
+            ),
+        ));
+    }
+    if set_up > 0 {
+        say(&format!("  {step}: set up {set_up} packages"));
+    }
+    Ok(())
+}
+
+/// Output lines an apt-get error carries.
+const LAST_LINES: usize = 8;
+
+/// proc mounted in a rootfs; unmounted on drop too (an error or panic must
+/// not leave it, a later `remove_dir_all` of the rootfs would walk into it).
+struct ProcMount {
+    dir: PathBuf,
+    mounted: bool,
+}
+
+impl ProcMount {
+    fn mount(dir: &Path) -> Result<Self> {
+        let out = std::process::Command::new("mount")
+            .args(["-t", "proc", "proc"])
+            .arg(dir)
+            .output()
+            .map_err(|e| GenesisError::io(format!("mounting proc on {}", dir.display()), e))?;
+        if !out.status.success() {
+            return Err(GenesisError::sandbox(
+                format!("mounting proc on {}", dir.display()),
+                String::from_utf8_lossy(&out.stderr).trim(),
+            ));
+        }
+        Ok(ProcMount {
+            dir: dir.to_path_buf(),
+            mounted: true,
+        })
+    }
+
+    /// Unmounts, lazily if something still holds it.
+    fn unmount(&mut self) -> Result<()> {
+        if !std::mem::take(&mut self.mounted) {
+            return Ok(());
+        }
+        let umount = |lazy: bool| {
+            let mut cmd = std::process::Command::new("umount");
+            if lazy {
+                cmd.arg("-l");
+            }
+            cmd.arg(&self.dir).output()
+        };
+        match umount(false) {
+            Ok(out) if out.status.success() => Ok(()),
+            first => match umount(true) {
+                Ok(out) if out.status.success() => Ok(()),
+                _ => Err(GenesisError::sandbox(
+                    format!("unmounting {}", self.dir.display()),
+                    match first {
+                        Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                        Err(e) => e.to_string(),
+                    },
+                )),
+            },
+        }
+    }
+}
+
+impl Drop for ProcMount {
+    fn drop(&mut self) {
+        let _ = self.unmount();
+    }
+}
+
+/// Unmounts `ROOTFS/proc` if it is a mount point (another device than the
+/// rootfs), as a killed build leaves it.
+fn unmount_stale_proc(rootfs: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let proc = rootfs.join("proc");
+    if let (Ok(root), Ok(p)) = (std::fs::metadata(rootfs), std::fs::metadata(&proc)) {
+        if root.dev() != p.dev() {
+            drop(ProcMount {
+                dir: proc,
+                mounted: true,
+            });
+        }
+    }
 }
 
 fn prepare_debian_rootfs(rootfs: &Path, owner: Owner) -> Result<()> {
@@ -432,8 +691,22 @@ mod tests {
     fn builtin_definitions_parse() {
         let defs = definitions(None).unwrap();
         let names: Vec<_> = defs.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["busybox", "python"]);
-        assert_eq!(defs[1].1.tag, "genesis/python:bookworm");
+        assert_eq!(names, ["busybox", "elixir", "node", "python", "rust"]);
+        assert_eq!(defs[3].1.tag, "genesis/python:bookworm");
+        let node = &defs[2].1;
+        assert_eq!(node.apt_install, ["npm"]);
+        assert!(node.needs_apt());
+        assert!(!defs[4].1.security, "rust stays on bookworm main");
+    }
+
+    #[test]
+    fn apt_keys_parse_and_unknown_keys_fail() {
+        let base = "tag = \"t\"\nsource = \"debootstrap\"\n";
+        let parse = |extra: &str| parse_def(Path::new("t"), &format!("{base}{extra}"));
+        assert!(!parse("").unwrap().needs_apt());
+        let def = parse("security = true\n").unwrap();
+        assert!(def.needs_apt() && def.apt_install.is_empty());
+        assert!(parse("writable = [\"/opt/mix\"]\n").is_err());
     }
 
     #[test]
