@@ -11,14 +11,9 @@ use std::path::{Path, PathBuf};
 use genesis::analysis::{Analyzer, FunctionComplexity, Language, Shapes};
 use serde::Deserialize;
 
-/// `tests/fixtures/analysis` in Genesis, `fixtures` in the scratch crate.
+/// One small file per construct and language, with `expected.toml`.
 fn fixtures_dir() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    ["tests/fixtures/analysis", "fixtures"]
-        .iter()
-        .map(|d| root.join(d))
-        .find(|d| d.join("expected.toml").is_file())
-        .expect("fixtures/expected.toml (or tests/fixtures/analysis/expected.toml)")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/analysis")
 }
 
 #[derive(Debug, Deserialize)]

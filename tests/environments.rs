@@ -200,6 +200,18 @@ fn a_crate_with_a_crates_io_dev_dependency_is_detected_fetched_and_tested_offlin
         "",
     );
     let repo = home.root().join("app");
+
+    // Built ahead with `genesis env build`, then reused by the experiment.
+    let built = home.run_args(&["env", "build", "app"]);
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let env: Value = serde_json::from_slice(&built.stdout).unwrap();
+    assert_eq!(env["reused"], false, "{env:#}");
+    assert!(String::from_utf8_lossy(&built.stderr).contains("environment_building"));
+
     let patch = diff_for(&repo, &[("NOTES", Some("a change\n"))]);
     let (r, stderr) = run(&home, &request("env-rust", "high", &["NOTES"], &patch));
     assert_success(&r, &stderr);
@@ -208,8 +220,25 @@ fn a_crate_with_a_crates_io_dev_dependency_is_detected_fetched_and_tested_offlin
     assert_eq!(r["framework"]["test_command"], "cargo test --offline");
     assert_eq!(r["metrics"]["test_count"], 4, "{r:#}");
     assert_eq!(r["metrics"]["failures"], 0, "{r:#}");
-    assert_eq!(r["environment"]["reused"], false);
-    remove_environment_images(&home);
+    assert_eq!(r["environment"]["reused"], true, "{r:#}");
+    assert_eq!(r["environment"]["key"], env["key"]);
+
+    // `env prune --all` removes it: image and record.
+    let pruned = home.run_args(&["env", "prune", "--all"]);
+    assert!(
+        pruned.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pruned.stderr)
+    );
+    assert!(environments_built(&home).is_empty());
+    let gone = std::process::Command::new("docker")
+        .args(["image", "inspect", env["image"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        !gone.status.success(),
+        "the environment image is still there"
+    );
 }
 
 #[test]
