@@ -198,6 +198,7 @@ mod tests {
             cpu_percent: 50.0,
             io_operations: 7,
             samples: 2,
+            ..Resources::default()
         };
         let j = judge(
             &MeasuredRun {

@@ -99,7 +99,7 @@ impl SuiteRun {
             memory_peak_bytes: self.memory_peak_bytes,
             cpu_percent: self.cpu_percent,
             io_operations: self.io_operations,
-            samples: 0,
+            ..Resources::default()
         }
     }
 }

@@ -155,17 +155,23 @@ impl Sandbox {
     ///
     /// The container's own process only idles; the suite runs as an exec in
     /// the same cgroup. That keeps the cgroup alive after the suite ends, so
-    /// one last stats read gets its cumulative counters (CPU time, I/O, and
-    /// on cgroup v1 the kernel's memory high-water mark) exactly, even for a
-    /// suite shorter than the engine's one-second sampling interval.
+    /// one last read gets its cumulative counters (CPU time, I/O, and the
+    /// kernel's memory high-water mark) exactly, even for a suite shorter
+    /// than the engine's one-second sampling interval: from the cgroup files
+    /// when the engine is local, else through the stats API.
     pub async fn run(&self, timeout: Duration, log: CappedLog) -> Result<RunOutcome> {
         let alive_since = Instant::now();
         self.docker
             .start_container(&self.id, None)
             .await
             .map_err(|e| GenesisError::sandbox(format!("starting {}", self.name), e))?;
+        let cgroup = self.local_cgroup().await;
+        let kernel_peak = cgroup
+            .as_ref()
+            .and_then(read_cgroup)
+            .is_some_and(|r| r.memory_peak_bytes.is_some());
         let (stop_sampling, sampling_stopped) = tokio::sync::oneshot::channel();
-        let sampler = if needs_sampling(&self.docker).await {
+        let sampler = if !kernel_peak && needs_sampling(&self.docker).await {
             Some(tokio::spawn(sample_stats(
                 self.docker.clone(),
                 self.id.clone(),
@@ -201,8 +207,15 @@ impl Sandbox {
                 .map_err(|e| GenesisError::Internal(format!("stats task: {e}")))?,
             None => StatsAccumulator::default(),
         };
-        if let Some(last) = stats_once(&self.docker, &self.id).await {
-            acc.add(&last);
+        // The cgroup still exists (the idle process keeps it): its files
+        // give the exact totals at once; the stats API is the fallback.
+        match cgroup.as_ref().and_then(read_cgroup) {
+            Some(reading) => acc.add_cgroup(&reading),
+            None => {
+                if let Some(last) = stats_once(&self.docker, &self.id).await {
+                    acc.add(&last);
+                }
+            }
         }
         let alive = alive_since.elapsed();
         self.kill().await?;
@@ -215,6 +228,17 @@ impl Sandbox {
             resources: acc.finish(alive),
             log,
         })
+    }
+
+    /// The container's cgroup files, when the engine runs on this host and
+    /// they can be told apart as this container's (see `cgroup.rs`).
+    async fn local_cgroup(&self) -> Option<CgroupFiles> {
+        if !engine_is_local() {
+            return None;
+        }
+        let info = self.docker.inspect_container(&self.id, None).await.ok()?;
+        let pid = info.state.and_then(|s| s.pid)?;
+        locate_cgroup(pid, &self.id)
     }
 
     /// Starts the wrapper (setup, then tests) as an attached exec.

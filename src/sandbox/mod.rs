@@ -36,6 +36,9 @@ use bollard::Docker;
 
 use crate::errors::{GenesisError, Result};
 
+mod cgroup;
+use cgroup::{engine_is_local, locate as locate_cgroup, read as read_cgroup};
+pub use cgroup::{CgroupFiles, CgroupReading};
 mod spec;
 pub use spec::*;
 mod stats;

@@ -12,6 +12,8 @@ use std::time::Duration;
 pub struct Resources {
     pub memory_peak_bytes: u64,
     pub cpu_percent: f64,
+    /// CPU time of everything in the container (ns), when read exactly.
+    pub cpu_time_ns: u64,
     pub io_operations: u64,
     pub samples: u64,
 }
@@ -26,6 +28,8 @@ pub struct StatsAccumulator {
     peak: u64,
     io_ops: u64,
     samples: u64,
+    /// CPU time read from the cgroup files (exact, no system counter).
+    cgroup_cpu_ns: Option<u64>,
 }
 
 impl StatsAccumulator {
@@ -63,6 +67,15 @@ impl StatsAccumulator {
         }
     }
 
+    /// A reading of the cgroup files (see `cgroup.rs`): the same counters
+    /// as the stats API, read directly.
+    pub fn add_cgroup(&mut self, r: &super::cgroup::CgroupReading) {
+        self.samples += 1;
+        self.peak = self.peak.max(r.memory_peak_bytes.unwrap_or(0));
+        self.io_ops = self.io_ops.max(r.io_operations);
+        self.cgroup_cpu_ns = Some(r.cpu_usage_ns);
+    }
+
     /// CPU % = Δtotal_usage / Δsystem_usage × online_cpus × 100, over the run.
     ///
     /// With a single reading (the usual case: one exact read when the suite
@@ -73,15 +86,25 @@ impl StatsAccumulator {
     pub fn finish(&self, alive: Duration) -> Resources {
         let cpus = f64::from(self.online_cpus.max(1));
         let cpu_percent = match (self.first_cpu, self.last_cpu) {
+            // The cgroup's counter started at 0 with the container: over
+            // its life the formula is usage / alive × 100.
+            _ if self.cgroup_cpu_ns.is_some() && !alive.is_zero() => {
+                self.cgroup_cpu_ns.unwrap_or(0) as f64 / alive.as_nanos() as f64 * 100.0
+            }
             (Some((t0, s0)), Some((t1, s1))) if s1 > s0 => {
                 (t1.saturating_sub(t0)) as f64 / (s1 - s0) as f64 * cpus * 100.0
             }
             (_, Some((t1, _))) if !alive.is_zero() => t1 as f64 / alive.as_nanos() as f64 * 100.0,
             _ => 0.0,
         };
+        let cpu_time_ns = self
+            .cgroup_cpu_ns
+            .or(self.last_cpu.map(|(total, _)| total))
+            .unwrap_or(0);
         Resources {
             memory_peak_bytes: self.peak,
             cpu_percent,
+            cpu_time_ns,
             io_operations: self.io_ops,
             samples: self.samples,
         }

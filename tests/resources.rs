@@ -1,0 +1,127 @@
+//! Resource figures are exact (issue: "exact stats without the engine's
+//! 1-second tick"): a suite that allocates a known amount of memory and
+//! burns a known CPU time, shorter than one second, is measured within 10 %
+//! of what the suite itself reports (its peak RSS and its process CPU time,
+//! interpreter start included), from the cgroup files of the local engine.
+
+mod support;
+
+use std::time::Duration;
+
+use genesis::config::Limits;
+use genesis::sandbox::{CappedLog, Role, SandboxBuilder};
+use genesis::snapshot::Owner;
+use support::*;
+
+/// Touches `MB` MiB, burns CPU until its process time reaches `CPU_S`
+/// seconds, prints its peak RSS; the shell's `times` then prints the CPU
+/// time of the shell and of its finished children (exit teardown included).
+const SUITE: &str = r#"python3 - <<'PY'
+import resource, time
+MB, CPU_S = 200, 0.6
+block = b"\x01" * (MB * 1024 * 1024)
+x = 0
+while time.process_time() < CPU_S:
+    x += 1
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(f"self rss_kb={usage.ru_maxrss}")
+PY
+times"#;
+
+#[test]
+fn memory_peak_and_cpu_time_of_a_short_suite_are_exact() {
+    ensure_image("python");
+    let limits = Limits {
+        cpus: 1.0,
+        memory_mb: 512,
+        pids: 64,
+        timeout_ms: 60_000,
+        network: false,
+        install_changes: true,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let label = genesis::sandbox::home_label(dir.path());
+    let (outcome, text) = block_on(async {
+        let docker = genesis::sandbox::connect().await.unwrap();
+        let sandbox = SandboxBuilder::new(
+            "resources",
+            Role::Candidate,
+            "genesis/python:bookworm",
+            limits,
+        )
+        .home_label(&label)
+        .command("app", "", SUITE)
+        .create(&docker)
+        .await
+        .unwrap();
+        sandbox
+            .upload_skeleton(Owner {
+                uid: 10001,
+                gid: 10001,
+            })
+            .await
+            .unwrap();
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_uid(10001);
+        h.set_gid(10001);
+        h.set_size(0);
+        tar.append_data(&mut h, "app/", std::io::empty()).unwrap();
+        sandbox
+            .upload("/workspace", tar.into_inner().unwrap())
+            .await
+            .unwrap();
+        let log = CappedLog::create(&dir.path().join("log"), 1 << 20).unwrap();
+        let outcome = sandbox.run(Duration::from_secs(60), log).await.unwrap();
+        sandbox.remove().await.unwrap();
+        let text = outcome.log.text.clone();
+        (outcome, text)
+    });
+    assert_eq!(outcome.exit_code, 0, "{text}");
+    let field = |name: &str| -> f64 {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .parse()
+            .unwrap()
+    };
+    let rss_bytes = field("rss_kb") * 1024.0;
+    let cpu_ns = shell_times_seconds(&text) * 1e9;
+    let peak = outcome.resources.memory_peak_bytes as f64;
+    let cpu = outcome.resources.cpu_time_ns as f64;
+    eprintln!(
+        "suite: rss {:.1} MiB, cpu {:.3} s; genesis: peak {:.1} MiB, cpu {:.3} s, {} ms",
+        rss_bytes / 1048576.0,
+        cpu_ns / 1e9,
+        peak / 1048576.0,
+        cpu / 1e9,
+        outcome.runtime_ms
+    );
+    assert!(
+        (peak - rss_bytes).abs() <= 0.10 * rss_bytes,
+        "peak {peak} vs rss {rss_bytes}"
+    );
+    assert!(
+        (cpu - cpu_ns).abs() <= 0.10 * cpu_ns,
+        "cpu {cpu} vs {cpu_ns}"
+    );
+}
+
+/// The sum of the four figures of `times` (`0m0.600000s 0m0.080000s` twice).
+fn shell_times_seconds(text: &str) -> f64 {
+    let figure = |w: &str| -> Option<f64> {
+        let (m, s) = w.strip_suffix('s')?.split_once('m')?;
+        Some(m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+    };
+    let sums: Vec<f64> = text
+        .lines()
+        .filter_map(|l| {
+            let ws: Vec<&str> = l.split_whitespace().collect();
+            (ws.len() == 2).then(|| Some(figure(ws[0])? + figure(ws[1])?))?
+        })
+        .collect();
+    assert_eq!(sums.len(), 2, "no `times` output in {text}");
+    sums.iter().sum()
+}
