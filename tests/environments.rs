@@ -217,7 +217,7 @@ fn a_crate_with_a_crates_io_dev_dependency_is_detected_fetched_and_tested_offlin
     assert_success(&r, &stderr);
     assert_eq!(r["framework"]["name"], "cargo", "{r:#}");
     assert_eq!(r["framework"]["detected"], true, "{r:#}");
-    assert_eq!(r["framework"]["test_command"], "cargo test --offline");
+    assert_eq!(r["framework"]["test_command"], "cargo test --offline 2>&1");
     assert_eq!(r["metrics"]["test_count"], 4, "{r:#}");
     assert_eq!(r["metrics"]["failures"], 0, "{r:#}");
     assert_eq!(r["environment"]["reused"], true, "{r:#}");
@@ -256,7 +256,8 @@ report = "junit:/genesis/out/junit.xml""#,
     let patch = diff_for(&repo, &[("NOTES", Some("a change\n"))]);
     let (r, stderr) = run(&home, &request("env-mix", "high", &["NOTES"], &patch));
     assert_success(&r, &stderr);
-    assert_eq!(r["metrics"]["test_count"], 4, "{r:#}");
+    // Four tests and the doctest of Calc.add.
+    assert_eq!(r["metrics"]["test_count"], 5, "{r:#}");
     assert_eq!(r["metrics"]["failures"], 0, "{r:#}");
     remove_environment_images(&home);
 }

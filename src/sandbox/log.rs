@@ -114,19 +114,67 @@ pub(super) async fn pump_output(
     >,
     mut log: CappedLog,
 ) -> Result<LogSummary> {
+    let mut lines = LineJoiner::default();
     while let Some(item) = output.next().await {
         match item {
-            Ok(
-                LogOutput::StdOut { message }
-                | LogOutput::StdErr { message }
-                | LogOutput::Console { message },
-            ) => log.write(message)?,
+            Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                lines.push(0, &message, |whole| log.write(whole.to_vec().into()))?
+            }
+            Ok(LogOutput::StdErr { message }) => {
+                lines.push(1, &message, |whole| log.write(whole.to_vec().into()))?
+            }
             Ok(LogOutput::StdIn { .. }) => {}
             // The stream breaks when the container is killed; what we have is the log.
             Err(_) => break,
         }
     }
+    lines.finish(|rest| log.write(rest.to_vec().into()))?;
     log.finish()
+}
+
+/// Interleaves stdout and stderr by whole lines. The engine delivers each
+/// stream in chunks that may end mid-line; written as they come, a stderr
+/// chunk could land inside a stdout line (`test a ... ok` cut by cargo's
+/// `Running TARGET`) and a report parser would lose that test.
+#[derive(Default)]
+pub(super) struct LineJoiner {
+    /// The unfinished last line of each stream.
+    partial: [Vec<u8>; 2],
+}
+
+/// A line longer than this is written unfinished, so a stream that never
+/// prints a newline cannot hold memory.
+const LONGEST_LINE: usize = 64 * 1024;
+
+impl LineJoiner {
+    /// Adds a chunk of stream `which`; complete lines go to `write`.
+    pub(super) fn push(
+        &mut self,
+        which: usize,
+        chunk: &[u8],
+        mut write: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let partial = &mut self.partial[which];
+        partial.extend_from_slice(chunk);
+        let cut = match partial.iter().rposition(|b| *b == b'\n') {
+            Some(i) => i + 1,
+            None if partial.len() > LONGEST_LINE => partial.len(),
+            None => return Ok(()),
+        };
+        let rest = partial.split_off(cut);
+        let whole = std::mem::replace(partial, rest);
+        write(&whole)
+    }
+
+    /// Writes what is left of both streams.
+    pub(super) fn finish(mut self, mut write: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        for partial in &mut self.partial {
+            if !partial.is_empty() {
+                write(partial)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The last `n` bytes of a text, cut at a character boundary.

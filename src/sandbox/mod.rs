@@ -222,6 +222,33 @@ mod tests {
     }
 
     #[test]
+    fn stdout_and_stderr_interleave_by_whole_lines() {
+        let mut out = Vec::new();
+        let mut joiner = log::LineJoiner::default();
+        let mut push = |j: &mut log::LineJoiner, which, chunk: &str| {
+            j.push(which, chunk.as_bytes(), |w| {
+                out.push(String::from_utf8(w.to_vec()).unwrap());
+                Ok(())
+            })
+            .unwrap()
+        };
+        push(&mut joiner, 0, "test a ... ");
+        push(&mut joiner, 1, "     Running tests/b.rs\n");
+        push(&mut joiner, 0, "ok\ntest b");
+        push(&mut joiner, 0, " ... ok\n");
+        joiner
+            .finish(|w| {
+                out.push(String::from_utf8(w.to_vec()).unwrap());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            out.concat(),
+            "     Running tests/b.rs\ntest a ... ok\ntest b ... ok\n"
+        );
+    }
+
+    #[test]
     fn capped_log_keeps_head_and_tail() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = CappedLog::create(&dir.path().join("log"), 10).unwrap();

@@ -51,7 +51,9 @@ pub fn detect_framework(repo: &Repository, tree: &Tree) -> Option<FrameworkRef> 
         return Some(detected("mix", "mix test --trace", "exunit"));
     }
     if has("Cargo.toml") {
-        return Some(detected("cargo", "cargo test --offline", "libtest"));
+        // stderr (cargo's `Running TARGET` lines) joins stdout at the source, so
+        // the order that names each test's target survives the two pipes.
+        return Some(detected("cargo", "cargo test --offline 2>&1", "libtest"));
     }
     if has("package.json") && package_has_test_script(repo, tree) {
         return Some(detected("npm", "npm test", "auto"));
