@@ -9,10 +9,12 @@
 //! image to run the suites in.
 //!
 //! Design:
-//! - **Key.** `sha256(base image id, install command, (path, blob id) of
-//!   every file matching install_inputs)`: a git blob id is the hash of the
-//!   file's contents, so commits that leave those files alone share one key
-//!   and a rebuilt base image gets new environments. The image is
+//! - **Key.** `sha256(genesis home, base image id, install command, (path,
+//!   blob id) of every file matching install_inputs)`: a git blob id is the
+//!   hash of the file's contents, so commits that leave those files alone
+//!   share one key and a rebuilt base image gets new environments. The home
+//!   is part of it because records and pruning are per home: two homes on
+//!   one engine never share (and never remove) each other's images. The image is
 //!   `genesis-env/NAME:KEY` (first 32 hex digits).
 //! - **Build** (`build.rs`): the same sandbox as a test run (limits, pids,
 //!   no-new-privileges, all capabilities dropped but `[environments]
@@ -174,6 +176,7 @@ impl Environments {
             )
         })?;
         Ok(environment_key(
+            &self.home_label,
             base.id.as_deref().unwrap_or_default(),
             &repo.install_command,
             inputs,
@@ -196,11 +199,12 @@ impl Environments {
 
 /// The key of an environment: see the module doc.
 pub fn environment_key(
+    home_label: &str,
     base_image_id: &str,
     install_command: &str,
     inputs: &[(String, String)],
 ) -> String {
-    let mut material = format!("{base_image_id}\0{install_command}\0");
+    let mut material = format!("{home_label}\0{base_image_id}\0{install_command}\0");
     for (path, blob) in inputs {
         material.push_str(&format!("{path}\0{blob}\0"));
     }
@@ -268,51 +272,23 @@ mod tests {
 
     #[test]
     fn the_key_changes_with_each_input_and_only_with_them() {
-        let base = environment_key(
-            "sha256:1",
-            "pip install -r r.txt",
-            &inputs(&[("r.txt", "aa")]),
-        );
+        let key = |home, image, command, files: &[(&str, &str)]| {
+            environment_key(home, image, command, &inputs(files))
+        };
+        let base = key("h", "sha256:1", "pip install -r r.txt", &[("r.txt", "aa")]);
         assert_eq!(
             base,
-            environment_key(
-                "sha256:1",
-                "pip install -r r.txt",
-                &inputs(&[("r.txt", "aa")])
-            )
+            key("h", "sha256:1", "pip install -r r.txt", &[("r.txt", "aa")])
         );
-        assert_ne!(
-            base,
-            environment_key(
-                "sha256:2",
-                "pip install -r r.txt",
-                &inputs(&[("r.txt", "aa")])
-            )
-        );
-        assert_ne!(
-            base,
-            environment_key(
-                "sha256:1",
-                "pip install -r r2.txt",
-                &inputs(&[("r.txt", "aa")])
-            )
-        );
-        assert_ne!(
-            base,
-            environment_key(
-                "sha256:1",
-                "pip install -r r.txt",
-                &inputs(&[("r.txt", "ab")])
-            )
-        );
-        assert_ne!(
-            base,
-            environment_key(
-                "sha256:1",
-                "pip install -r r.txt",
-                &inputs(&[("s.txt", "aa")])
-            )
-        );
+        for other in [
+            key("h2", "sha256:1", "pip install -r r.txt", &[("r.txt", "aa")]),
+            key("h", "sha256:2", "pip install -r r.txt", &[("r.txt", "aa")]),
+            key("h", "sha256:1", "pip install -r r2.txt", &[("r.txt", "aa")]),
+            key("h", "sha256:1", "pip install -r r.txt", &[("r.txt", "ab")]),
+            key("h", "sha256:1", "pip install -r r.txt", &[("s.txt", "aa")]),
+        ] {
+            assert_ne!(base, other);
+        }
         assert_eq!(base.len(), 32);
     }
 
