@@ -12,6 +12,7 @@ ensure_packages() {
   dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
   command -v git >/dev/null || missing+=(git)
+  command -v chromium >/dev/null || missing+=(chromium)
   if ! command -v dockerd >/dev/null && ! docker info >/dev/null 2>&1; then
     missing+=(docker.io)
   fi

@@ -25,7 +25,8 @@
 //!
 //! Around the stored experiments:
 //! - [`export`]: the Postgres-compatible dump; [`maintenance`]: cleanup,
-//!   archives, sandbox export, disk budget; [`jobs`]: the scheduler and the
+//!   archives, sandbox export, disk budget; [`report`]: the trends
+//!   aggregates and the HTML pages; [`jobs`]: the scheduler and the
 //!   scheduled jobs; [`images`]: offline test images.
 //!
 //! On top, imported by nothing: [`service`] (NATS), [`doctor`], [`cli`].
@@ -48,8 +49,10 @@ pub mod runner;
 
 pub mod export;
 pub mod images;
-pub mod jobs;
 pub mod maintenance;
+pub mod report;
+
+pub mod jobs;
 
 pub mod cli;
 pub mod doctor;

@@ -19,6 +19,7 @@ use crate::store::{open_store, Status};
 
 mod analyze;
 mod env;
+mod report;
 mod views;
 pub use views::*;
 
@@ -110,6 +111,22 @@ pub enum Command {
     Env {
         #[command(subcommand)]
         command: EnvCommand,
+    },
+    /// Write a self-contained HTML page: one experiment, or the trends.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["id", "trends"])))]
+    Report {
+        /// The experiment to show.
+        id: Option<String>,
+        /// The trends over all experiments instead.
+        #[arg(long, conflicts_with = "id")]
+        trends: bool,
+        /// Days the trends cover, today included (default: cleanup.analysis_days).
+        #[arg(long)]
+        days: Option<u64>,
+        /// Where to write the page (default: GENESIS_HOME/reports/ID.html, or
+        /// GENESIS_HOME/reports/trends.html).
+        #[arg(long)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -249,6 +266,12 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             EnvCommand::List { json } => env::list(&config, json).await,
             EnvCommand::Prune { all } => env::prune(&config, all).await,
         },
+        Command::Report {
+            id,
+            trends: _,
+            days,
+            output,
+        } => report::run(&config, id.as_deref(), days, output.as_deref()).await,
     }
 }
 

@@ -172,6 +172,10 @@ pub(super) async fn show(config: &Config, id: &str, json: bool) -> Result<i32> {
     if let Some(archive) = archive {
         println!("archive      {archive}");
     }
+    let page = crate::report::experiment_path(config, id);
+    if page.is_file() {
+        println!("report: {}", page.display());
+    }
     Ok(0)
 }
 

@@ -213,6 +213,9 @@ pub struct Schedule {
 pub struct JobsPolicy {
     pub max_attempts: u32,
     pub backoff_ms: u64,
+    /// After each `report` run, write `GENESIS_HOME/reports/trends.html`
+    /// (the trends page of `genesis report --trends`).
+    pub report_html: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -25,7 +25,9 @@
 //!   ([`backoff_ms`]), through the clock. Shutdown cuts the waiting short but
 //!   never an attempt in progress.
 //! - **Documents.** `report` publishes a [`MetricsReport`](crate::contract::MetricsReport) on
-//!   `system.metrics.genesis`, `health` a [`Health`](crate::contract::Health) on
+//!   `system.metrics.genesis` (and, with `[jobs] report_html`, writes the
+//!   trends page to `GENESIS_HOME/reports/trends.html`), `health` a
+//!   [`Health`](crate::contract::Health) on
 //!   `system.health.genesis`; without a NATS client the document is still
 //!   built and returned in the [`JobOutcome`] (the CLI prints it).
 //!   `analysis` stores a [`Trend`] per day and as `analysis/latest`.
@@ -345,10 +347,13 @@ async fn execute(ctx: &JobContext, job: Job) -> Result<Done> {
             let report = daily_report(ctx).await?;
             let doc = to_json(&report)?;
             let published_to = publish(ctx, subjects::METRICS, &doc).await?;
-            let summary = format!(
+            let mut summary = format!(
                 "{} experiment(s) in the last day, success rate {:.3}",
                 report.totals.experiments, report.success_rate
             );
+            if ctx.config.jobs.report_html {
+                summary.push_str(&trends_page(ctx).await);
+            }
             Ok(Done {
                 summary,
                 document: Some(doc),
@@ -371,6 +376,29 @@ async fn execute(ctx: &JobContext, job: Job) -> Result<Done> {
                 document: Some(doc),
                 published_to,
             })
+        }
+    }
+}
+
+/// Writes `GENESIS_HOME/reports/trends.html` over `cleanup.analysis_days`.
+/// The published document is the run's product: a page that cannot be
+/// written is logged and named in the summary, and does not fail the run.
+async fn trends_page(ctx: &JobContext) -> String {
+    let (config, now) = (ctx.config.clone(), ctx.clock.now());
+    let written = ctx
+        .store
+        .call(move |s| {
+            let html = crate::report::trends(s, &config, config.cleanup.analysis_days, now)?;
+            let path = crate::report::trends_path(&config);
+            crate::report::write(&path, &html)?;
+            Ok(path)
+        })
+        .await;
+    match written {
+        Ok(path) => format!("; trends page {}", path.display()),
+        Err(e) => {
+            tracing::warn!(job = "report", error = %e, "could not write the trends page");
+            format!("; trends page not written: {e}")
         }
     }
 }

@@ -116,6 +116,7 @@ async fn retries_wait_the_backoff_on_the_clock() {
     let policy = JobsPolicy {
         max_attempts: 3,
         backoff_ms: 1000,
+        report_html: false,
     };
     let calls = Arc::new(AtomicU32::new(0));
     let task = {
@@ -148,6 +149,7 @@ async fn retries_wait_the_backoff_on_the_clock() {
     let policy = JobsPolicy {
         max_attempts: 1,
         backoff_ms: 1000,
+        report_html: false,
     };
     let (result, attempts) = retry(clock.as_ref(), &policy, None, |_| async {
         Err::<(), _>(GenesisError::Nats("down".into()))

@@ -1,0 +1,373 @@
+//! The experiment page: what the store holds about one experiment, turned
+//! into the values `templates/experiment.html` shows. The verdict, facts
+//! and gauges are built here; tests, resources, environment, analysis and
+//! the log tail in [`super::details`].
+
+use askama::Template;
+
+use super::details::{
+    analysis, counts, environment, log_tail, resources, runtime_chart, test_lists, AnalysisRow,
+    CountRow, LogTail, TestList,
+};
+use super::svg::{self, gauge, num, Mark, Svg, Zone};
+use super::{bytes, fmt_ms, generated_at, verdict_class};
+use crate::config::{Config, ThresholdTable, Thresholds};
+use crate::contract::{Completed, ExperimentResult, Metrics, RiskLevel};
+use crate::errors::{GenesisError, Result};
+use crate::store::{ExperimentRecord, MetricsRow, SandboxEvent, Store, TestOutcomes};
+
+#[derive(Template)]
+#[template(path = "experiment.html", config = "src/report/askama.toml")]
+pub(super) struct Page {
+    generated: String,
+    id: String,
+    status: &'static str,
+    verdict: Option<String>,
+    verdict_class: &'static str,
+    facts: Vec<(&'static str, String)>,
+    reasons: Vec<String>,
+    rules: Vec<Rule>,
+    risk: String,
+    failure: Option<(String, String)>,
+    gauges: Vec<GaugeView>,
+    counts: Vec<CountRow>,
+    tests: Vec<TestList>,
+    resources: Vec<(&'static str, String, String)>,
+    runtime: Option<Svg>,
+    environment: Vec<(&'static str, String)>,
+    analysis: Option<Vec<AnalysisRow>>,
+    log: Option<LogTail>,
+    history: Vec<HistoryRow>,
+}
+
+struct Rule {
+    text: String,
+    decided: bool,
+}
+
+struct GaugeView {
+    name: &'static str,
+    value: String,
+    definition: &'static str,
+    svg: Svg,
+}
+
+struct HistoryRow {
+    at: String,
+    operation: String,
+    path: String,
+    size: String,
+    detail: String,
+}
+
+/// Everything the page reads from the store and the home.
+pub(super) fn build(store: &Store, config: &Config, id: &str) -> Result<String> {
+    let record = store
+        .get(id)?
+        .ok_or_else(|| GenesisError::UnknownExperiment(id.to_owned()))?;
+    let metrics_row = store.metrics(id)?;
+    let outcomes = store.outcomes(id)?;
+    let history = store.history(id)?;
+    let log = log_tail(
+        &config
+            .home
+            .join("sandboxes")
+            .join(id)
+            .join("candidate")
+            .join("test.log"),
+    );
+    let page = page(
+        &record,
+        metrics_row.as_ref(),
+        outcomes.as_ref(),
+        &history,
+        config,
+        log,
+    );
+    page.render()
+        .map_err(|e| GenesisError::Internal(format!("rendering the page of {id}: {e}")))
+}
+
+fn page(
+    record: &ExperimentRecord,
+    metrics_row: Option<&MetricsRow>,
+    outcomes: Option<&TestOutcomes>,
+    history: &[SandboxEvent],
+    config: &Config,
+    log: Option<LogTail>,
+) -> Page {
+    let result = record.result();
+    let raw: Option<serde_json::Value> = record
+        .result_json
+        .as_deref()
+        .and_then(|j| serde_json::from_str(j).ok());
+    let completed = match &result {
+        Some(ExperimentResult::Success(c)) => Some(c),
+        _ => None,
+    };
+    let failure = match &result {
+        Some(ExperimentResult::Failed(f)) => Some((f.error_kind.to_string(), f.error.clone())),
+        _ => record.error.as_ref().map(|e| {
+            let kind = record
+                .error_kind
+                .clone()
+                .unwrap_or_else(|| "unknown".into());
+            (kind, e.clone())
+        }),
+    };
+    let metrics = completed
+        .map(|c| &c.metrics)
+        .or(metrics_row.map(|m| &m.metrics));
+    let thresholds = thresholds_for(&config.thresholds, &record.risk_level);
+    let reasons = completed.map(|c| c.reasons.clone()).unwrap_or_default();
+    let decided = reasons.first().and_then(|r| rule_number(r));
+    let regressions = completed
+        .map(|c| c.regressions.clone())
+        .or(metrics_row.map(|m| m.regressions.clone()))
+        .unwrap_or_default();
+    let flaky = completed
+        .map(|c| c.flaky.clone())
+        .or(metrics_row.map(|m| m.flaky.clone()))
+        .unwrap_or_default();
+    Page {
+        generated: generated_at(),
+        id: record.experiment_id.clone(),
+        status: record.status.as_str(),
+        verdict: record.recommendation.clone(),
+        verdict_class: verdict_class(record.recommendation.as_deref()),
+        facts: facts(record, completed, raw.as_ref()),
+        reasons,
+        rules: rules(&thresholds, if failure.is_some() { None } else { decided }),
+        risk: record.risk_level.clone(),
+        failure,
+        gauges: metrics.map(|m| gauges(m, &thresholds)).unwrap_or_default(),
+        counts: outcomes.map(counts).unwrap_or_default(),
+        tests: test_lists(outcomes, &regressions, &flaky),
+        resources: metrics
+            .map(|m| resources(m, completed, metrics_row))
+            .unwrap_or_default(),
+        runtime: metrics.map(|m| runtime_chart(m, completed, metrics_row)),
+        environment: completed.map(environment).unwrap_or_default(),
+        analysis: raw.as_ref().and_then(analysis),
+        log,
+        history: history
+            .iter()
+            .map(|h| HistoryRow {
+                at: fmt_ms(h.inserted_at),
+                operation: h.operation.clone(),
+                path: h.path.clone(),
+                size: bytes(h.size_bytes),
+                detail: h.detail.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// The thresholds in force for a risk level (the global ones for a level
+/// this build does not know).
+fn thresholds_for(table: &ThresholdTable, risk: &str) -> Thresholds {
+    match RiskLevel::ALL.into_iter().find(|r| r.as_str() == risk) {
+        Some(r) => table.for_risk(r),
+        None => Thresholds {
+            rollback_regression: table.rollback_regression,
+            rollback_success_rate: table.rollback_success_rate,
+            merge_llm_reduction: table.merge_llm_reduction,
+            merge_regression: table.merge_regression,
+            merge_success_rate: table.merge_success_rate,
+            adapt_success_rate: table.adapt_success_rate,
+            adapt_regression: table.adapt_regression,
+        },
+    }
+}
+
+/// `rule 2 merge: ...` → 2.
+fn rule_number(reason: &str) -> Option<u8> {
+    reason
+        .strip_prefix("rule ")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn rules(t: &Thresholds, decided: Option<u8>) -> Vec<Rule> {
+    [
+        format!(
+            "rollback if regression > {} or success_rate < {}",
+            num(t.rollback_regression),
+            num(t.rollback_success_rate)
+        ),
+        format!(
+            "merge if (llm_reduction > {} and regression < {}) or success_rate > {}",
+            num(t.merge_llm_reduction),
+            num(t.merge_regression),
+            num(t.merge_success_rate)
+        ),
+        format!(
+            "merge_with_adaptations if success_rate > {} and regression < {}",
+            num(t.adapt_success_rate),
+            num(t.adapt_regression)
+        ),
+        "otherwise rollback".to_owned(),
+    ]
+    .into_iter()
+    .zip(1u8..)
+    .map(|(text, n)| Rule {
+        text,
+        decided: decided == Some(n),
+    })
+    .collect()
+}
+
+fn facts(
+    r: &ExperimentRecord,
+    c: Option<&Completed>,
+    raw: Option<&serde_json::Value>,
+) -> Vec<(&'static str, String)> {
+    let mut facts = vec![
+        ("Instance", r.instance_id.clone()),
+        ("Type", r.experiment_type.clone()),
+        ("Risk level", r.risk_level.clone()),
+        ("Description", r.description.clone()),
+        ("Created", fmt_ms(r.inserted_at)),
+        ("Updated", fmt_ms(r.updated_at)),
+    ];
+    if let Some(c) = c {
+        facts.push(("Repository", c.candidate.repo.clone()));
+        facts.push(("Base commit", c.candidate.base_commit.clone()));
+        facts.push(("Candidate commit", c.candidate.commit.clone()));
+    }
+    if let Some(host) = raw.and_then(|v| v.get("host")).and_then(|h| h.as_str()) {
+        facts.push(("Host", host.to_owned()));
+    }
+    facts.retain(|(_, v)| !v.is_empty());
+    facts
+}
+
+/// Marks at the same value share one tick.
+fn marks(list: &[(&str, f64)]) -> Vec<Mark> {
+    let mut out: Vec<Mark> = Vec::new();
+    for (label, at) in list {
+        match out.iter_mut().find(|m| m.at == *at) {
+            Some(m) => m.label = format!("{} · {label}", m.label),
+            None => out.push(Mark {
+                at: *at,
+                label: (*label).to_owned(),
+            }),
+        }
+    }
+    out
+}
+
+fn gauges(m: &Metrics, t: &Thresholds) -> Vec<GaugeView> {
+    let sr = gauge(
+        "success_rate against its thresholds",
+        m.success_rate,
+        (0.0, 1.0),
+        &[
+            Zone {
+                from: 0.0,
+                to: t.rollback_success_rate,
+                class: "bad",
+            },
+            Zone {
+                from: t.adapt_success_rate,
+                to: t.merge_success_rate,
+                class: "warn",
+            },
+            Zone {
+                from: t.merge_success_rate,
+                to: 1.0,
+                class: "good",
+            },
+        ],
+        &marks(&[
+            ("rollback <", t.rollback_success_rate),
+            ("adapt >", t.adapt_success_rate),
+            ("merge >", t.merge_success_rate),
+        ]),
+    );
+    let highest = t
+        .rollback_regression
+        .max(t.adapt_regression)
+        .max(t.merge_regression);
+    let hi = svg::nice_ceil((2.0 * highest).max(m.regression)).min(1.0);
+    let reg = gauge(
+        "regression against its thresholds",
+        m.regression,
+        (0.0, hi),
+        &[
+            Zone {
+                from: 0.0,
+                to: t.merge_regression,
+                class: "good",
+            },
+            Zone {
+                from: t.merge_regression,
+                to: t.adapt_regression,
+                class: "warn",
+            },
+            Zone {
+                from: t.rollback_regression,
+                to: hi,
+                class: "bad",
+            },
+        ],
+        &marks(&[
+            ("merge <", t.merge_regression),
+            ("adapt <", t.adapt_regression),
+            ("rollback >", t.rollback_regression),
+        ]),
+    );
+    let lo = if m.llm_reduction < 0.0 { -1.0 } else { 0.0 };
+    let llm = gauge(
+        "llm_reduction against its threshold",
+        m.llm_reduction,
+        (lo, 1.0),
+        &[Zone {
+            from: t.merge_llm_reduction,
+            to: 1.0,
+            class: "good",
+        }],
+        &marks(&[("merge >", t.merge_llm_reduction)]),
+    );
+    vec![
+        GaugeView {
+            name: "success_rate",
+            value: num(m.success_rate),
+            definition: "(test_count − failures) / test_count in the candidate",
+            svg: sr,
+        },
+        GaugeView {
+            name: "regression",
+            value: num(m.regression),
+            definition:
+                "share of baseline passes that fail, vanish or are skipped in the candidate",
+            svg: reg,
+        },
+        GaugeView {
+            name: "llm_reduction",
+            value: num(m.llm_reduction),
+            definition: "(LLM call sites before − after) / before",
+            svg: llm,
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_are_read_from_reasons() {
+        assert_eq!(rule_number("rule 3 merge_with_adaptations: x"), Some(3));
+        assert_eq!(rule_number("no rule"), None);
+    }
+
+    #[test]
+    fn equal_thresholds_share_a_tick() {
+        let m = marks(&[("adapt <", 0.05), ("rollback >", 0.05), ("merge <", 0.03)]);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].label, "adapt < · rollback >");
+    }
+}
