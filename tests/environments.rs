@@ -24,17 +24,7 @@ fn project_home(project: &str, image: &str, repo_keys: &str, extra: &str) -> Tes
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/projects")
         .join(project);
-    let dest = home.root().join("app");
-    let status = std::process::Command::new("cp")
-        .arg("-R")
-        .arg(&src)
-        .arg(&dest)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    git(&dest, &["init", "-q", "-b", "main"]);
-    git(&dest, &["add", "-A"]);
-    commit_all(&dest, "init");
+    git_copy(&src, &home.root().join("app"));
     home
 }
 

@@ -26,17 +26,7 @@ fn calc_home() -> TestHome {
     ensure_image("python");
     let home = TestHome::new(CONFIG);
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/calc");
-    let dest = home.root().join("calc");
-    let status = std::process::Command::new("cp")
-        .arg("-R")
-        .arg(&src)
-        .arg(&dest)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    git(&dest, &["init", "-q", "-b", "main"]);
-    git(&dest, &["add", "-A"]);
-    commit_all(&dest, "init");
+    git_copy(&src, &home.root().join("calc"));
     home
 }
 

@@ -6,11 +6,7 @@
 
 mod support;
 
-use std::time::Duration;
-
 use genesis::config::Limits;
-use genesis::sandbox::{CappedLog, Role, SandboxBuilder};
-use genesis::snapshot::Owner;
 use support::*;
 
 /// Touches `MB` MiB, burns CPU until its process time reaches `CPU_S`
@@ -39,46 +35,8 @@ fn memory_peak_and_cpu_time_of_a_short_suite_are_exact() {
         network: false,
         install_changes: true,
     };
-    let dir = tempfile::tempdir().unwrap();
-    let label = genesis::sandbox::home_label(dir.path());
-    let (outcome, text) = block_on(async {
-        let docker = genesis::sandbox::connect().await.unwrap();
-        let sandbox = SandboxBuilder::new(
-            "resources",
-            Role::Candidate,
-            "genesis/python:bookworm",
-            limits,
-        )
-        .home_label(&label)
-        .command("app", "", SUITE)
-        .create(&docker)
-        .await
-        .unwrap();
-        sandbox
-            .upload_skeleton(Owner {
-                uid: 10001,
-                gid: 10001,
-            })
-            .await
-            .unwrap();
-        let mut tar = tar::Builder::new(Vec::new());
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o755);
-        h.set_uid(10001);
-        h.set_gid(10001);
-        h.set_size(0);
-        tar.append_data(&mut h, "app/", std::io::empty()).unwrap();
-        sandbox
-            .upload("/workspace", tar.into_inner().unwrap())
-            .await
-            .unwrap();
-        let log = CappedLog::create(&dir.path().join("log"), 1 << 20).unwrap();
-        let outcome = sandbox.run(Duration::from_secs(60), log).await.unwrap();
-        sandbox.remove().await.unwrap();
-        let text = outcome.log.text.clone();
-        (outcome, text)
-    });
+    let outcome = run_script_in_sandbox("resources", "genesis/python:bookworm", limits, SUITE);
+    let text = outcome.log.text.clone();
     assert_eq!(outcome.exit_code, 0, "{text}");
     let field = |name: &str| -> f64 {
         text.split_whitespace()

@@ -7,8 +7,6 @@ mod support;
 use std::time::{Duration, Instant};
 
 use genesis::config::Limits;
-use genesis::sandbox::{CappedLog, Role, SandboxBuilder};
-use genesis::snapshot::Owner;
 use support::*;
 
 const CONFIG: &str = r#"
@@ -92,44 +90,9 @@ touch /genesis/out/probe && echo "out=writable"
         network: false,
         install_changes: true,
     };
-    let dir = tempfile::tempdir().unwrap();
-    let label = genesis::sandbox::home_label(dir.path());
-    let text = block_on(async {
-        let docker = genesis::sandbox::connect().await.unwrap();
-        let sandbox = SandboxBuilder::new(
-            "limits-probe",
-            Role::Candidate,
-            "genesis/busybox:latest",
-            limits,
-        )
-        .home_label(&label)
-        .command("app", "", script)
-        .create(&docker)
-        .await
-        .unwrap();
-        let owner = Owner {
-            uid: 10001,
-            gid: 10001,
-        };
-        sandbox.upload_skeleton(owner).await.unwrap();
-        let mut tar = tar::Builder::new(Vec::new());
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o755);
-        h.set_uid(10001);
-        h.set_gid(10001);
-        h.set_size(0);
-        tar.append_data(&mut h, "app/", std::io::empty()).unwrap();
-        sandbox
-            .upload("/workspace", tar.into_inner().unwrap())
-            .await
-            .unwrap();
-        let log = CappedLog::create(&dir.path().join("log"), 1 << 20).unwrap();
-        let outcome = sandbox.run(Duration::from_secs(30), log).await.unwrap();
-        sandbox.remove().await.unwrap();
-        assert_eq!(outcome.exit_code, 0, "{}", outcome.log.text);
-        outcome.log.text
-    });
+    let outcome = run_script_in_sandbox("limits-probe", "genesis/busybox:latest", limits, script);
+    assert_eq!(outcome.exit_code, 0, "{}", outcome.log.text);
+    let text = outcome.log.text;
     for want in [
         "CapEff:0000000000000000",
         "NoNewPrivs:1",

@@ -145,6 +145,69 @@ pub fn ensure_image(name: &str) {
     assert!(status.success(), "genesis images build {name} failed");
 }
 
+/// Copies a directory of the project (a fixture, an example) to `dest`
+/// and makes it a git repo with one commit.
+pub fn git_copy(src: &Path, dest: &Path) {
+    let status = Command::new("cp")
+        .arg("-R")
+        .arg(src)
+        .arg(dest)
+        .status()
+        .unwrap();
+    assert!(status.success(), "copying {}", src.display());
+    git(dest, &["init", "-q", "-b", "main"]);
+    git(dest, &["add", "-A"]);
+    commit_all(dest, "init");
+}
+
+/// Runs `script` in a fresh sandbox of `image` with an empty
+/// `/workspace/app`, as a test run does, and returns how it ended.
+pub fn run_script_in_sandbox(
+    name: &str,
+    image: &str,
+    limits: genesis::config::Limits,
+    script: &str,
+) -> genesis::sandbox::RunOutcome {
+    use genesis::sandbox::{CappedLog, Role, SandboxBuilder};
+    let dir = tempfile::tempdir().unwrap();
+    let label = genesis::sandbox::home_label(dir.path());
+    block_on(async {
+        let docker = genesis::sandbox::connect().await.unwrap();
+        let sandbox = SandboxBuilder::new(name, Role::Candidate, image, limits)
+            .home_label(&label)
+            .command("app", "", script)
+            .create(&docker)
+            .await
+            .unwrap();
+        sandbox
+            .upload_skeleton(genesis::snapshot::Owner {
+                uid: 10001,
+                gid: 10001,
+            })
+            .await
+            .unwrap();
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_uid(10001);
+        h.set_gid(10001);
+        h.set_size(0);
+        tar.append_data(&mut h, "app/", std::io::empty()).unwrap();
+        sandbox
+            .upload("/workspace", tar.into_inner().unwrap())
+            .await
+            .unwrap();
+        let log = CappedLog::create(&dir.path().join("log"), 1 << 20).unwrap();
+        let outcome = sandbox
+            .run(std::time::Duration::from_secs(60), log)
+            .await
+            .unwrap();
+        sandbox.remove().await.unwrap();
+        outcome
+    })
+}
+
 /// Commits what is staged, with a fixed test identity.
 pub fn commit_all(path: &Path, message: &str) {
     git(
