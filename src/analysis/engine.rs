@@ -241,6 +241,76 @@ pub(crate) fn line_of(node: Node) -> u32 {
     u32::try_from(node.start_position().row + 1).unwrap_or(u32::MAX)
 }
 
+/// What one node of a callee expression is, for [`callee_chain`].
+pub(crate) enum Step<'t> {
+    /// A name that starts the chain (`client`, `self`, a package).
+    Root,
+    /// `object.name`: `name` is a link and the walk goes on into `object`
+    /// (an unknown receiver when there is none).
+    Member(Option<Node<'t>>, Option<Node<'t>>),
+    /// `path::name`: like a member, but no path is a rooted name (`::name`).
+    Path(Option<Node<'t>>, Option<Node<'t>>),
+    /// `f(args)` as a receiver: the walk goes on into `f`, called.
+    Call(Option<Node<'t>>),
+    /// A node that adds no link (`await x`, `x!`, generics, parentheses).
+    Through(Option<Node<'t>>),
+    /// Anything else: an unknown receiver ends the chain.
+    Unknown,
+}
+
+/// The callee chain of a call's `function` expression, root first; what
+/// each node is comes from the language's `step`.
+pub(crate) fn callee_chain<'t>(
+    expr: Node<'t>,
+    src: &str,
+    step: impl Fn(Node<'t>) -> Step<'t>,
+) -> Vec<Link> {
+    let mut links = Vec::new();
+    let mut current = expr;
+    let mut called = false;
+    loop {
+        let next = match step(current) {
+            Step::Root => {
+                links.push(Link {
+                    name: Some(text(current, src).to_owned()),
+                    called,
+                });
+                break;
+            }
+            Step::Member(name, object) | Step::Path(name, object @ Some(_)) => {
+                links.push(Link {
+                    name: name.map(|n| text(n, src).to_owned()),
+                    called,
+                });
+                called = false;
+                object
+            }
+            Step::Path(name, None) => {
+                links.push(Link {
+                    name: name.map(|n| text(n, src).to_owned()),
+                    called,
+                });
+                break;
+            }
+            Step::Call(function) => {
+                called = true;
+                function
+            }
+            Step::Through(inner) => inner,
+            Step::Unknown => None,
+        };
+        match next {
+            Some(next) => current = next,
+            None => {
+                links.push(Link { name: None, called });
+                break;
+            }
+        }
+    }
+    links.reverse();
+    links
+}
+
 /// The source text of a node.
 pub(crate) fn text<'s>(node: Node, src: &'s str) -> &'s str {
     src.get(node.byte_range()).unwrap_or("")

@@ -22,7 +22,7 @@
 
 use tree_sitter::Node;
 
-use super::engine::{self, field, line_of, text, Call, Facts, Role, Syntax};
+use super::engine::{self, callee_chain, field, line_of, text, Call, Facts, Role, Step, Syntax};
 use super::shapes::Link;
 
 pub(crate) struct Go;
@@ -198,40 +198,10 @@ fn receiver_type(method: Node, src: &str) -> Option<String> {
 
 /// The callee chain of a call's `function` expression, root first.
 fn chain(expr: Node, src: &str) -> Vec<Link> {
-    let mut links = Vec::new();
-    let mut current = expr;
-    let mut called = false;
-    loop {
-        let next = match current.kind() {
-            "identifier" | "package_identifier" => {
-                links.push(Link {
-                    name: Some(text(current, src).to_owned()),
-                    called,
-                });
-                break;
-            }
-            "selector_expression" => {
-                links.push(Link {
-                    name: field(current, "field").map(|f| text(f, src).to_owned()),
-                    called,
-                });
-                called = false;
-                field(current, "operand")
-            }
-            "call_expression" => {
-                called = true;
-                field(current, "function")
-            }
-            _ => None,
-        };
-        match next {
-            Some(next) => current = next,
-            None => {
-                links.push(Link { name: None, called });
-                break;
-            }
-        }
-    }
-    links.reverse();
-    links
+    callee_chain(expr, src, |node| match node.kind() {
+        "identifier" | "package_identifier" => Step::Root,
+        "selector_expression" => Step::Member(field(node, "field"), field(node, "operand")),
+        "call_expression" => Step::Call(field(node, "function")),
+        _ => Step::Unknown,
+    })
 }

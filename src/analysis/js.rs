@@ -24,7 +24,7 @@
 
 use tree_sitter::Node;
 
-use super::engine::{self, field, line_of, text, Call, Facts, Role, Syntax};
+use super::engine::{self, callee_chain, field, line_of, text, Call, Facts, Role, Step, Syntax};
 use super::shapes::Link;
 
 pub(crate) struct Js;
@@ -174,43 +174,13 @@ fn unquote(s: &str) -> String {
 
 /// The callee chain of a call's `function` expression, root first.
 fn chain(expr: Node, src: &str) -> Vec<Link> {
-    let mut links = Vec::new();
-    let mut current = expr;
-    let mut called = false;
-    loop {
-        let next = match current.kind() {
-            "identifier" | "this" | "super" => {
-                links.push(Link {
-                    name: Some(text(current, src).to_owned()),
-                    called,
-                });
-                break;
-            }
-            "member_expression" => {
-                links.push(Link {
-                    name: field(current, "property").map(|p| text(p, src).to_owned()),
-                    called,
-                });
-                called = false;
-                field(current, "object")
-            }
-            "call_expression" => {
-                called = true;
-                field(current, "function")
-            }
-            // `this.client!.chat`; and `await a.b<T>(x)`, which the TypeScript
-            // grammar parses with the `await` inside the callee.
-            "non_null_expression" | "await_expression" => current.named_child(0),
-            _ => None,
-        };
-        match next {
-            Some(next) => current = next,
-            None => {
-                links.push(Link { name: None, called });
-                break;
-            }
-        }
-    }
-    links.reverse();
-    links
+    callee_chain(expr, src, |node| match node.kind() {
+        "identifier" | "this" | "super" => Step::Root,
+        "member_expression" => Step::Member(field(node, "property"), field(node, "object")),
+        "call_expression" => Step::Call(field(node, "function")),
+        // `this.client!.chat`; and `await a.b<T>(x)`, which the TypeScript
+        // grammar parses with the `await` inside the callee.
+        "non_null_expression" | "await_expression" => Step::Through(node.named_child(0)),
+        _ => Step::Unknown,
+    })
 }

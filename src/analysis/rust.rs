@@ -27,7 +27,7 @@
 
 use tree_sitter::Node;
 
-use super::engine::{self, field, line_of, text, Call, Facts, Role, Syntax};
+use super::engine::{self, callee_chain, field, line_of, text, Call, Facts, Role, Step, Syntax};
 use super::shapes::Link;
 
 pub(crate) struct Rust;
@@ -162,57 +162,18 @@ fn type_name(node: Node, src: &str) -> String {
 
 /// The callee chain of a call's `function` expression, root first.
 fn chain(expr: Node, src: &str) -> Vec<Link> {
-    let mut links = Vec::new();
-    let mut current = expr;
-    let mut called = false;
-    loop {
-        let next = match current.kind() {
-            "identifier" | "self" | "crate" | "super" | "metavariable" => {
-                links.push(Link {
-                    name: Some(text(current, src).to_owned()),
-                    called,
-                });
-                break;
-            }
-            "field_expression" => {
-                links.push(Link {
-                    name: field(current, "field").map(|f| text(f, src).to_owned()),
-                    called,
-                });
-                called = false;
-                field(current, "value")
-            }
-            "scoped_identifier" => {
-                links.push(Link {
-                    name: field(current, "name").map(|f| text(f, src).to_owned()),
-                    called,
-                });
-                called = false;
-                match field(current, "path") {
-                    Some(path) => Some(path),
-                    None => break, // `::name`
-                }
-            }
-            "generic_function" => field(current, "function"),
-            "call_expression" => {
-                called = true;
-                field(current, "function")
-            }
-            "try_expression" | "await_expression" | "parenthesized_expression" => {
-                current.named_child(0)
-            }
-            _ => None,
-        };
-        match next {
-            Some(next) => current = next,
-            None => {
-                links.push(Link { name: None, called });
-                break;
-            }
+    callee_chain(expr, src, |node| match node.kind() {
+        "identifier" | "self" | "crate" | "super" | "metavariable" => Step::Root,
+        "field_expression" => Step::Member(field(node, "field"), field(node, "value")),
+        // `path::name`; without a path (`::name`) the name is the root.
+        "scoped_identifier" => Step::Path(field(node, "name"), field(node, "path")),
+        "generic_function" => Step::Through(field(node, "function")),
+        "call_expression" => Step::Call(field(node, "function")),
+        "try_expression" | "await_expression" | "parenthesized_expression" => {
+            Step::Through(node.named_child(0))
         }
-    }
-    links.reverse();
-    links
+        _ => Step::Unknown,
+    })
 }
 
 /// Finds `chain.name(...)` in the direct children of one token tree.
