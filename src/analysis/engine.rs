@@ -311,6 +311,18 @@ pub(crate) fn callee_chain<'t>(
     links
 }
 
+/// A function whose name is in `node`'s field `name_field`; anonymous
+/// when it has none.
+pub(crate) fn function_named_by(node: Node, name_field: &str, src: &str) -> Role {
+    match field(node, name_field) {
+        Some(name) => Role::Function {
+            name: text(name, src).to_owned(),
+            line: line_of(name),
+        },
+        None => Role::Anonymous,
+    }
+}
+
 /// The source text of a node.
 pub(crate) fn text<'s>(node: Node, src: &'s str) -> &'s str {
     src.get(node.byte_range()).unwrap_or("")

@@ -22,7 +22,9 @@
 
 use tree_sitter::Node;
 
-use super::engine::{self, callee_chain, field, line_of, text, Call, Facts, Role, Step, Syntax};
+use super::engine::{
+    self, callee_chain, field, function_named_by, line_of, text, Call, Facts, Role, Step, Syntax,
+};
 use super::shapes::Link;
 
 pub(crate) struct Go;
@@ -80,13 +82,7 @@ impl Syntax for Go {
 
     fn role(&self, node: Node, src: &str) -> Role {
         match node.kind() {
-            "function_declaration" => match field(node, "name") {
-                Some(name) => Role::Function {
-                    name: text(name, src).to_owned(),
-                    line: line_of(name),
-                },
-                None => Role::Anonymous,
-            },
+            "function_declaration" => function_named_by(node, "name", src),
             "method_declaration" => match field(node, "name") {
                 Some(name) => {
                     let method = text(name, src);

@@ -21,7 +21,7 @@
 
 use tree_sitter::Node;
 
-use super::engine::{self, field, line_of, text, Call, Facts, Role, Syntax};
+use super::engine::{self, field, function_named_by, line_of, text, Call, Facts, Role, Syntax};
 use super::shapes::Link;
 
 pub(crate) struct Python;
@@ -61,13 +61,7 @@ impl Syntax for Python {
 
     fn role(&self, node: Node, src: &str) -> Role {
         match node.kind() {
-            "function_definition" => match field(node, "name") {
-                Some(name) => Role::Function {
-                    name: text(name, src).to_owned(),
-                    line: line_of(name),
-                },
-                None => Role::Anonymous,
-            },
+            "function_definition" => function_named_by(node, "name", src),
             "class_definition" => match field(node, "name") {
                 Some(name) => Role::Scope(text(name, src).to_owned()),
                 None => Role::None,

@@ -27,7 +27,9 @@
 
 use tree_sitter::Node;
 
-use super::engine::{self, callee_chain, field, line_of, text, Call, Facts, Role, Step, Syntax};
+use super::engine::{
+    self, callee_chain, field, function_named_by, line_of, text, Call, Facts, Role, Step, Syntax,
+};
 use super::shapes::Link;
 
 pub(crate) struct Rust;
@@ -83,13 +85,7 @@ impl Syntax for Rust {
 
     fn role(&self, node: Node, src: &str) -> Role {
         match node.kind() {
-            "function_item" => match field(node, "name") {
-                Some(name) => Role::Function {
-                    name: text(name, src).to_owned(),
-                    line: line_of(name),
-                },
-                None => Role::Anonymous,
-            },
+            "function_item" => function_named_by(node, "name", src),
             "impl_item" => {
                 field(node, "type").map_or(Role::None, |t| Role::Scope(type_name(t, src)))
             }
