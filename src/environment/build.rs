@@ -65,6 +65,7 @@ pub(super) async fn build(
     std::fs::create_dir_all(&dir)
         .map_err(|e| GenesisError::io(format!("creating {}", dir.display()), e))?;
     let record = record_path(&dir, request.repo_name, key);
+    let ca = ca_bundle(&policy.ca_bundle);
     let sandbox = SandboxBuilder::new(
         request.experiment_id,
         Role::Install,
@@ -73,7 +74,7 @@ pub(super) async fn build(
     )
     .user("0:0")
     .cap_add(&policy.cap_add)
-    .env(install_env(envs, request))
+    .env(install_env(envs, request, ca.is_some()))
     .tmp_mb(config.sandbox.tmp_mb)
     .home_label(&envs.home_label)
     .docker_timeout(Duration::from_millis(config.sandbox.docker_timeout_ms))
@@ -82,7 +83,7 @@ pub(super) async fn build(
     .create(&envs.docker)
     .await?;
     let started = Instant::now();
-    let outcome = install(envs, &sandbox, request, &record.with_extension("log")).await;
+    let outcome = install(envs, &sandbox, request, ca, &record.with_extension("log")).await;
     let build_ms = started.elapsed().as_millis() as u64;
     let committed = match outcome {
         Ok(run) => match judge_install(request, &run, limits.timeout_ms) {
@@ -116,13 +117,13 @@ pub(super) async fn build(
 
 /// The install's variables: the command, the sandbox owner, the CA bundle's
 /// variables when one is copied, and the named host variables only.
-fn install_env(envs: &Environments, request: &EnvRequest<'_>) -> Vec<String> {
+fn install_env(envs: &Environments, request: &EnvRequest<'_>, with_ca: bool) -> Vec<String> {
     let policy = &envs.config.environments;
     let mut env = vec![
         format!("GENESIS_INSTALL={}", request.repo.install_command),
         format!("GENESIS_OWNER={}:{}", envs.owner.uid, envs.owner.gid),
     ];
-    if ca_bundle(&policy.ca_bundle).is_some() {
+    if with_ca {
         env.extend(CA_VARIABLES.iter().map(|v| format!("{v}={CA_PATH}")));
     }
     for name in &policy.pass_env {
@@ -151,6 +152,7 @@ async fn install(
     envs: &Environments,
     sandbox: &Sandbox,
     request: &EnvRequest<'_>,
+    ca: Option<Vec<u8>>,
     log_path: &Path,
 ) -> Result<RunOutcome> {
     sandbox.upload_skeleton(envs.owner).await?;
@@ -161,7 +163,7 @@ async fn install(
     let tracked = tracked_files(&bytes, request.repo_name)?;
     sandbox.upload("/workspace", bytes).await?;
     let mut extra: Vec<(&str, Vec<u8>)> = vec![(TRACKED_LIST, tracked)];
-    if let Some(ca) = ca_bundle(&envs.config.environments.ca_bundle) {
+    if let Some(ca) = ca {
         extra.push((CA_PATH, ca));
     }
     sandbox.upload("/", files_tar(&extra)?).await?;

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use crate::analysis::Analyzer;
 use crate::contract::{
-    AnalysisReply, AnalysisRequest, AnalysisRequestFile, AnalysisSummary, BeforeAfter,
+    AnalysisReply, AnalysisReplyFile, AnalysisRequest, AnalysisRequestFile, AnalysisSummary,
+    BeforeAfter,
 };
 use crate::judgement::metrics::ChangeFigures;
 
@@ -91,17 +92,7 @@ impl Runner {
             }
         };
         match serde_json::from_slice::<AnalysisReply>(&message.payload) {
-            Ok(reply) => Some(
-                reply
-                    .files
-                    .iter()
-                    .fold(ChangeFigures::default(), |f, file| ChangeFigures {
-                        llm_before: f.llm_before + file.llm_call_sites_before,
-                        llm_after: f.llm_after + file.llm_call_sites_after,
-                        complexity_before: f.complexity_before + file.complexity_before,
-                        complexity_after: f.complexity_after + file.complexity_after,
-                    }),
-            ),
+            Ok(reply) => Some(total(&reply)),
             Err(e) => {
                 tracing::warn!(subject, error = %e, "analysis peer's reply is not the contract's; analysing locally");
                 None
@@ -124,24 +115,41 @@ fn summary(analyzer: &str, f: ChangeFigures) -> AnalysisSummary {
     }
 }
 
-/// Counts with the built-in analyzer; a side that cannot be parsed counts 0.
+/// Adds up a reply's per-file figures (the peer's or the local one).
+fn total(reply: &AnalysisReply) -> ChangeFigures {
+    reply
+        .files
+        .iter()
+        .fold(ChangeFigures::default(), |f, file| ChangeFigures {
+            llm_before: f.llm_before + file.llm_call_sites_before,
+            llm_after: f.llm_after + file.llm_call_sites_after,
+            complexity_before: f.complexity_before + file.complexity_before,
+            complexity_after: f.complexity_after + file.complexity_after,
+        })
+}
+
+/// Counts with the built-in analyzer, answering as a peer would; a side
+/// that cannot be parsed counts 0.
 fn analyze_locally(analyzer: &Arc<Analyzer>, request: &AnalysisRequest) -> ChangeFigures {
     let count = |path: &str, text: &Option<String>| -> (u64, u64) {
         text.as_deref()
             .and_then(|t| analyzer.analyze(path, t, None).ok())
             .map_or((0, 0), |a| (a.llm_call_sites.into(), a.complexity.into()))
     };
-    request
+    let files = request
         .files
         .iter()
-        .fold(ChangeFigures::default(), |f, file| {
+        .map(|file| {
             let (llm_before, complexity_before) = count(&file.path, &file.before);
             let (llm_after, complexity_after) = count(&file.path, &file.after);
-            ChangeFigures {
-                llm_before: f.llm_before + llm_before,
-                llm_after: f.llm_after + llm_after,
-                complexity_before: f.complexity_before + complexity_before,
-                complexity_after: f.complexity_after + complexity_after,
+            AnalysisReplyFile {
+                path: file.path.clone(),
+                llm_call_sites_before: llm_before,
+                llm_call_sites_after: llm_after,
+                complexity_before,
+                complexity_after,
             }
         })
+        .collect();
+    total(&AnalysisReply { files })
 }
