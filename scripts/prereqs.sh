@@ -13,6 +13,10 @@ ensure_packages() {
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
   command -v git >/dev/null || missing+=(git)
   command -v chromium >/dev/null || missing+=(chromium)
+  # gVisor, for the runsc tests (under a dockerd the tests start themselves);
+  # mkfs.ext4 and mount for the disk cap.
+  command -v runsc >/dev/null || missing+=(runsc)
+  command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
   if ! command -v dockerd >/dev/null && ! docker info >/dev/null 2>&1; then
     missing+=(docker.io)
   fi

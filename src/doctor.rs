@@ -57,6 +57,8 @@ pub async fn checks(config: &Config) -> Vec<Check> {
         store(config).await,
         archives(config).await,
     ];
+    out.push(runtime(config).await);
+    out.push(disk_cap(config).await);
     out.extend(images(config).await);
     out.extend(environments(config).await);
     out.extend(repos(config));
@@ -326,5 +328,88 @@ fn suite_check(name: &str, repo: &crate::config::RepoConfig, git: &git2::Reposit
             format!("{name}: {path} has no test_command and no known framework at HEAD"),
             format!("set [repos.{name}] test_command (and report) in genesis.toml"),
         ),
+    }
+}
+
+/// The OCI runtime of `[sandbox] runtime` must be registered with the engine.
+async fn runtime(config: &Config) -> Check {
+    let wanted = config.sandbox.runtime.as_str();
+    let Ok(docker) = crate::sandbox::connect().await else {
+        return Check::fail(
+            "runtime",
+            format!("{wanted}: the engine is unreachable"),
+            "see the docker line",
+        );
+    };
+    let registered: Vec<String> = match docker.info().await {
+        Ok(info) => info.runtimes.unwrap_or_default().into_keys().collect(),
+        Err(e) => {
+            return Check::fail(
+                "runtime",
+                format!("reading the engine's runtimes: {e}"),
+                "see the docker line",
+            )
+        }
+    };
+    if wanted.is_empty() || registered.iter().any(|r| r == wanted) {
+        return Check::pass(
+            "runtime",
+            format!(
+                "{wanted} ([sandbox] runtime; the engine has {})",
+                registered.join(", ")
+            ),
+        );
+    }
+    Check::fail(
+        "runtime",
+        format!(
+            "{wanted} ([sandbox] runtime) is not registered; the engine has {}",
+            registered.join(", ")
+        ),
+        format!(
+            "install it (apt-get install -y runsc for gVisor) and register it in the engine's \
+             daemon.json: \"runtimes\": {{\"{wanted}\": {{\"path\": \"/usr/bin/{wanted}\", \
+             \"runtimeArgs\": [\"--network=none\"]}}}}, then restart that engine; or set \
+             [sandbox] runtime = \"runc\""
+        ),
+    )
+}
+
+/// The disk cap (`[limits.*] disk_mb`) needs a run's own file system: make
+/// a small one, as a run would, and release it.
+async fn disk_cap(config: &Config) -> Check {
+    let capped: Vec<u64> = config.limits.values().map(|l| l.disk_mb).collect();
+    if capped.iter().all(|mb| *mb == 0) {
+        return Check::pass(
+            "disk",
+            "no disk cap configured ([limits.*] disk_mb = 0)".into(),
+        );
+    }
+    if !crate::sandbox::engine_is_local() {
+        return Check::fail(
+            "disk",
+            "the disk cap needs the engine on this host (DOCKER_HOST is remote)".into(),
+            "run genesis on the engine's host, or set [limits.*] disk_mb = 0",
+        );
+    }
+    let root =
+        crate::runner::scratch_dir(&config.home).join(format!("doctor-{}", std::process::id()));
+    let owner = crate::snapshot::Owner::parse(&config.sandbox.user);
+    let made = tokio::task::spawn_blocking(move || {
+        let disk = crate::sandbox::ScratchDisk::create(&root, 16, owner?)?;
+        disk.release()
+    })
+    .await;
+    match made {
+        Ok(Ok(())) => Check::pass(
+            "disk",
+            format!("runs get a file system of their own (disk_mb {capped:?} for low, medium, high)"),
+        ),
+        Ok(Err(e)) => Check::fail(
+            "disk",
+            format!("cannot make a run's disk: {e}"),
+            "run genesis as root with loop devices (modprobe loop) and e2fsprogs installed, or set [limits.*] disk_mb = 0",
+        ),
+        Err(e) => Check::fail("disk", format!("disk check task: {e}"), "report this bug"),
     }
 }

@@ -33,6 +33,16 @@ pub enum GenesisError {
     #[error("the test command ran out of memory (limit {limit_mb} MB) and was killed")]
     Oom { limit_mb: u64 },
 
+    /// The run filled its file system ([limits.*] disk_mb) and failed.
+    #[error("the test command filled its {limit_mb} MB disk ([limits.*] disk_mb) and failed")]
+    DiskLimit { limit_mb: u64 },
+
+    /// The infrastructure failed under a run (engine unreachable or
+    /// restarted, container gone, engine 5xx, archive error): retried
+    /// (`[sandbox] infra_retries`), never judged as the suite's failure.
+    #[error("sandbox infrastructure: {context}: {message}")]
+    Infrastructure { context: String, message: String },
+
     /// Docker refused or failed an operation.
     #[error("sandbox: {context}: {message}")]
     Sandbox { context: String, message: String },
@@ -106,6 +116,41 @@ impl GenesisError {
         }
     }
 
+    /// A failed engine call, classified: what a retry may cure (the engine
+    /// or the connection to it failing, a container vanishing) is
+    /// [`GenesisError::Infrastructure`]; what it cannot (a bad request, a
+    /// missing image, a runtime refusing the container) stays `Sandbox`.
+    pub fn docker(context: impl Into<String>, err: bollard::errors::Error) -> Self {
+        use bollard::errors::Error as E;
+        let transient = match &err {
+            E::DockerResponseServerError {
+                status_code,
+                message,
+            } => {
+                (*status_code == 404
+                    && (message.contains("No such container") || message.contains("No such exec")))
+                    || (*status_code >= 500 && !message.contains("OCI runtime"))
+            }
+            E::IOError { .. }
+            | E::HyperResponseError { .. }
+            | E::RequestTimeoutError
+            | E::DockerStreamError { .. }
+            | E::HyperLegacyError { .. } => true,
+            _ => false,
+        };
+        let (context, message) = (context.into(), err.to_string());
+        if transient {
+            GenesisError::Infrastructure { context, message }
+        } else {
+            GenesisError::Sandbox { context, message }
+        }
+    }
+
+    /// Whether a retry in a fresh sandbox may cure it.
+    pub fn is_infrastructure(&self) -> bool {
+        matches!(self, GenesisError::Infrastructure { .. })
+    }
+
     pub fn git(context: impl Into<String>, err: impl std::fmt::Display) -> Self {
         GenesisError::Git {
             context: context.into(),
@@ -120,7 +165,10 @@ impl GenesisError {
             GenesisError::PatchFailed(_) => ErrorKind::PatchFailed,
             GenesisError::Timeout { .. } => ErrorKind::Timeout,
             GenesisError::Oom { .. } => ErrorKind::Oom,
-            GenesisError::Sandbox { .. } => ErrorKind::SandboxError,
+            GenesisError::DiskLimit { .. } => ErrorKind::DiskLimit,
+            GenesisError::Sandbox { .. } | GenesisError::Infrastructure { .. } => {
+                ErrorKind::SandboxError
+            }
             GenesisError::NoTests(_) => ErrorKind::NoTests,
             GenesisError::EnvironmentFailed(_) => ErrorKind::EnvironmentFailed,
             GenesisError::EnvironmentChanged(_) => ErrorKind::EnvironmentChanged,

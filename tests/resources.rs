@@ -34,6 +34,7 @@ fn memory_peak_and_cpu_time_of_a_short_suite_are_exact() {
         timeout_ms: 60_000,
         network: false,
         install_changes: true,
+        disk_mb: 0,
     };
     let outcome = run_script_in_sandbox("resources", "genesis/python:bookworm", limits, SUITE);
     let text = outcome.log.text.clone();

@@ -6,7 +6,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use genesis::config::Limits;
 use support::*;
 
 const CONFIG: &str = r#"
@@ -68,49 +67,27 @@ fn run_with_command(
 #[test]
 fn limits_and_hardening_are_visible_inside() {
     ensure_image("busybox");
-    let script = r#"
-echo "uid=$(id -u)"
-grep -E '^(CapEff|NoNewPrivs):' /proc/self/status | tr -d '\t '
-echo "mem=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max)"
-echo "swap=$(cat /sys/fs/cgroup/memory/memory.memsw.limit_in_bytes 2>/dev/null || echo n/a)"
-echo "pids=$(cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max)"
-echo "cpu=$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null)"
-echo "nets=$(ls /sys/class/net | tr '\n' ' ')"
-touch /etc/genesis-probe 2>/dev/null && echo "etc=writable" || echo "etc=readonly"
-touch /usr/genesis-probe 2>/dev/null && echo "usr=writable" || echo "usr=readonly"
-touch /workspace/app/probe && echo "workspace=writable"
-touch /genesis/out/probe && echo "out=writable"
-[ -e /var/run/docker.sock ] && echo "sock=present" || echo "sock=absent"
-"#;
-    let limits = Limits {
-        cpus: 0.5,
-        memory_mb: 128,
-        pids: 50,
-        timeout_ms: 30_000,
-        network: false,
-        install_changes: true,
-    };
-    let outcome = run_script_in_sandbox("limits-probe", "genesis/busybox:latest", limits, script);
-    assert_eq!(outcome.exit_code, 0, "{}", outcome.log.text);
-    let text = outcome.log.text;
-    for want in [
-        "CapEff:0000000000000000",
-        "NoNewPrivs:1",
-        "mem=134217728",
-        "swap=134217728",
-        "pids=50",
-        "cpu=50000",
-        "nets=lo ",
-        "etc=readonly",
-        "usr=readonly",
-        "workspace=writable",
-        "out=writable",
-        "sock=absent",
-    ] {
-        assert!(text.contains(want), "expected {want:?} in:\n{text}");
+    // With and without the disk cap (read-only root and a file system of
+    // the run's own, or the writable layer and a tmpfs /tmp).
+    for disk_mb in [0, 64] {
+        let limits = probe_limits(disk_mb);
+        let outcome = run_script_in_sandbox(
+            "limits-probe",
+            "genesis/busybox:latest",
+            limits,
+            PROBE_SCRIPT,
+        );
+        assert_eq!(outcome.exit_code, 0, "{}", outcome.log.text);
+        let text = outcome.log.text;
+        for want in PROBE_EXPECTED {
+            assert!(
+                text.contains(want),
+                "disk_mb {disk_mb}: expected {want:?} in:\n{text}"
+            );
+        }
+        let uid_line = text.lines().find(|l| l.starts_with("uid=")).unwrap();
+        assert_ne!(uid_line, "uid=0", "tests must not run as root");
     }
-    let uid_line = text.lines().find(|l| l.starts_with("uid=")).unwrap();
-    assert_ne!(uid_line, "uid=0", "tests must not run as root");
 }
 
 #[test]

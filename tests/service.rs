@@ -354,15 +354,22 @@ async fn junk_does_not_stop_the_next_good_request() {
     assert!(serve.wait().success());
 }
 
+/// kill -9 with four experiments in flight, then a restart: the restarted
+/// service resumes the four from its store at once (it says so in its
+/// log), and the request sent while it was down is run too (delivered
+/// fresh, or redelivered after `ack_wait` when the dead process's pull
+/// request took it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_in_flight_then_restart_answers_each_exactly_once() {
     let nats = NatsServer::start(true);
-    let home = home(2, true);
+    ensure_image("busybox");
+    let home = TestHome::new(&config(4, true).replace("ack_wait_ms = 5000", "ack_wait_ms = 15000"));
+    git_repo(&home.root().join("app"), &[("run_tests.sh", TAP_SUITE)]);
     let mut serve = ServeProcess::start(&home, &nats.url());
     let client = async_nats::connect(nats.url()).await.unwrap();
     let mut listener = Listener::new(&client).await;
     let js = async_nats::jetstream::new(client.clone());
-    let ids: Vec<String> = (0..3).map(|i| format!("durable-{i}")).collect();
+    let ids: Vec<String> = (0..4).map(|i| format!("durable-{i}")).collect();
     for id in &ids {
         let req = sleepy_request(id, 3.0);
         js.publish(
@@ -374,7 +381,9 @@ async fn sigkill_in_flight_then_restart_answers_each_exactly_once() {
         .await
         .unwrap();
     }
-    serve.wait_for_line("sandbox_created", Duration::from_secs(60));
+    for _ in 0..4 {
+        serve.wait_for_line("sandbox_created", Duration::from_secs(60));
+    }
     serve.signal(libc::SIGKILL);
     serve.wait();
     // A request sent while genesis is down is still run.
@@ -387,17 +396,23 @@ async fn sigkill_in_flight_then_restart_answers_each_exactly_once() {
     .unwrap()
     .await
     .unwrap();
-    let _serve = ServeProcess::start(&home, &nats.url());
+    let restarted = std::time::Instant::now();
+    let serve = ServeProcess::start(&home, &nats.url());
+    serve.wait_for_count("resuming an experiment", 4, Duration::from_secs(30));
     listener
-        .until(Duration::from_secs(120), "4 answers", |seen| {
-            count_answers(seen) >= 4
+        .until(Duration::from_secs(120), "5 answers", |seen| {
+            count_answers(seen) >= 5
         })
         .await;
+    eprintln!(
+        "kill -9 with 4 in flight: all answered {:?} after the restart",
+        restarted.elapsed()
+    );
     // Give redelivery a chance to produce duplicates before judging "exactly once".
     let _ = tokio::time::timeout(
         Duration::from_secs(8),
         listener.until(Duration::from_secs(3600), "more", |seen| {
-            count_answers(seen) > 4
+            count_answers(seen) > 5
         }),
     )
     .await;
@@ -417,6 +432,9 @@ async fn sigkill_in_flight_then_restart_answers_each_exactly_once() {
         }
     }
     assert!(home.containers_left().is_empty());
+    let scratch = home.home().join("scratch");
+    let disks = std::fs::read_dir(&scratch).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(disks, 0, "run disks left in {}", scratch.display());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,6 +71,12 @@ pub struct Limits {
     /// environment of its own? Otherwise it fails with `environment_changed`.
     #[serde(default = "yes")]
     pub install_changes: bool,
+    /// All writes of one run together (workspace, /tmp, /genesis/out; the
+    /// image's own tree is read-only) in MB: the run gets a file system of
+    /// this size of its own. 0 = no cap (the container's writable layer
+    /// and a `tmp_mb` tmpfs, as on an engine genesis cannot mount for).
+    #[serde(default)]
+    pub disk_mb: u64,
 }
 
 fn yes() -> bool {
@@ -191,6 +197,9 @@ pub struct NatsConfig {
     pub consumer: String,
     pub ack_wait_ms: u64,
     pub progress_ack_ms: u64,
+    /// How long one pull request of the JetStream consumer lives. A request
+    /// left by a process that died still takes messages until it expires.
+    pub pull_expires_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -227,6 +236,41 @@ pub struct SandboxPolicy {
     pub out_cap_bytes: u64,
     pub docker_timeout_ms: u64,
     pub stats_interval_ms: u64,
+    /// After a container stopped, how long its output stream may take to
+    /// end before genesis closes it (an engine may keep it open).
+    pub stream_grace_ms: u64,
+    /// The OCI runtime containers run under: `runc`, or `runsc` (gVisor)
+    /// where the engine has it registered. Must be a runtime `docker info`
+    /// lists; `doctor` checks.
+    pub runtime: String,
+    /// How often a run that failed for the infrastructure's sake (engine
+    /// unreachable, container gone, engine 5xx, archive error) is tried
+    /// again before the experiment fails with `sandbox_error`.
+    pub infra_retries: u32,
+    /// Before each such retry: how long to wait for the engine to answer
+    /// again, and the first back-off (doubled per retry).
+    pub engine_wait_ms: u64,
+    pub infra_backoff_ms: u64,
+    /// Under runsc every guest process is backed by host threads (about
+    /// nine with Debian's ptrace platform) and the sandbox itself needs
+    /// some (about fifty), all counted by the host's pids cgroup; the
+    /// engine's pids limit is then `runsc_pids_base + pids ×
+    /// runsc_pids_per_process`.
+    pub runsc_pids_base: i64,
+    pub runsc_pids_per_process: i64,
+}
+
+impl SandboxPolicy {
+    /// The pids limit the engine enforces for a profile's `pids` guest
+    /// processes under the configured runtime.
+    pub fn host_pids_limit(&self, pids: i64) -> i64 {
+        if self.runtime == "runsc" {
+            self.runsc_pids_base
+                .saturating_add(pids.saturating_mul(self.runsc_pids_per_process))
+        } else {
+            pids
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

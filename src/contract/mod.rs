@@ -237,6 +237,8 @@ pub enum ErrorKind {
     PatchFailed,
     Timeout,
     Oom,
+    /// The run filled its `[limits.*] disk_mb` file system.
+    DiskLimit,
     SandboxError,
     NoTests,
     /// The install command of the repo's environment failed or timed out.
@@ -254,6 +256,7 @@ impl ErrorKind {
             ErrorKind::PatchFailed => "patch_failed",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Oom => "oom",
+            ErrorKind::DiskLimit => "disk_limit",
             ErrorKind::SandboxError => "sandbox_error",
             ErrorKind::NoTests => "no_tests",
             ErrorKind::EnvironmentFailed => "environment_failed",

@@ -33,7 +33,10 @@ const TRACKED_LIST: &str = "/genesis/tracked";
 
 /// Runs the install, then leaves the tree as the tests expect it: the
 /// snapshot's files removed (each run uploads its own commit's tree), the
-/// workspace and the image's tool homes owned by the sandbox user.
+/// workspace and the image's tool homes owned by the sandbox user, and
+/// what the install left in the workspace moved to `/genesis/workspace`:
+/// a run's `/workspace` may be its own file system (`disk_mb`), so the
+/// run copies these files in before its suite.
 const INSTALL_SCRIPT: &str = r#"sh -c "$GENESIS_INSTALL" || exit $?
 status=0
 if [ -s /genesis/tracked ]; then xargs -0 rm -f -- < /genesis/tracked || status=$?; fi
@@ -43,6 +46,8 @@ IFS=:
 for d in $GENESIS_TOOL_HOMES; do
   if [ -d "$d" ]; then chown -R "$GENESIS_OWNER" "$d" || status=$?; fi
 done
+rm -rf /genesis/workspace
+mv /workspace /genesis/workspace && mkdir -m 755 /workspace && chown "$GENESIS_OWNER" /workspace || status=$?
 exit $status"#;
 
 pub(super) async fn build(
@@ -60,6 +65,10 @@ pub(super) async fn build(
         timeout_ms: policy.timeout_ms,
         network: true,
         install_changes: true,
+        // The install writes into the image it becomes (site-packages, tool
+        // homes), so it runs on the container's writable layer; its own
+        // time and memory limits bound it.
+        disk_mb: 0,
     };
     let dir = envs.records_dir();
     std::fs::create_dir_all(&dir)
@@ -78,7 +87,9 @@ pub(super) async fn build(
     .tmp_mb(config.sandbox.tmp_mb)
     .home_label(&envs.home_label)
     .docker_timeout(Duration::from_millis(config.sandbox.docker_timeout_ms))
+    .runtime(&config.sandbox)
     .stats_interval(Duration::from_millis(config.sandbox.stats_interval_ms))
+    .stream_grace(Duration::from_millis(config.sandbox.stream_grace_ms))
     .command(request.repo_name, "", INSTALL_SCRIPT)
     .create(&envs.docker)
     .await?;

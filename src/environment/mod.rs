@@ -197,6 +197,11 @@ impl Environments {
     }
 }
 
+/// How an environment image is laid out; part of the key, so images of an
+/// older layout are rebuilt rather than misread. 2: the install's
+/// workspace files live in `/genesis/workspace`.
+const LAYOUT: &str = "layout-2";
+
 /// The key of an environment: see the module doc.
 pub fn environment_key(
     home_label: &str,
@@ -204,7 +209,7 @@ pub fn environment_key(
     install_command: &str,
     inputs: &[(String, String)],
 ) -> String {
-    let mut material = format!("{home_label}\0{base_image_id}\0{install_command}\0");
+    let mut material = format!("{LAYOUT}\0{home_label}\0{base_image_id}\0{install_command}\0");
     for (path, blob) in inputs {
         material.push_str(&format!("{path}\0{blob}\0"));
     }

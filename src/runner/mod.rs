@@ -160,6 +160,19 @@ struct Plan {
     coverage: Option<CoverageSpec>,
 }
 
+impl Plan {
+    /// Whether the runs start from environments (whose untracked workspace
+    /// files are copied in before the suite).
+    fn uses_environment(&self) -> bool {
+        self.environment.is_some()
+    }
+}
+
+/// `GENESIS_HOME/scratch`: the runs' disks (see `sandbox::ScratchDisk`).
+pub fn scratch_dir(home: &std::path::Path) -> PathBuf {
+    home.join("scratch")
+}
+
 impl Runner {
     pub async fn new(config: Arc<Config>, store: Store) -> Result<Runner> {
         let docker = sandbox::connect().await?;
@@ -223,7 +236,14 @@ impl Runner {
             Some(result) if existing.status.is_final() => Ok(Admission::Finished(Box::new(result))),
             // Left queued or running by a process of this host that is gone:
             // nobody will finish it, so this one takes it over.
-            _ if owner_is_dead(&existing.owner) => Ok(Admission::New),
+            _ if owner_is_dead(&existing.owner) => {
+                // Taken over: a redelivery that arrives while this process
+                // runs it must see a live owner, not run it a second time.
+                let mut taken = *existing;
+                taken.owner = self.instance.clone();
+                self.store.call(move |s| s.put_record(&taken)).await?;
+                Ok(Admission::New)
+            }
             _ => Ok(Admission::InFlight(existing)),
         }
     }
@@ -323,6 +343,11 @@ impl Runner {
     /// `GENESIS_HOME/sandboxes/ID`: logs, reports, patch, result of one experiment.
     pub fn sandbox_dir(&self, id: &str) -> PathBuf {
         self.config.home.join("sandboxes").join(id)
+    }
+
+    /// Where runs' own file systems are mounted (`[limits.*] disk_mb`).
+    pub fn scratch_dir(&self) -> PathBuf {
+        scratch_dir(&self.config.home)
     }
 
     async fn pipeline(

@@ -3,7 +3,7 @@
 //! suite, re-runs that tell flaky tests from regressions, and turning a
 //! sandbox's outcome and report into a [`SuiteRun`].
 
-use crate::contract::{hex_digest, Request};
+use crate::contract::{hex_digest, stage, Request};
 use crate::errors::{GenesisError, Result};
 use crate::results::{parse_report, ReportError, ReportInput, TestReport};
 use crate::sandbox::{self, tail, CappedLog, Role, RunOutcome, SandboxBuilder};
@@ -129,8 +129,43 @@ impl Runner {
         Ok(flaky)
     }
 
-    /// Runs the suite once in a fresh sandbox and parses its report.
+    /// Runs the suite in a fresh sandbox and parses its report; a run the
+    /// infrastructure failed (never one the suite failed) is run again in
+    /// a fresh sandbox once the engine answers, up to `[sandbox]
+    /// infra_retries` times, and only then fails with `sandbox_error`.
     pub(super) async fn suite(
+        &self,
+        id: &str,
+        role: Role,
+        plan: &Plan,
+        use_base: bool,
+        progress: &dyn Progress,
+    ) -> Result<SuiteRun> {
+        let policy = &self.config.sandbox;
+        let mut backoff = Duration::from_millis(policy.infra_backoff_ms);
+        let mut attempt = 0;
+        loop {
+            let error = match self.suite_once(id, role, plan, use_base, progress).await {
+                Err(e) if e.is_infrastructure() && attempt < policy.infra_retries => e,
+                done => return done,
+            };
+            attempt += 1;
+            tracing::warn!(experiment_id = id, role = role.as_str(), attempt, error = %error, "infrastructure failure; retrying the run");
+            progress.stage(
+                id,
+                stage::SANDBOX,
+                &format!("{} retry {attempt}: {error}", role.as_str()),
+            );
+            let wait = Duration::from_millis(policy.engine_wait_ms);
+            sandbox::wait_for_engine(&self.docker, wait).await?;
+            sandbox::remove_runs_of(&self.docker, &self.home_label, id, role).await;
+            tokio::time::sleep(backoff).await;
+            backoff = backoff.saturating_mul(2);
+        }
+    }
+
+    /// Runs the suite once in a fresh sandbox and parses its report.
+    async fn suite_once(
         &self,
         id: &str,
         role: Role,
@@ -152,6 +187,13 @@ impl Runner {
             .home_label(&self.home_label)
             .docker_timeout(Duration::from_millis(self.config.sandbox.docker_timeout_ms))
             .stats_interval(Duration::from_millis(self.config.sandbox.stats_interval_ms))
+            .stream_grace(Duration::from_millis(self.config.sandbox.stream_grace_ms))
+            .runtime(&self.config.sandbox)
+            .disk(self.scratch_dir(), plan.limits.disk_mb, self.owner)
+            .prepare_command(
+                plan.uses_environment()
+                    .then(|| ENV_WORKSPACE_COPY.to_string()),
+            )
             .command(&plan.primary, &plan.repo.setup_command, &plan.test_command)
             .create(&self.docker)
             .await?;
@@ -230,6 +272,11 @@ impl Runner {
                 limit_mb: plan.limits.memory_mb,
             });
         }
+        if run.disk_full && run.exit_code != 0 {
+            return Err(GenesisError::DiskLimit {
+                limit_mb: plan.limits.disk_mb,
+            });
+        }
         if run.setup_failed() {
             return Err(GenesisError::sandbox(
                 "setup command",
@@ -260,6 +307,13 @@ impl Runner {
         })
     }
 }
+
+/// Copies an environment's untracked workspace files (node_modules,
+/// deps/, a virtualenv: what the install left in `/workspace`, kept in the
+/// image at `/genesis/workspace`) into the run's workspace, beside the
+/// uploaded snapshot; with a disk cap they count against it.
+const ENV_WORKSPACE_COPY: &str =
+    "if [ -d /genesis/workspace ]; then cp -a /genesis/workspace/. /workspace/; fi";
 
 /// The run's line coverage; a configured report that is missing or
 /// unreadable gives None (and a warning), never a failed experiment.

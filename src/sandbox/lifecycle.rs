@@ -5,6 +5,7 @@ use crate::errors::{GenesisError, Result};
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::exec::{StartExecOptions, StartExecResults};
+use bollard::models::ExecConfig;
 use bollard::query_parameters::{
     CreateContainerOptions, DownloadFromContainerOptions, KillContainerOptions,
     UploadToContainerOptions, WaitContainerOptions,
@@ -25,6 +26,8 @@ pub struct RunOutcome {
     pub runtime_ms: u64,
     pub resources: Resources,
     pub log: LogSummary,
+    /// The run's own file system was (all but) full when it stopped.
+    pub disk_full: bool,
 }
 
 impl RunOutcome {
@@ -47,6 +50,9 @@ pub struct Sandbox {
     pub id: String,
     pub name: String,
     pub spec: SandboxSpec,
+    /// The run's own file system, released after the container is removed
+    /// (field order: dropped after `Drop::drop` removed the container).
+    disk: Option<ScratchDisk>,
     removed: bool,
 }
 
@@ -65,8 +71,12 @@ impl Sandbox {
             name: Some(name.clone()),
             ..Default::default()
         };
+        let disk = match &spec.disk {
+            Some(request) => Some(make_disk(request.scratch.join(&name), request).await?),
+            None => None,
+        };
         let limit = spec.docker_timeout;
-        let create = docker.create_container(Some(options), container_config(&spec));
+        let create = docker.create_container(Some(options), container_config(&spec, disk.as_ref()));
         let created = match tokio::time::timeout(limit, create).await {
             Ok(Ok(created)) => created,
             Ok(Err(
@@ -80,19 +90,19 @@ impl Sandbox {
                 ))
             }
             Ok(Err(e)) => {
-                return Err(GenesisError::sandbox(
+                return Err(GenesisError::docker(
                     format!("creating a container from {}", spec.image),
                     e,
                 ))
             }
             Err(_) => {
-                return Err(GenesisError::sandbox(
-                    format!("creating a container from {}", spec.image),
-                    format!(
+                return Err(GenesisError::Infrastructure {
+                    context: format!("creating a container from {}", spec.image),
+                    message: format!(
                         "no answer within {} ms ([sandbox] docker_timeout_ms)",
                         limit.as_millis()
                     ),
-                ))
+                })
             }
         };
         Ok(Sandbox {
@@ -100,6 +110,7 @@ impl Sandbox {
             id: created.id,
             name,
             spec,
+            disk,
             removed: false,
         })
     }
@@ -115,13 +126,17 @@ impl Sandbox {
             self.docker
                 .upload_to_container(&self.id, Some(options), bollard::body_full(archive.into()))
                 .await
-                .map_err(|e| GenesisError::sandbox(&what, e))
+                .map_err(|e| GenesisError::docker(&what, e))
         };
         within(self.spec.docker_timeout, &what, upload).await
     }
 
-    /// Creates `/workspace` and `/genesis/out` owned by the sandbox user.
+    /// Creates `/workspace` and `/genesis/out` owned by the sandbox user
+    /// (a run with a disk has them already, as its bind mounts).
     pub async fn upload_skeleton(&self, owner: crate::snapshot::Owner) -> Result<()> {
+        if self.disk.is_some() {
+            return Ok(());
+        }
         let mut tar = tar::Builder::new(Vec::new());
         for (dir, mode) in [
             ("workspace/", 0o755),
@@ -164,7 +179,8 @@ impl Sandbox {
         self.docker
             .start_container(&self.id, None)
             .await
-            .map_err(|e| GenesisError::sandbox(format!("starting {}", self.name), e))?;
+            .map_err(|e| GenesisError::docker(format!("starting {}", self.name), e))?;
+        self.prepare().await?;
         let cgroup = self.local_cgroup().await;
         let kernel_peak = cgroup
             .as_ref()
@@ -184,13 +200,29 @@ impl Sandbox {
 
         let exec = self.start_suite().await?;
         let started = Instant::now();
-        let mut log_task = tokio::spawn(pump_output(exec.output, log));
-        // The output stream ends when the suite's process exits.
-        let (pumped, timed_out) = match tokio::time::timeout(timeout, &mut log_task).await {
-            Ok(pumped) => (pumped, false),
-            Err(_) => {
-                self.kill().await?;
-                (log_task.await, true)
+        let (stop_pump, pump_stopped) = tokio::sync::oneshot::channel();
+        let mut log_task = tokio::spawn(pump_output(exec.output, log, pump_stopped));
+        // The output stream ends when the suite's process exits; if the
+        // container stops first (killed at the timeout, or its sandbox
+        // died), the stream gets `stream_grace` to end before it is closed.
+        let (finished, timed_out) = tokio::select! {
+            pumped = &mut log_task => (Some(pumped), false),
+            _ = tokio::time::sleep(timeout) => (None, true),
+            _ = self.stopped() => (None, false),
+        };
+        let pumped = match finished {
+            Some(pumped) => pumped,
+            None => {
+                if timed_out {
+                    self.kill().await?;
+                }
+                match tokio::time::timeout(self.spec.stream_grace, &mut log_task).await {
+                    Ok(pumped) => pumped,
+                    Err(_) => {
+                        let _ = stop_pump.send(());
+                        log_task.await
+                    }
+                }
             }
         };
         let runtime_ms = started.elapsed().as_millis() as u64;
@@ -200,6 +232,9 @@ impl Sandbox {
         } else {
             self.exec_exit_code(&exec.id).await?
         };
+        if !timed_out {
+            self.check_still_running().await?;
+        }
         let _ = stop_sampling.send(());
         let mut acc = match sampler {
             Some(task) => task
@@ -227,7 +262,73 @@ impl Sandbox {
             runtime_ms,
             resources: acc.finish(alive),
             log,
+            disk_full: self.disk_is_full(),
         })
+    }
+
+    /// Resolves when the container has stopped (never on a failed wait:
+    /// a lost engine connection ends the output stream by itself).
+    async fn stopped(&self) {
+        let mut wait = self
+            .docker
+            .wait_container(&self.id, None::<WaitContainerOptions>);
+        match wait.next().await {
+            Some(Ok(_)) | Some(Err(DockerError::DockerContainerWaitError { .. })) => {}
+            _ => std::future::pending::<()>().await,
+        }
+    }
+
+    /// Whether the run's own file system is full (false without one).
+    pub fn disk_is_full(&self) -> bool {
+        self.disk.as_ref().is_some_and(ScratchDisk::is_full)
+    }
+
+    /// The spec's prepare command, untimed, before the suite: it must
+    /// succeed; a full disk while preparing is the run's `disk_limit`.
+    async fn prepare(&self) -> Result<()> {
+        let Some(command) = &self.spec.prepare_command else {
+            return Ok(());
+        };
+        let what = format!("preparing the workspace in {}", self.name);
+        let config = ExecConfig {
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            cmd: Some(vec!["sh".into(), "-c".into(), command.clone()]),
+            user: Some(self.spec.user.clone()),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_exec(&self.id, config)
+            .await
+            .map_err(|e| GenesisError::docker(&what, e))?;
+        let mut output = String::new();
+        if let StartExecResults::Attached {
+            output: mut stream, ..
+        } = self
+            .docker
+            .start_exec(&created.id, None::<StartExecOptions>)
+            .await
+            .map_err(|e| GenesisError::docker(&what, e))?
+        {
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| GenesisError::docker(&what, e))?;
+                output.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            }
+        }
+        let code = self.exec_exit_code(&created.id).await?;
+        if code == 0 {
+            return Ok(());
+        }
+        if let Some(disk) = self.disk.as_ref().filter(|d| d.is_full()) {
+            return Err(GenesisError::DiskLimit {
+                limit_mb: disk.size_mb(),
+            });
+        }
+        Err(GenesisError::sandbox(
+            what,
+            format!("exited with status {code}: {}", tail(&output, 2000)),
+        ))
     }
 
     /// The container's cgroup files, when the engine runs on this host and
@@ -248,12 +349,12 @@ impl Sandbox {
             .docker
             .create_exec(&self.id, exec_config(&self.spec))
             .await
-            .map_err(|e| GenesisError::sandbox(&what, e))?;
+            .map_err(|e| GenesisError::docker(&what, e))?;
         let started = self
             .docker
             .start_exec(&created.id, None::<StartExecOptions>)
             .await
-            .map_err(|e| GenesisError::sandbox(&what, e))?;
+            .map_err(|e| GenesisError::docker(&what, e))?;
         match started {
             StartExecResults::Attached { output, .. } => Ok(StartedExec {
                 id: created.id,
@@ -265,7 +366,7 @@ impl Sandbox {
 
     async fn exec_exit_code(&self, exec_id: &str) -> Result<i64> {
         let info = self.docker.inspect_exec(exec_id).await.map_err(|e| {
-            GenesisError::sandbox(format!("reading the exit status in {}", self.name), e)
+            GenesisError::docker(format!("reading the exit status in {}", self.name), e)
         })?;
         Ok(info.exit_code.unwrap_or(-1))
     }
@@ -286,7 +387,7 @@ impl Sandbox {
             Err(DockerError::DockerResponseServerError {
                 status_code: 409, ..
             }) => Ok(()),
-            Err(e) => Err(GenesisError::sandbox(format!("killing {}", self.name), e)),
+            Err(e) => Err(GenesisError::docker(format!("killing {}", self.name), e)),
         }?;
         // Wait until the engine reports it stopped, so stats and logs end.
         let mut wait = self
@@ -296,13 +397,41 @@ impl Sandbox {
         Ok(())
     }
 
+    /// The container's own process only idles, so a container that stopped
+    /// before genesis killed it was stopped from outside (an engine
+    /// restart, someone's `docker kill`) or the kernel's OOM killer took the
+    /// idle process: the suite's exit status then says nothing about the
+    /// change, so it is an infrastructure failure (retried), not a result.
+    async fn check_still_running(&self) -> Result<()> {
+        let info = self
+            .docker
+            .inspect_container(&self.id, None)
+            .await
+            .map_err(|e| GenesisError::docker(format!("inspecting {}", self.name), e))?;
+        let state = info.state.unwrap_or_default();
+        if state.running.unwrap_or(false) || state.oom_killed.unwrap_or(false) {
+            return Ok(());
+        }
+        Err(GenesisError::Infrastructure {
+            context: format!("running the suite in {}", self.name),
+            message: format!(
+                "the container stopped under the suite (exit {}, {})",
+                state.exit_code.unwrap_or(-1),
+                state
+                    .error
+                    .filter(|e| !e.is_empty())
+                    .unwrap_or_else(|| "no engine error".into())
+            ),
+        })
+    }
+
     /// Whether the engine saw the kernel's OOM killer act in the container.
     async fn inspect_oom(&self) -> Result<bool> {
         let info = self
             .docker
             .inspect_container(&self.id, None)
             .await
-            .map_err(|e| GenesisError::sandbox(format!("inspecting {}", self.name), e))?;
+            .map_err(|e| GenesisError::docker(format!("inspecting {}", self.name), e))?;
         Ok(info.state.and_then(|s| s.oom_killed).unwrap_or(false))
     }
 
@@ -323,7 +452,7 @@ impl Sandbox {
                     status_code: 404, ..
                 }) => return Ok(Vec::new()),
                 Err(e) => {
-                    return Err(GenesisError::sandbox(
+                    return Err(GenesisError::docker(
                         format!("downloading /genesis/out of {}", self.name),
                         e,
                     ))
@@ -370,7 +499,7 @@ impl Sandbox {
         Ok(created.id)
     }
 
-    /// Removes the container and its anonymous volumes.
+    /// Removes the container and its anonymous volumes, then its disk.
     pub async fn remove(mut self) -> Result<()> {
         self.removed = true;
         let what = format!("removing {}", self.name);
@@ -379,7 +508,13 @@ impl Sandbox {
             &what,
             remove_container(&self.docker, &self.id),
         )
-        .await
+        .await?;
+        match self.disk.take() {
+            Some(disk) => tokio::task::spawn_blocking(move || disk.release())
+                .await
+                .map_err(|e| GenesisError::Internal(format!("disk release task: {e}")))?,
+            None => Ok(()),
+        }
     }
 }
 
@@ -407,6 +542,14 @@ impl Drop for Sandbox {
         })
         .join();
     }
+}
+
+/// Makes a run's disk off the async threads (mkfs and mount are processes).
+async fn make_disk(root: std::path::PathBuf, request: &DiskRequest) -> Result<ScratchDisk> {
+    let (size_mb, owner) = (request.size_mb, request.owner);
+    tokio::task::spawn_blocking(move || ScratchDisk::create(&root, size_mb, owner))
+        .await
+        .map_err(|e| GenesisError::Internal(format!("disk task: {e}")))?
 }
 
 /// The suite's exec: its id (for the exit status) and its output.

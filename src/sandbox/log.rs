@@ -113,9 +113,17 @@ pub(super) async fn pump_output(
         Box<dyn futures_util::Stream<Item = std::result::Result<LogOutput, DockerError>> + Send>,
     >,
     mut log: CappedLog,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<LogSummary> {
     let mut lines = LineJoiner::default();
-    while let Some(item) = output.next().await {
+    loop {
+        let item = tokio::select! {
+            item = output.next() => item,
+            // The container is gone but the engine keeps the stream open
+            // (seen with runsc after its sandbox died): what we have is the log.
+            _ = &mut stop => None,
+        };
+        let Some(item) = item else { break };
         match item {
             Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
                 lines.push(0, &message, |whole| log.write(whole.to_vec().into()))?

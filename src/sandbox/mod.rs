@@ -4,13 +4,18 @@
 //! Lifecycle, in order, each step for a reason:
 //! 1. **create** with the risk level's limits (NanoCpus, Memory = MemorySwap so
 //!    there is no swap, PidsLimit, no network), CapDrop ALL, no-new-privileges,
-//!    a non-root user, a tmpfs `/tmp`, the engine's own log capped at 1 MB
-//!    (output is taken from the attach stream and capped here, so a flood
-//!    cannot fill Docker's disk), and labels naming the experiment, role and genesis home so a
-//!    restarted genesis can find and reap its containers.
+//!    a non-root user, the configured OCI runtime (runc or gVisor's runsc),
+//!    the engine's own log capped at 1 MB (output is taken from the attach
+//!    stream and capped here, so a flood cannot fill Docker's disk), and
+//!    labels naming the experiment, role and genesis home so a restarted
+//!    genesis can find and reap its containers. With a disk cap (`disk.rs`)
+//!    the root is read-only and a file system of the run's own, of exactly
+//!    `disk_mb`, is bind-mounted at `/workspace`, `/tmp`, `/var/tmp` and
+//!    `/genesis/out`; without one, `/tmp` is a capped tmpfs.
 //! 2. **upload** the skeleton (`/workspace`, `/genesis/out` owned by the
-//!    sandbox user) and the snapshot tarballs through the archive API *before*
-//!    start: no host path is ever bind-mounted, and an upload into a running
+//!    sandbox user; a disk has them already) and the snapshot tarballs
+//!    through the archive API *before* start: genesis never touches what a
+//!    container wrote through the host, and an upload into a running
 //!    container's tmpfs would silently miss it.
 //! 3. **start, exec, wait**: the container's own process idles; the suite
 //!    runs as an attached exec in the same cgroup, waited for with the
@@ -23,7 +28,14 @@
 //!    files with plain relative names are kept, symlinks and the like are
 //!    dropped unread (a container-made symlink must never be followed).
 //! 6. **remove**, always: on success, failure, timeout, error and panic (the
-//!    `Drop` of [`Sandbox`] removes a container that was not removed).
+//!    `Drop` of [`Sandbox`] removes a container that was not removed), and
+//!    then release its disk.
+//!
+//! Engine failures are classified where they happen
+//! ([`GenesisError::docker`]): what a retry may cure is
+//! `Infrastructure`, which the runner retries in a fresh sandbox; a
+//! container that stopped under its suite (only genesis kills it) is
+//! infrastructure too, so an engine restart never becomes a verdict.
 
 use std::collections::HashMap;
 
@@ -37,8 +49,11 @@ use bollard::Docker;
 use crate::errors::{GenesisError, Result};
 
 mod cgroup;
-use cgroup::{engine_is_local, locate as locate_cgroup, read as read_cgroup};
+pub use cgroup::engine_is_local;
+use cgroup::{locate as locate_cgroup, read as read_cgroup};
 pub use cgroup::{CgroupFiles, CgroupReading};
+mod disk;
+pub use disk::{release_all as release_scratch_disks, ScratchDisk};
 mod spec;
 pub use spec::*;
 mod stats;
@@ -94,13 +109,13 @@ async fn within<T>(
     fut: impl std::future::Future<Output = Result<T>>,
 ) -> Result<T> {
     tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
-        Err(GenesisError::sandbox(
-            what,
-            format!(
+        Err(GenesisError::Infrastructure {
+            context: what.to_string(),
+            message: format!(
                 "no answer from the Docker engine within {} ms ([sandbox] docker_timeout_ms)",
                 limit.as_millis()
             ),
-        ))
+        })
     })
 }
 
@@ -115,7 +130,7 @@ pub async fn remove_container(docker: &Docker, id: &str) -> Result<()> {
         Err(DockerError::DockerResponseServerError {
             status_code: 404, ..
         }) => Ok(()),
-        Err(e) => Err(GenesisError::sandbox(format!("removing container {id}"), e)),
+        Err(e) => Err(GenesisError::docker(format!("removing container {id}"), e)),
     }
 }
 
@@ -148,6 +163,50 @@ pub async fn labelled_containers(
             Some((c.id?, exp))
         })
         .collect())
+}
+
+/// Waits until the engine answers a ping again (after it restarted or its
+/// socket went away), at most `limit`; the error says how long it waited.
+pub async fn wait_for_engine(docker: &Docker, limit: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let last_error = match docker.ping().await {
+            Ok(_) => return Ok(()),
+            Err(e) => e.to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(GenesisError::sandbox(
+                "waiting for the Docker engine to come back",
+                format!(
+                    "no answer within {} ms ([sandbox] engine_wait_ms): {last_error}",
+                    limit.as_millis()
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Removes what is left of one experiment's runs in `role` after an
+/// infrastructure failure (best effort: the next cleanup reaps the rest).
+pub async fn remove_runs_of(docker: &Docker, home_label: &str, experiment: &str, role: Role) {
+    let options = ListContainersOptions {
+        all: true,
+        filters: Some(HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{LABEL_HOME}={home_label}"),
+                format!("{LABEL_EXPERIMENT}={experiment}"),
+                format!("{LABEL_ROLE}={}", role.as_str()),
+            ],
+        )])),
+        ..Default::default()
+    };
+    if let Ok(list) = docker.list_containers(Some(options)).await {
+        for id in list.into_iter().filter_map(|c| c.id) {
+            let _ = remove_container(docker, &id).await;
+        }
+    }
 }
 
 /// Label value for containers of one `GENESIS_HOME`.

@@ -4,7 +4,9 @@
 
 use crate::config::Limits;
 use crate::errors::Result;
-use bollard::models::{ContainerCreateBody, ExecConfig, HostConfig, HostConfigLogConfig};
+use bollard::models::{
+    ContainerCreateBody, ExecConfig, HostConfig, HostConfigLogConfig, Mount, MountType,
+};
 use bollard::Docker;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -74,11 +76,34 @@ pub struct SandboxSpec {
     pub docker_timeout: Duration,
     /// How often resource use is sampled while the suite runs.
     pub stats_interval: Duration,
+    /// After the container stopped, how long the suite's output stream may
+    /// take to end before genesis closes it.
+    pub stream_grace: Duration,
     /// Capabilities kept despite `CapDrop ALL`; empty for test runs. An
     /// environment's install keeps the few package managers need.
     pub cap_add: Vec<String>,
     /// Extra `KEY=VALUE` variables for the command (the install's `pass_env`).
     pub env: Vec<String>,
+    /// OCI runtime (`[sandbox] runtime`): runc, or runsc for gVisor.
+    pub runtime: String,
+    /// The pids limit given to the engine: `limits.pids`, or more under a
+    /// runtime whose own threads count too (`SandboxPolicy::host_pids_limit`).
+    pub host_pids_limit: i64,
+    /// The run's own file system (`[limits.*] disk_mb`), when capped.
+    pub disk: Option<DiskRequest>,
+    /// Run (untimed, as the sandbox user) after start and before the suite:
+    /// an environment's untracked workspace files are copied into place.
+    pub prepare_command: Option<String>,
+}
+
+/// Where and how large a run's own file system is (see `disk.rs`).
+#[derive(Debug, Clone)]
+pub struct DiskRequest {
+    /// `GENESIS_HOME/scratch`: the disk goes in a directory named after
+    /// the container.
+    pub scratch: std::path::PathBuf,
+    pub size_mb: u64,
+    pub owner: crate::snapshot::Owner,
 }
 
 /// Builder in the style of rustwide's: limits and identity first, command last.
@@ -102,14 +127,24 @@ impl SandboxBuilder {
                 home_label: String::new(),
                 docker_timeout: Duration::from_secs(120),
                 stats_interval: Duration::from_millis(500),
+                stream_grace: Duration::from_secs(2),
                 cap_add: Vec::new(),
                 env: Vec::new(),
+                runtime: String::new(),
+                host_pids_limit: limits.pids,
+                disk: None,
+                prepare_command: None,
             },
         }
     }
 
     pub fn docker_timeout(mut self, timeout: Duration) -> Self {
         self.spec.docker_timeout = timeout;
+        self
+    }
+
+    pub fn stream_grace(mut self, grace: Duration) -> Self {
+        self.spec.stream_grace = grace;
         self
     }
 
@@ -143,6 +178,34 @@ impl SandboxBuilder {
         self
     }
 
+    /// The OCI runtime (empty means the engine's default) and the pids
+    /// limit the engine enforces under it.
+    pub fn runtime(mut self, policy: &crate::config::SandboxPolicy) -> Self {
+        self.spec.runtime = policy.runtime.clone();
+        self.spec.host_pids_limit = policy.host_pids_limit(self.spec.limits.pids);
+        self
+    }
+
+    /// Caps all the run's writes at `size_mb` (0 = no cap).
+    pub fn disk(
+        mut self,
+        scratch: std::path::PathBuf,
+        size_mb: u64,
+        owner: crate::snapshot::Owner,
+    ) -> Self {
+        self.spec.disk = (size_mb > 0).then_some(DiskRequest {
+            scratch,
+            size_mb,
+            owner,
+        });
+        self
+    }
+
+    pub fn prepare_command(mut self, command: Option<String>) -> Self {
+        self.spec.prepare_command = command;
+        self
+    }
+
     pub fn command(mut self, repo: &str, setup: &str, test: &str) -> Self {
         self.spec.repo = repo.into();
         self.spec.setup_command = setup.into();
@@ -159,8 +222,10 @@ impl SandboxBuilder {
     }
 }
 
-/// The container's create body: limits and hardening in one place.
-pub fn container_config(spec: &SandboxSpec) -> ContainerCreateBody {
+/// The container's create body: limits and hardening in one place. With a
+/// disk the root file system is read-only and the disk's directories are
+/// the only writable places; without, `/tmp` is a capped tmpfs.
+pub fn container_config(spec: &SandboxSpec, disk: Option<&ScratchDisk>) -> ContainerCreateBody {
     let mb = |m: u64| i64::try_from(m.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX);
     let labels = HashMap::from([
         (LABEL_EXPERIMENT.to_string(), spec.experiment_id.clone()),
@@ -171,12 +236,24 @@ pub fn container_config(spec: &SandboxSpec) -> ContainerCreateBody {
         "/tmp".to_string(),
         format!("rw,nosuid,nodev,size={}m,mode=1777", spec.tmp_mb),
     )]);
+    let mounts = disk.map(|d| {
+        d.binds()
+            .into_iter()
+            .map(|(source, target)| Mount {
+                typ: Some(MountType::BIND),
+                source: Some(source),
+                target: Some(target),
+                read_only: Some(false),
+                ..Default::default()
+            })
+            .collect::<Vec<_>>()
+    });
     let host = HostConfig {
         nano_cpus: Some((spec.limits.cpus * 1e9) as i64),
         memory: Some(mb(spec.limits.memory_mb)),
         // Equal to memory: no swap, so the memory limit is real.
         memory_swap: Some(mb(spec.limits.memory_mb)),
-        pids_limit: Some(spec.limits.pids),
+        pids_limit: Some(spec.host_pids_limit),
         network_mode: Some(
             if spec.limits.network {
                 "bridge"
@@ -188,7 +265,10 @@ pub fn container_config(spec: &SandboxSpec) -> ContainerCreateBody {
         cap_drop: Some(vec!["ALL".into()]),
         cap_add: (!spec.cap_add.is_empty()).then(|| spec.cap_add.clone()),
         security_opt: Some(vec!["no-new-privileges".into()]),
-        tmpfs: Some(tmpfs),
+        tmpfs: disk.is_none().then_some(tmpfs),
+        mounts,
+        readonly_rootfs: Some(disk.is_some()),
+        runtime: (!spec.runtime.is_empty()).then(|| spec.runtime.clone()),
         // Output reaches genesis through the attach stream; the engine's own
         // copy is kept tiny so a flood cannot fill its disk. (Not every
         // engine build has the "none" driver.)

@@ -94,7 +94,13 @@ pub(super) async fn intake_jetstream(
         )
         .await
         .map_err(|e| GenesisError::Nats(format!("creating consumer {}: {e}", nats.consumer)))?;
+    // Short-lived pull requests: a request left by a process that died
+    // still takes messages until it expires, so it must expire soon.
+    let expires = Duration::from_millis(nats.pull_expires_ms.max(1000));
     let mut messages = consumer
+        .stream()
+        .expires(expires)
+        .heartbeat(expires / 4)
         .messages()
         .await
         .map_err(|e| GenesisError::Nats(format!("pulling from {}: {e}", nats.consumer)))?;

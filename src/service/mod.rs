@@ -20,7 +20,10 @@
 //! - **Recovery** at start: this home's labelled containers are reaped;
 //!   experiments left queued/running by a dead process end as `failed` /
 //!   `internal` in core mode, and run again from the redelivered message in
-//!   JetStream mode.
+//!   JetStream mode they are resumed at once from the store (which keeps
+//!   each request whole), so no one waits out `ack_wait`; their
+//!   redeliveries, when they come, find them running or answered and are
+//!   only acknowledged. Run disks left mounted are released.
 //! - **Shutdown** on SIGINT/SIGTERM: intake stops, in-flight experiments get
 //!   `drain_timeout_ms` to finish, then are killed and marked.
 
@@ -68,7 +71,7 @@ pub async fn serve(config: Arc<Config>) -> Result<()> {
         run_slots: Arc::new(Semaphore::new(config.max_concurrent)),
         running: Mutex::new(HashMap::new()),
     });
-    service.recover().await?;
+    let resume = service.recover().await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let scheduler = start_jobs(&config, &store, &client, stop_rx.clone());
@@ -76,6 +79,10 @@ pub async fn serve(config: Arc<Config>) -> Result<()> {
         config.max_concurrent + config.queue_capacity,
     ));
     let tasks = tokio_util::task::TaskTracker::new();
+    for request in resume {
+        let service = service.clone();
+        tasks.spawn(async move { service.resume(request).await });
+    }
     tracing::info!(url = %config.nats.url, jetstream = config.nats.jetstream, max_concurrent = config.max_concurrent, "genesis serving");
 
     let intake = async {
@@ -210,6 +217,12 @@ impl Service {
                 *result
             }
             Admission::InFlight(_) => match self.wait_for(&request.experiment_id).await {
+                // A redelivery of what this process runs (resumed, or past
+                // ack_wait): the run answers; this delivery is only acked.
+                Some(_) if is_redelivery(incoming) => {
+                    ack(incoming, jetstream::AckKind::Ack).await;
+                    return;
+                }
                 Some(result) => result,
                 // Running in another live process: that process answers.
                 None => {
@@ -359,8 +372,10 @@ impl Service {
         tracing::info!(experiment_id = id, recommendation = %result.recommendation(), "metrics_reported");
     }
 
-    /// At start: reap this home's containers; settle experiments a dead process left behind.
-    async fn recover(&self) -> Result<()> {
+    /// At start: reap this home's containers and release their disks;
+    /// settle experiments a dead process left behind: failed (core mode),
+    /// or returned to be resumed (JetStream mode).
+    async fn recover(&self) -> Result<Vec<String>> {
         let containers = crate::sandbox::labelled_containers(
             &self.runner.docker,
             Some(&self.runner.home_label),
@@ -382,9 +397,16 @@ impl Service {
                 })
                 .await;
         }
-        if self.config.nats.jetstream {
-            // The unacknowledged requests come back and run again.
-            return Ok(());
+        // With this home's containers gone, every run disk left mounted
+        // belongs to a dead process.
+        let scratch = self.runner.scratch_dir();
+        match tokio::task::spawn_blocking(move || crate::sandbox::release_scratch_disks(&scratch))
+            .await
+        {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(disks = n, "released run disks left by a previous run"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not release a run disk left behind"),
+            Err(e) => tracing::warn!(error = %e, "disk release task failed"),
         }
         let store = self.runner.store.clone();
         let stranded: Vec<String> = store
@@ -394,6 +416,7 @@ impl Service {
                 Ok(ids)
             })
             .await?;
+        let mut resume = Vec::new();
         for id in stranded {
             let key = id.clone();
             let Some(record) = store.call(move |s| s.get(&key)).await? else {
@@ -401,6 +424,11 @@ impl Service {
             };
             if !crate::runner::owner_is_dead(&record.owner) && record.owner != self.runner.instance
             {
+                continue;
+            }
+            if self.config.nats.jetstream {
+                // Run again now; the redelivery, when it comes, is only acked.
+                resume.push(record.request_json.clone());
                 continue;
             }
             let request = record.request()?;
@@ -413,7 +441,21 @@ impl Service {
             self.runner.finish(&request, &result, None, None).await?;
             self.answer(&result, None, None, true).await;
         }
-        Ok(())
+        Ok(resume)
+    }
+
+    /// Runs an experiment a dead process of this home left running
+    /// (JetStream mode; `request_json` as stored), answering it on its
+    /// result subjects.
+    async fn resume(self: &Arc<Self>, request_json: String) {
+        tracing::info!("resuming an experiment a previous process left running");
+        let incoming = Incoming {
+            body: bytes::Bytes::from(request_json),
+            headers: None,
+            reply: None,
+            jetstream: None,
+        };
+        self.handle(incoming).await;
     }
 
     /// After the drain time: kill what still runs and record it.

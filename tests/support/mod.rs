@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 
+pub mod engine;
 pub mod nats;
 pub mod pg;
 
@@ -160,9 +161,22 @@ pub fn git_copy(src: &Path, dest: &Path) {
     commit_all(dest, "init");
 }
 
-/// Runs `script` in a fresh sandbox of `image` with an empty
-/// `/workspace/app`, as a test run does, and returns how it ended.
+/// Runs `script` as the suite of one sandbox on the machine's engine
+/// (a disk of `limits.disk_mb` when that is not 0) and returns the outcome.
 pub fn run_script_in_sandbox(
+    name: &str,
+    image: &str,
+    limits: genesis::config::Limits,
+    script: &str,
+) -> genesis::sandbox::RunOutcome {
+    run_script_on(None, "", name, image, limits, script)
+}
+
+/// [`run_script_in_sandbox`] on the engine at `socket` (None: the
+/// machine's) under OCI `runtime` ("" = the engine's default).
+pub fn run_script_on(
+    socket: Option<&Path>,
+    runtime: &str,
     name: &str,
     image: &str,
     limits: genesis::config::Limits,
@@ -171,21 +185,37 @@ pub fn run_script_in_sandbox(
     use genesis::sandbox::{CappedLog, Role, SandboxBuilder};
     let dir = tempfile::tempdir().unwrap();
     let label = genesis::sandbox::home_label(dir.path());
+    let owner = genesis::snapshot::Owner {
+        uid: 10001,
+        gid: 10001,
+    };
+    let mut policy = genesis::config::Config::from_layers(
+        dir.path().join("home"),
+        None,
+        &genesis::config::Env::default(),
+    )
+    .unwrap()
+    .sandbox;
+    policy.runtime = runtime.into();
     block_on(async {
-        let docker = genesis::sandbox::connect().await.unwrap();
+        let docker = match socket {
+            Some(path) => bollard::Docker::connect_with_unix(
+                &path.display().to_string(),
+                120,
+                bollard::API_DEFAULT_VERSION,
+            )
+            .unwrap(),
+            None => genesis::sandbox::connect().await.unwrap(),
+        };
         let sandbox = SandboxBuilder::new(name, Role::Candidate, image, limits)
             .home_label(&label)
+            .runtime(&policy)
+            .disk(dir.path().join("scratch"), limits.disk_mb, owner)
             .command("app", "", script)
             .create(&docker)
             .await
             .unwrap();
-        sandbox
-            .upload_skeleton(genesis::snapshot::Owner {
-                uid: 10001,
-                gid: 10001,
-            })
-            .await
-            .unwrap();
+        sandbox.upload_skeleton(owner).await.unwrap();
         let mut tar = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Directory);
@@ -204,8 +234,63 @@ pub fn run_script_in_sandbox(
             .await
             .unwrap();
         sandbox.remove().await.unwrap();
+        assert!(
+            !dir.path().join("scratch").exists()
+                || std::fs::read_dir(dir.path().join("scratch"))
+                    .unwrap()
+                    .next()
+                    .is_none(),
+            "the run's disk was not released"
+        );
         outcome
     })
+}
+
+/// What the isolation probe prints (see [`PROBE_EXPECTED`]).
+pub const PROBE_SCRIPT: &str = r#"
+echo "uid=$(id -u)"
+grep -E '^(CapEff|NoNewPrivs):' /proc/self/status | tr -d '\t '
+echo "mem=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max)"
+echo "swap=$(cat /sys/fs/cgroup/memory/memory.memsw.limit_in_bytes 2>/dev/null || echo n/a)"
+echo "pids=$(cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max)"
+echo "cpu=$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null)"
+echo "nets=$(ls /sys/class/net | tr '\n' ' ')"
+touch /etc/genesis-probe 2>/dev/null && echo "etc=writable" || echo "etc=readonly"
+touch /usr/genesis-probe 2>/dev/null && echo "usr=writable" || echo "usr=readonly"
+touch /workspace/app/probe && echo "workspace=writable"
+touch /genesis/out/probe && echo "out=writable"
+touch /tmp/probe && echo "tmp=writable"
+[ -e /var/run/docker.sock ] && echo "sock=present" || echo "sock=absent"
+"#;
+
+/// The probe's lines under limits cpus 0.5, memory 128 MB, pids 50.
+pub const PROBE_EXPECTED: &[&str] = &[
+    "CapEff:0000000000000000",
+    "NoNewPrivs:1",
+    "mem=134217728",
+    "swap=134217728",
+    "pids=50",
+    "cpu=50000",
+    "nets=lo ",
+    "etc=readonly",
+    "usr=readonly",
+    "workspace=writable",
+    "out=writable",
+    "tmp=writable",
+    "sock=absent",
+];
+
+/// The limits [`PROBE_EXPECTED`] is written for.
+pub fn probe_limits(disk_mb: u64) -> genesis::config::Limits {
+    genesis::config::Limits {
+        cpus: 0.5,
+        memory_mb: 128,
+        pids: 50,
+        timeout_ms: 30_000,
+        network: false,
+        install_changes: true,
+        disk_mb,
+    }
 }
 
 /// Commits what is staged, with a fixed test identity.
@@ -347,6 +432,8 @@ pub struct ServeProcess {
     pub child: Option<std::process::Child>,
     /// Log lines from stderr, as they arrive.
     pub lines: std::sync::mpsc::Receiver<String>,
+    /// Lines already taken from `lines` (by the waits), for later counting.
+    pub history: std::sync::Mutex<Vec<String>>,
 }
 
 impl ServeProcess {
@@ -377,6 +464,7 @@ impl ServeProcess {
         let serve = ServeProcess {
             child: Some(child),
             lines: rx,
+            history: std::sync::Mutex::new(Vec::new()),
         };
         serve.wait_for_line("genesis ready", std::time::Duration::from_secs(60));
         serve
@@ -389,11 +477,43 @@ impl ServeProcess {
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(line) => seen.push(line),
+                Ok(line) if line.contains(needle) => {
+                    self.history.lock().unwrap().push(line.clone());
+                    return line;
+                }
+                Ok(line) => {
+                    self.history.lock().unwrap().push(line.clone());
+                    seen.push(line)
+                }
                 Err(_) => panic!(
                     "no log line with {needle:?} within {timeout:?}; log:\n{}",
                     seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Blocks until `n` lines containing `needle` were logged, counting
+    /// those an earlier wait already took.
+    pub fn wait_for_count(&self, needle: &str, n: usize, timeout: std::time::Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let count = self
+                .history
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(needle))
+                .count();
+            if count >= n {
+                return;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.history.lock().unwrap().push(line),
+                Err(_) => panic!(
+                    "{count} of {n} log lines with {needle:?} within {timeout:?}; log:\n{}",
+                    self.history.lock().unwrap().join("\n")
                 ),
             }
         }

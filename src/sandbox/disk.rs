@@ -1,0 +1,270 @@
+//! The disk cap (`[limits.*] disk_mb`): every run writes into a file system
+//! of its own, of exactly that size, and nowhere else.
+//!
+//! Why this mechanism: the engine's storage driver here is fuse-overlayfs,
+//! which has no per-container quota (`--storage-opt size` needs overlay2 on
+//! xfs with project quotas), and watching a container's upper directory
+//! from outside caps nothing: a fast writer is gigabytes past the limit
+//! before the next look. A file system of fixed size is a cap the kernel
+//! enforces on every write: the writer gets `ENOSPC` at the limit, and the
+//! host loses at most `disk_mb` (the image file is sparse, so an idle run
+//! costs almost nothing).
+//!
+//! Shape of one run's disk, under `GENESIS_HOME/scratch/NAME/`:
+//! - `disk.img`: a sparse file of `disk_mb`, formatted ext4 without a
+//!   journal or reserved blocks (a throwaway file system needs neither);
+//! - `mnt/`: where it is loop-mounted (`nosuid,nodev`), holding `workspace/`,
+//!   `tmp/` and `out/`, bind-mounted at `/workspace`, `/tmp` (and
+//!   `/var/tmp`) and `/genesis/out`. The container's root is read-only, so
+//!   these are the only places a run can write.
+//!
+//! Files still go in and out through the engine's archive API (before start,
+//! after stop), never by genesis touching the mount while a container could:
+//! genesis only creates the three empty directories on a fresh file system
+//! and checks its free space after the container stopped.
+//!
+//! Needs root and loop devices on the engine's host (a local engine);
+//! `doctor` checks, and `disk_mb = 0` runs without the cap.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::errors::{GenesisError, Result};
+use crate::snapshot::Owner;
+
+/// Where the run's directories appear inside the container.
+pub const WORKSPACE: &str = "/workspace";
+pub const OUT: &str = "/genesis/out";
+pub const TMP_DIRS: [&str; 2] = ["/tmp", "/var/tmp"];
+
+/// One run's mounted file system; unmounted and deleted by
+/// [`ScratchDisk::release`] (or on drop).
+#[derive(Debug)]
+pub struct ScratchDisk {
+    root: PathBuf,
+    size_mb: u64,
+    released: bool,
+}
+
+impl ScratchDisk {
+    /// Makes, formats and mounts a disk of `size_mb` at `root` (which must
+    /// not exist yet), with the run's directories owned by `owner`.
+    pub fn create(root: &Path, size_mb: u64, owner: Owner) -> Result<ScratchDisk> {
+        std::fs::create_dir_all(root.join("mnt"))
+            .map_err(|e| GenesisError::io(format!("creating {}", root.display()), e))?;
+        let disk = ScratchDisk {
+            root: root.to_path_buf(),
+            size_mb,
+            released: false,
+        };
+        let image = disk.image();
+        let file = std::fs::File::create(&image)
+            .map_err(|e| GenesisError::io(format!("creating {}", image.display()), e))?;
+        file.set_len(size_mb.saturating_mul(1024 * 1024))
+            .map_err(|e| GenesisError::io(format!("sizing {}", image.display()), e))?;
+        drop(file);
+        run_tool(
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-m", "0", "-O", "^has_journal"])
+                .args(["-E", "nodiscard,lazy_itable_init=1"])
+                .arg(&image),
+            "formatting the run's disk",
+        )?;
+        run_tool(
+            Command::new("mount")
+                .args(["-o", "loop,nosuid,nodev", "-t", "ext4"])
+                .arg(&image)
+                .arg(disk.mount_point()),
+            "mounting the run's disk",
+        )?;
+        disk.make_dirs(owner)?;
+        Ok(disk)
+    }
+
+    fn image(&self) -> PathBuf {
+        self.root.join("disk.img")
+    }
+
+    fn mount_point(&self) -> PathBuf {
+        self.root.join("mnt")
+    }
+
+    pub fn size_mb(&self) -> u64 {
+        self.size_mb
+    }
+
+    /// The run's directories on a fresh file system: nothing of a
+    /// container's has been there yet.
+    fn make_dirs(&self, owner: Owner) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let mnt = self.mount_point();
+        let _ = std::fs::remove_dir_all(mnt.join("lost+found"));
+        for (dir, mode) in [("workspace", 0o755), ("out", 0o755), ("tmp", 0o1777)] {
+            let path = mnt.join(dir);
+            std::fs::create_dir(&path)
+                .and_then(|_| {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                })
+                .and_then(|_| chown(&path, owner))
+                .map_err(|e| GenesisError::io(format!("preparing {}", path.display()), e))?;
+        }
+        Ok(())
+    }
+
+    /// `(host path, container path)` of each bind mount.
+    pub fn binds(&self) -> Vec<(String, String)> {
+        let mnt = self.mount_point();
+        let host = |d: &str| mnt.join(d).display().to_string();
+        let mut binds = vec![
+            (host("workspace"), WORKSPACE.to_string()),
+            (host("out"), OUT.to_string()),
+        ];
+        binds.extend(TMP_DIRS.iter().map(|t| (host("tmp"), t.to_string())));
+        binds
+    }
+
+    /// Whether the file system is (all but) full: fewer free bytes than
+    /// one percent of it (at least 1 MiB), or no free inodes. Read after the
+    /// container stopped, to tell `disk_limit` from an ordinary failure.
+    pub fn is_full(&self) -> bool {
+        let Ok(stat) = nix_statvfs(&self.mount_point()) else {
+            return false;
+        };
+        let slack = (self.size_mb * 1024 * 1024 / 100).max(1024 * 1024);
+        stat.free_bytes < slack || stat.free_inodes == 0
+    }
+
+    /// Unmounts and deletes the disk. Called after the container is removed.
+    pub fn release(mut self) -> Result<()> {
+        self.released = true;
+        release_at(&self.root)
+    }
+}
+
+impl Drop for ScratchDisk {
+    fn drop(&mut self) {
+        if !self.released {
+            let _ = release_at(&self.root);
+        }
+    }
+}
+
+/// Unmounts (when mounted) and removes one run's disk directory.
+fn release_at(root: &Path) -> Result<()> {
+    let mnt = root.join("mnt");
+    if is_mount_point(&mnt) {
+        let plain = Command::new("umount").arg(&mnt).output();
+        if !plain.map(|o| o.status.success()).unwrap_or(false) {
+            // Busy (a container the engine has not let go of yet): detach
+            // now, the kernel frees it when the last user goes.
+            run_tool(
+                Command::new("umount").arg("-l").arg(&mnt),
+                "unmounting a run's disk",
+            )?;
+        }
+    }
+    std::fs::remove_dir_all(root)
+        .map_err(|e| GenesisError::io(format!("removing {}", root.display()), e))
+}
+
+/// Releases every disk under `scratch` (a dead process's leftovers; call
+/// only when no run of this home is alive). Returns how many there were.
+pub fn release_all(scratch: &Path) -> Result<usize> {
+    let Ok(entries) = std::fs::read_dir(scratch) else {
+        return Ok(0);
+    };
+    let mut released = 0;
+    for entry in entries.flatten() {
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            release_at(&entry.path())?;
+            released += 1;
+        }
+    }
+    Ok(released)
+}
+
+/// Whether `path` is a mount point, read from /proc/self/mountinfo (a
+/// device comparison would miss a bind of the same file system).
+fn is_mount_point(path: &Path) -> bool {
+    let Ok(canonical) = path.canonicalize() else {
+        return false;
+    };
+    let wanted = canonical.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|info| {
+            info.lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .any(|mount| unescape_mountinfo(mount) == wanted)
+        })
+        .unwrap_or(false)
+}
+
+/// mountinfo writes space, tab, newline and backslash as octal escapes.
+fn unescape_mountinfo(field: &str) -> String {
+    field
+        .replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+struct FsStat {
+    free_bytes: u64,
+    free_inodes: u64,
+}
+
+fn nix_statvfs(path: &Path) -> std::io::Result<FsStat> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c_path is NUL-terminated and stat is a valid out-pointer.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(FsStat {
+        free_bytes: stat.f_bavail as u64 * stat.f_frsize as u64,
+        free_inodes: stat.f_favail as u64,
+    })
+}
+
+fn chown(path: &Path, owner: Owner) -> std::io::Result<()> {
+    let id = |n: u64| u32::try_from(n).map_err(|_| std::io::Error::other("uid/gid out of range"));
+    std::os::unix::fs::chown(path, Some(id(owner.uid)?), Some(id(owner.gid)?))
+}
+
+/// Runs a host tool (mkfs, mount), naming it and its output on failure.
+fn run_tool(command: &mut Command, what: &str) -> Result<()> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let output = command.output().map_err(|e| {
+        GenesisError::sandbox(
+            what,
+            format!(
+                "{program} could not be started ({e}); the disk cap ([limits.*] disk_mb) needs \
+                 e2fsprogs and util-linux on the engine's host, or set disk_mb = 0"
+            ),
+        )
+    })?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(GenesisError::sandbox(
+        what,
+        format!(
+            "{program} failed ({}): {}; the disk cap ([limits.*] disk_mb) needs root and loop \
+             devices on the engine's host, or set disk_mb = 0",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo("/a\\040b\\134c"), "/a b\\c");
+    }
+}
