@@ -17,6 +17,7 @@ use crate::errors::{GenesisError, Result};
 use crate::results::ReportSpec;
 
 pub mod globs;
+pub mod host;
 pub mod schedule;
 
 /// The built-in defaults, compiled into the binary so it runs from anywhere.
@@ -254,6 +255,7 @@ struct FileConfig {
     store_cache_mb: u64,
     #[serde(default)]
     llm_patterns: Option<PathBuf>,
+    host: host::HostConfig,
     nats: NatsConfig,
     limits: BTreeMap<RiskLevel, Limits>,
     thresholds: ThresholdTable,
@@ -282,6 +284,10 @@ pub struct Config {
     pub drain_timeout_ms: u64,
     /// redb page cache; bounds memory however large the store grows.
     pub store_cache_mb: u64,
+    /// `[host] name`, resolved (the machine's hostname when unset): stamped
+    /// on every record, result and export row, so several hosts' exports
+    /// load into one database without colliding.
+    pub host: String,
     pub nats: NatsConfig,
     pub limits: BTreeMap<RiskLevel, Limits>,
     pub thresholds: ThresholdTable,
@@ -410,6 +416,7 @@ impl Config {
             queue_capacity: parsed.queue_capacity,
             drain_timeout_ms: parsed.drain_timeout_ms,
             store_cache_mb: parsed.store_cache_mb,
+            host: parsed.host.resolve(),
             nats,
             limits: parsed.limits,
             thresholds: parsed.thresholds,
@@ -439,6 +446,12 @@ impl Config {
                 ));
             }
         }
+        host::check_host_name(&self.host).map_err(|e| {
+            bad(
+                "host.name",
+                format!("{e} (unset, it is the machine's hostname)"),
+            )
+        })?;
         if self.max_concurrent == 0 {
             return Err(bad(
                 "max_concurrent",

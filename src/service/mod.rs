@@ -161,6 +161,7 @@ impl Service {
                 tracing::warn!(reason = %invalid, "rejected request");
                 let id = invalid.experiment_id.clone().unwrap_or_default();
                 let result = ExperimentResult::failed(
+                    &self.config.host,
                     &id,
                     invalid.instance_id.as_deref().unwrap_or(""),
                     ErrorKind::InvalidRequest,
@@ -399,12 +400,13 @@ impl Service {
             let Some(record) = store.call(move |s| s.get(&key)).await? else {
                 continue;
             };
-            if !crate::runner::owner_is_dead(&record.owner) && record.owner != self.runner.instance
-            {
+            let me = &self.runner.instance;
+            if !crate::runner::owner_is_dead(&record.owner, me) && record.owner != *me {
                 continue;
             }
             let request = record.request()?;
             let result = ExperimentResult::failed(
+                &self.config.host,
                 &id,
                 &record.instance_id,
                 ErrorKind::Internal,
@@ -438,6 +440,7 @@ impl Service {
             if let Ok(Some(record)) = self.runner.store.call(move |s| s.get(&key)).await {
                 if let Ok(request) = record.request() {
                     let result = ExperimentResult::failed(
+                        &self.config.host,
                         &id,
                         &record.instance_id,
                         ErrorKind::Internal,
