@@ -192,6 +192,13 @@ pub struct NatsConfig {
     pub consumer: String,
     pub ack_wait_ms: u64,
     pub progress_ack_ms: u64,
+    /// What must wait for NATS (publishing an answer, setting up and
+    /// pulling from JetStream) is retried after this long, doubling up to
+    /// `retry_max_ms`, for as long as NATS is away.
+    pub retry_min_ms: u64,
+    pub retry_max_ms: u64,
+    /// How long one JetStream pull waits for a request before it is renewed.
+    pub pull_expires_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -81,6 +81,10 @@ pub struct ExperimentRecord {
     /// When the result was confirmed published (unix ms); a JetStream
     /// redelivery of a published experiment is acknowledged, not answered again.
     pub published_at: Option<i64>,
+    /// Stream sequence of the JetStream message whose answer was published
+    /// first: any later delivery of that message (a redelivery, or a replay
+    /// to a consumer created again) is acknowledged, not answered again.
+    pub request_seq: Option<u64>,
     /// Unix milliseconds.
     pub inserted_at: i64,
     pub updated_at: i64,
@@ -108,6 +112,7 @@ impl ExperimentRecord {
             owner: owner.into(),
             host: String::new(),
             published_at: None,
+            request_seq: None,
             inserted_at: now_ms,
             updated_at: now_ms,
         }
@@ -279,6 +284,7 @@ pub mod v1 {
                 owner: r.owner,
                 host: String::new(),
                 published_at: r.published_at,
+                request_seq: None,
                 inserted_at: r.inserted_at,
                 updated_at: r.updated_at,
             }
