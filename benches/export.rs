@@ -41,6 +41,7 @@ fn synthetic(i: usize) -> (ExperimentRecord, Option<MetricsRow>) {
     record.recommendation = Some("merge".into());
     let metrics = MetricsRow {
         experiment_id: id,
+        host: String::new(),
         metrics: Metrics {
             success_rate: 0.95,
             llm_reduction: 0.38,

@@ -192,6 +192,7 @@ fn completed(id: &str, recommendation: Recommendation) -> Completed {
         environment: None,
         framework: None,
         analysis: None,
+        host: "test-host".into(),
         timestamp: DateTime::from_timestamp_millis(0).unwrap(),
     }
 }
@@ -222,6 +223,7 @@ fn add(f: &Fixture, id: &str, kind: Kind, age_hours: i64, extra: &[(&str, Vec<u8
             Recommendation::Rollback,
         ))),
         Kind::Failed => Some(ExperimentResult::failed(
+            "test-host",
             id,
             "inst-1",
             ErrorKind::Timeout,
@@ -236,6 +238,7 @@ fn add(f: &Fixture, id: &str, kind: Kind, age_hours: i64, extra: &[(&str, Vec<u8
     let metrics = match &result {
         Some(ExperimentResult::Success(c)) => Some(MetricsRow {
             experiment_id: id.into(),
+            host: String::new(),
             metrics: c.metrics.clone(),
             baseline: (&c.baseline).into(),
             regressions: vec![],

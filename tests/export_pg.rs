@@ -1,8 +1,9 @@
 //! `genesis export` loaded into a real PostgreSQL (a throwaway cluster of
 //! this test's own): the SQL file twice and a newer one on top, the CSV
-//! files with `\copy`, and every column of every row compared with what the
-//! store holds, including a row whose text holds every character COPY and
-//! CSV treat specially.
+//! files with `\copy`, two hosts' exports into one database, an export over
+//! a database loaded before the host column, and every column of every row
+//! compared with what the stores hold, including a row whose text holds
+//! every character COPY and CSV treat specially.
 
 mod support;
 
@@ -41,6 +42,7 @@ fn request(id: &str, description: &str, patch: &str) -> Request {
 fn metrics_row(id: &str, inserted_at: i64) -> MetricsRow {
     MetricsRow {
         experiment_id: id.into(),
+        host: String::new(),
         metrics: Metrics {
             success_rate: 11.0 / 13.0,
             llm_reduction: 0.5,
@@ -68,9 +70,15 @@ fn metrics_row(id: &str, inserted_at: i64) -> MetricsRow {
 
 /// A store with a plain record, a nasty one, a failed one, metrics and history.
 fn populate(store: &Store) {
+    populate_as(store, "exp")
+}
+
+/// As [`populate`], the experiment ids starting with `prefix`.
+fn populate_as(store: &Store, prefix: &str) {
     let t0 = 1_764_000_000_123; // 2025-11-24T16:00:00.123Z
+    let id = |name: &str| format!("{prefix}-{name}");
     let mut plain = ExperimentRecord::new(
-        &request("exp-plain", "simple", "p"),
+        &request(&id("plain"), "simple", "p"),
         Status::Completed,
         "h:1",
         t0,
@@ -78,7 +86,7 @@ fn populate(store: &Store) {
     plain.recommendation = Some("merge".into());
     plain.result_json = Some(json!({"status": "success", "n": 1}).to_string());
     let mut nasty = ExperimentRecord::new(
-        &request("exp-nasty", NASTY, NASTY),
+        &request(&id("nasty"), NASTY, NASTY),
         Status::Completed,
         "h:1",
         t0 + 1,
@@ -86,7 +94,7 @@ fn populate(store: &Store) {
     nasty.recommendation = Some("rollback".into());
     nasty.error = Some(NASTY.into());
     let mut failed = ExperimentRecord::new(
-        &request("exp-failed", "", ""),
+        &request(&id("failed"), "", ""),
         Status::Failed,
         "h:1",
         t0 + 2,
@@ -95,26 +103,26 @@ fn populate(store: &Store) {
     failed.error_kind = Some("timeout".into());
     failed.timeout_ms = None;
     store
-        .write_final(&plain, Some(&metrics_row("exp-plain", t0)), None)
+        .write_final(&plain, Some(&metrics_row(&id("plain"), t0)), None)
         .unwrap();
     store
-        .write_final(&nasty, Some(&metrics_row("exp-nasty", t0 + 1)), None)
+        .write_final(&nasty, Some(&metrics_row(&id("nasty"), t0 + 1)), None)
         .unwrap();
     store.write_final(&failed, None, None).unwrap();
     store
         .add_history(
-            "exp-nasty",
+            &id("nasty"),
             "create",
-            "/home/x/sandboxes/exp-nasty",
+            &format!("/home/x/sandboxes/{}", id("nasty")),
             42,
             NASTY,
         )
         .unwrap();
     store
         .add_history(
-            "exp-plain",
+            &id("plain"),
             "archive",
-            "/home/x/archives/exp-plain.tar.gz",
+            &format!("/home/x/archives/{}.tar.gz", id("plain")),
             u64::MAX,
             "",
         )
@@ -139,13 +147,20 @@ fn json_without_nul(text: &str) -> Value {
 
 /// Compares every column PostgreSQL holds with the store.
 fn assert_matches_store(pg: &PgCluster, db: &str, store: &Store) {
+    assert_matches_stores(pg, db, &[store])
+}
+
+/// Compares every column PostgreSQL holds with what the stores hold together.
+fn assert_matches_stores(pg: &PgCluster, db: &str, stores: &[&Store]) {
     let mut records = Vec::new();
-    store
-        .for_each_record(None, |r| {
-            records.push(r);
-            Ok(())
-        })
-        .unwrap();
+    for store in stores {
+        store
+            .for_each_record(None, |r| {
+                records.push(r);
+                Ok(())
+            })
+            .unwrap();
+    }
     records.sort_by(|a, b| a.experiment_id.cmp(&b.experiment_id));
     let rows = pg.rows(db, "experiment_records", "experiment_id");
     assert_eq!(rows.len(), records.len(), "{rows:?}");
@@ -159,6 +174,7 @@ fn assert_matches_store(pg: &PgCluster, db: &str, store: &Store) {
             )
         };
         expect_text("experiment_id", &r.experiment_id);
+        expect_text("host", &r.host);
         expect_text("instance_id", &r.instance_id);
         expect_text("experiment_type", &r.experiment_type);
         expect_text("description", &r.description);
@@ -180,12 +196,14 @@ fn assert_matches_store(pg: &PgCluster, db: &str, store: &Store) {
     }
 
     let mut metrics = Vec::new();
-    store
-        .for_each_metrics(|m| {
-            metrics.push(m);
-            Ok(())
-        })
-        .unwrap();
+    for store in stores {
+        store
+            .for_each_metrics(|m| {
+                metrics.push(m);
+                Ok(())
+            })
+            .unwrap();
+    }
     metrics.sort_by(|a, b| a.experiment_id.cmp(&b.experiment_id));
     let rows = pg.rows(db, "experiment_metrics", "experiment_id");
     assert_eq!(rows.len(), metrics.len());
@@ -194,6 +212,7 @@ fn assert_matches_store(pg: &PgCluster, db: &str, store: &Store) {
         let f = |col: &str| row[col].as_f64();
         let u = |col: &str| row[col].as_u64();
         assert_eq!(row["experiment_id"], Value::String(m.experiment_id.clone()));
+        assert_eq!(row["host"], Value::String(m.host.clone()));
         assert_eq!(f("success_rate"), Some(x.success_rate));
         assert_eq!(f("llm_reduction"), Some(x.llm_reduction));
         assert_eq!(f("regression"), Some(x.regression));
@@ -220,15 +239,19 @@ fn assert_matches_store(pg: &PgCluster, db: &str, store: &Store) {
     }
 
     let mut history = Vec::new();
-    store
-        .for_each_history(|h| {
-            history.push(h);
-            Ok(())
-        })
-        .unwrap();
-    let rows = pg.rows(db, "sandbox_history", "id");
+    for store in stores {
+        store
+            .for_each_history(|h| {
+                history.push(h);
+                Ok(())
+            })
+            .unwrap();
+    }
+    history.sort_by(|a, b| (&a.host, a.id).cmp(&(&b.host, b.id)));
+    let rows = pg.rows(db, "sandbox_history", "host, id");
     assert_eq!(rows.len(), history.len());
     for (row, h) in rows.iter().zip(&history) {
+        assert_eq!(row["host"], Value::String(h.host.clone()));
         assert_eq!(row["id"].as_u64(), Some(h.id));
         assert_eq!(row["experiment_id"], Value::String(h.experiment_id.clone()));
         assert_eq!(row["operation"], Value::String(h.operation.clone()));
@@ -337,4 +360,87 @@ fn since_keeps_only_rows_at_or_after_the_instant() {
         !text.lines().any(|l| l.starts_with("exp-plain\t")),
         "{text}"
     );
+}
+
+/// Two hosts, each with its own store (so their history ids are both 1 and
+/// 2), load into one database: nothing collides, reloading adds nothing.
+#[test]
+fn exports_of_two_hosts_load_into_one_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = genesis::store::DEFAULT_CACHE_BYTES;
+    let a = Store::open_with(&dir.path().join("a.redb"), cache, "host-a").unwrap();
+    let b = Store::open_with(&dir.path().join("b.redb"), cache, "host-b").unwrap();
+    populate_as(&a, "a");
+    populate_as(&b, "b");
+    let pg = PgCluster::start();
+    pg.exec("postgres", "CREATE DATABASE genesis");
+    let (file_a, file_b) = (dir.path().join("a.sql"), dir.path().join("b.sql"));
+    sql_export(&a, &file_a);
+    sql_export(&b, &file_b);
+    for file in [&file_a, &file_b, &file_a, &file_b] {
+        assert_loads(&pg, "genesis", file);
+    }
+    assert_matches_stores(&pg, "genesis", &[&a, &b]);
+    let hosts = pg.rows(
+        "genesis",
+        "(SELECT host, count(*) AS n FROM sandbox_history GROUP BY host)",
+        "host",
+    );
+    assert_eq!(
+        hosts,
+        [
+            json!({"host": "host-a", "n": 2}),
+            json!({"host": "host-b", "n": 2})
+        ]
+    );
+}
+
+/// The tables as the exports before hosts created them: no `host` column,
+/// `sandbox_history` keyed by `id` alone.
+const SCHEMA_BEFORE_HOSTS: &str = "
+CREATE TABLE experiment_records (experiment_id text NOT NULL, instance_id text, experiment_type text,
+    description text, risk_level text, estimated_impact double precision, changes jsonb,
+    rollback_plan text, timeout_ms bigint, status text, recommendation text, error text,
+    error_kind text, result jsonb, inserted_at timestamptz, updated_at timestamptz,
+    PRIMARY KEY (experiment_id));
+CREATE TABLE experiment_metrics (experiment_id text NOT NULL, success_rate double precision,
+    llm_reduction double precision, regression double precision, runtime_ms bigint,
+    test_count bigint, failures bigint, memory_peak_mb double precision,
+    cpu_usage_percent double precision, io_operations bigint, performance_delta double precision,
+    code_coverage_percent double precision, complexity_change double precision,
+    baseline_test_count bigint, baseline_failures bigint, baseline_runtime_ms bigint,
+    regressions jsonb, flaky jsonb, inserted_at timestamptz, PRIMARY KEY (experiment_id));
+CREATE TABLE sandbox_history (id bigint NOT NULL, experiment_id text, operation text, path text,
+    size_bytes bigint, detail text, inserted_at timestamptz, PRIMARY KEY (id));
+INSERT INTO experiment_records (experiment_id, status, updated_at)
+    VALUES ('exp-plain', 'queued', '2025-01-01 00:00:00+00');
+INSERT INTO experiment_metrics (experiment_id, test_count) VALUES ('exp-plain', 1);
+INSERT INTO sandbox_history (id, experiment_id, operation) VALUES (1, 'exp-nasty', 'create'),
+    (2, 'exp-plain', 'archive');
+";
+
+/// A database loaded before hosts were recorded: the first newer export
+/// names its host on the old rows and re-keys `sandbox_history`, so the
+/// same history loaded again updates those rows instead of doubling them.
+#[test]
+fn an_export_loads_over_a_database_from_before_hosts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = genesis::store::DEFAULT_CACHE_BYTES;
+    let store = Store::open_with(&dir.path().join("g.redb"), cache, "host-a").unwrap();
+    populate(&store);
+    let pg = PgCluster::start();
+    pg.exec("postgres", "CREATE DATABASE genesis");
+    pg.exec("genesis", SCHEMA_BEFORE_HOSTS);
+    let file = dir.path().join("g.sql");
+    sql_export(&store, &file);
+    assert_loads(&pg, "genesis", &file);
+    assert_loads(&pg, "genesis", &file);
+    assert_matches_store(&pg, "genesis", &store);
+    let key = pg.rows(
+        "genesis",
+        "(SELECT pg_get_constraintdef(oid) AS def FROM pg_constraint \
+          WHERE conrelid = 'sandbox_history'::regclass AND contype = 'p')",
+        "def",
+    );
+    assert_eq!(key, [json!({"def": "PRIMARY KEY (host, id)"})]);
 }

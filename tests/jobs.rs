@@ -40,6 +40,7 @@ fn finished(store: &Store, id: &str, kind: &str, risk: &str, status: Status, rec
     record.recommendation = Some(rec.into());
     let metrics = (status == Status::Completed).then(|| MetricsRow {
         experiment_id: id.into(),
+        host: String::new(),
         metrics: Metrics {
             regression: 0.02,
             llm_reduction: 0.5,

@@ -61,8 +61,8 @@ fn metrics(success_rate: f64, regression: f64, llm_reduction: f64) -> Metrics {
 }
 
 /// A completed experiment as the runner stores it: record with the result
-/// document (plus `analysis` and `host`, which the contract adds), metrics
-/// and per-test outcomes, in one transaction.
+/// document (with `analysis` and `host`), metrics and per-test outcomes,
+/// in one transaction.
 fn store_completed(
     store: &Store,
     (id, kind, risk): (&str, &str, &str),
@@ -119,16 +119,14 @@ fn store_completed(
                 after: 37,
             },
         }),
+        host: "worker-7".into(),
         timestamp: DateTime::from_timestamp_millis(at).unwrap(),
     };
-    // `host` is in the contract's result but not (yet) in `Completed`: the
-    // page reads it from the stored document.
-    let mut doc = serde_json::to_value(ExperimentResult::Success(completed)).unwrap();
-    doc["host"] = "worker-7".into();
-    record.result_json = Some(doc.to_string());
+    record.result_json = Some(ExperimentResult::Success(completed).to_json());
     record.recommendation = Some(rec.as_str().into());
     let row = MetricsRow {
         experiment_id: id.into(),
+        host: String::new(),
         metrics: m,
         baseline: BaselineFigures {
             test_count: 250,
@@ -148,6 +146,7 @@ fn store_failed(store: &Store, id: &str, kind: &str, risk: &str, at: i64) {
     let req = request(id, kind, risk, "bump the parser");
     let mut record = ExperimentRecord::new(&req, Status::Failed, "host:1", at);
     let result = ExperimentResult::failed(
+        "test-host",
         id,
         "singularity-1",
         ErrorKind::Timeout,
@@ -611,6 +610,7 @@ fn month_of_experiments(store: &Store, config: &Config, now: DateTime<Utc>, coun
             record.recommendation = Some(rec.as_str().into());
             let row = MetricsRow {
                 experiment_id: id,
+                host: String::new(),
                 metrics: m,
                 baseline: BaselineFigures::default(),
                 regressions: vec![],
@@ -763,6 +763,7 @@ fn trends_over_10000_experiments_stay_small_and_quick() {
             record.recommendation = Some(rec.as_str().into());
             let m = (!failed).then(|| MetricsRow {
                 experiment_id: id.clone(),
+                host: String::new(),
                 metrics: metrics(0.9, if i % 4 == 0 { 0.03 } else { 0.0 }, 0.2),
                 baseline: BaselineFigures::default(),
                 regressions: vec![],

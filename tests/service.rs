@@ -13,42 +13,6 @@ use futures_util::StreamExt;
 use support::nats::NatsServer;
 use support::*;
 
-const TAP_SUITE: &str = "echo 1..3\necho ok 1 - adds\necho ok 2 - subtracts\necho ok 3 - divides\n";
-
-fn config(max_concurrent: usize, jetstream: bool) -> String {
-    format!(
-        r#"
-default_repo = "app"
-max_concurrent = {max_concurrent}
-drain_timeout_ms = 60000
-
-[nats]
-jetstream = {jetstream}
-progress_ack_ms = 500
-ack_wait_ms = 5000
-
-[repos.app]
-path = "{{root}}/app"
-image = "genesis/busybox:latest"
-test_command = "sh run_tests.sh"
-report = "tap"
-"#
-    )
-}
-
-fn home(max_concurrent: usize, jetstream: bool) -> TestHome {
-    ensure_image("busybox");
-    let home = TestHome::new(&config(max_concurrent, jetstream));
-    git_repo(&home.root().join("app"), &[("run_tests.sh", TAP_SUITE)]);
-    home
-}
-
-fn sleepy_request(id: &str, seconds: f64) -> serde_json::Value {
-    let mut r = request(id, "low", &[], "");
-    r["test_command"] = format!("sleep {seconds}; sh run_tests.sh").into();
-    r
-}
-
 /// Everything genesis publishes, as (subject, headers, json).
 struct Listener {
     sub: async_nats::Subscriber,
@@ -131,7 +95,7 @@ async fn send(client: &async_nats::Client, req: &serde_json::Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_trip_with_reply_and_traceparent() {
     let nats = NatsServer::start(false);
-    let home = home(2, false);
+    let home = serve_home(2, false);
     let _serve = ServeProcess::start(&home, &nats.url());
     let client = async_nats::connect(nats.url()).await.unwrap();
     let mut listener = Listener::new(&client).await;
@@ -195,7 +159,7 @@ async fn round_trip_with_reply_and_traceparent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_requests_never_exceed_max_concurrent() {
     let nats = NatsServer::start(false);
-    let home = home(2, false);
+    let home = serve_home(2, false);
     let _serve = ServeProcess::start(&home, &nats.url());
     let client = async_nats::connect(nats.url()).await.unwrap();
     let mut listener = Listener::new(&client).await;
@@ -238,7 +202,7 @@ async fn twenty_requests_never_exceed_max_concurrent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_id_twice_runs_once_and_is_answered_twice() {
     let nats = NatsServer::start(false);
-    let home = home(2, false);
+    let home = serve_home(2, false);
     let _serve = ServeProcess::start(&home, &nats.url());
     let client = async_nats::connect(nats.url()).await.unwrap();
     let mut listener = Listener::new(&client).await;
@@ -294,7 +258,7 @@ async fn the_same_id_twice_runs_once_and_is_answered_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn junk_does_not_stop_the_next_good_request() {
     let nats = NatsServer::start(false);
-    let home = home(2, false);
+    let home = serve_home(2, false);
     let mut serve = ServeProcess::start(&home, &nats.url());
     let client = async_nats::connect(nats.url()).await.unwrap();
     let mut listener = Listener::new(&client).await;
@@ -362,9 +326,7 @@ async fn junk_does_not_stop_the_next_good_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_in_flight_then_restart_answers_each_exactly_once() {
     let nats = NatsServer::start(true);
-    ensure_image("busybox");
-    let home = TestHome::new(&config(4, true).replace("ack_wait_ms = 5000", "ack_wait_ms = 15000"));
-    git_repo(&home.root().join("app"), &[("run_tests.sh", TAP_SUITE)]);
+    let home = serve_home_with(&serve_config_acking(4, true, 15000));
     let mut serve = ServeProcess::start(&home, &nats.url());
     let client = async_nats::connect(nats.url()).await.unwrap();
     let mut listener = Listener::new(&client).await;
@@ -440,7 +402,7 @@ async fn sigkill_in_flight_then_restart_answers_each_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_restart_mid_run_loses_no_answer() {
     let mut nats = NatsServer::start(false);
-    let home = home(2, false);
+    let home = serve_home(2, false);
     let serve = ServeProcess::start(&home, &nats.url());
     let client = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
@@ -467,9 +429,8 @@ async fn a_nats_restart_mid_run_loses_no_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_services_share_one_queue_group() {
     let nats = NatsServer::start(false);
-    let a = home(2, false);
-    let b = TestHome::new(&config(2, false));
-    git_repo(&b.root().join("app"), &[("run_tests.sh", TAP_SUITE)]);
+    let a = serve_home(2, false);
+    let b = serve_home(2, false);
     let _serve_a = ServeProcess::start(&a, &nats.url());
     let _serve_b = ServeProcess::start(&b, &nats.url());
     let client = async_nats::connect(nats.url()).await.unwrap();
@@ -501,7 +462,7 @@ async fn two_services_share_one_queue_group() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_work_and_exits_zero() {
     let nats = NatsServer::start(false);
-    let home = home(2, false);
+    let home = serve_home(2, false);
     let mut serve = ServeProcess::start(&home, &nats.url());
     let client = async_nats::connect(nats.url()).await.unwrap();
     let mut listener = Listener::new(&client).await;
@@ -524,13 +485,11 @@ async fn sigterm_drains_in_flight_work_and_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_publishes_health_on_its_schedule() {
     let nats = NatsServer::start(false);
-    ensure_image("busybox");
     let text = format!(
         "{}\n[schedule]\nhealth = \"* * * * * *\"\n",
-        config(2, false)
+        serve_config(2, false)
     );
-    let home = TestHome::new(&text);
-    git_repo(&home.root().join("app"), &[("run_tests.sh", TAP_SUITE)]);
+    let home = serve_home_with(&text);
     let client = async_nats::connect(nats.url()).await.unwrap();
     let mut health = client.subscribe("system.health.genesis").await.unwrap();
     client.flush().await.unwrap();

@@ -93,7 +93,9 @@ fn sigkill_mid_stream_loses_no_committed_record() {
 
     let store = Store::open(&path).unwrap();
     for n in 0..=last {
-        let want = ExperimentRecord::new(&request(n), Status::Completed, "child", n as i64);
+        let mut want = ExperimentRecord::new(&request(n), Status::Completed, "child", n as i64);
+        // The store names its host on every record it writes.
+        want.host = store.host().to_owned();
         let got = store
             .get(&want.experiment_id)
             .unwrap()

@@ -318,6 +318,7 @@ async fn run(config: Arc<Config>, file: &str) -> Result<i32> {
         Ok(r) => r,
         Err(invalid) => {
             let result = ExperimentResult::failed(
+                &config.host,
                 invalid.experiment_id.as_deref().unwrap_or(""),
                 invalid.instance_id.as_deref().unwrap_or(""),
                 crate::contract::ErrorKind::InvalidRequest,
@@ -379,6 +380,7 @@ async fn run_interruptible(runner: &Runner, request: &Request) -> Result<Experim
                 crate::sandbox::remove_container(&runner.docker, &id).await?;
             }
             let result = ExperimentResult::failed(
+                &runner.config.host,
                 &request.experiment_id,
                 &request.instance_id,
                 crate::contract::ErrorKind::Internal,

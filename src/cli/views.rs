@@ -11,6 +11,8 @@ use std::io::Write;
 #[derive(Serialize)]
 struct RecordView<'a> {
     experiment_id: &'a str,
+    /// The host that ran it (`[host] name`).
+    host: &'a str,
     instance_id: &'a str,
     experiment_type: &'a str,
     description: &'a str,
@@ -27,6 +29,7 @@ impl<'a> From<&'a ExperimentRecord> for RecordView<'a> {
     fn from(r: &'a ExperimentRecord) -> Self {
         RecordView {
             experiment_id: &r.experiment_id,
+            host: &r.host,
             instance_id: &r.instance_id,
             experiment_type: &r.experiment_type,
             description: &r.description,

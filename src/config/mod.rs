@@ -17,6 +17,7 @@ use crate::errors::{GenesisError, Result};
 use crate::results::ReportSpec;
 
 pub mod globs;
+pub mod host;
 pub mod schedule;
 
 /// The built-in defaults, compiled into the binary so it runs from anywhere.
@@ -197,8 +198,12 @@ pub struct NatsConfig {
     pub consumer: String,
     pub ack_wait_ms: u64,
     pub progress_ack_ms: u64,
-    /// How long one pull request of the JetStream consumer lives. A request
-    /// left by a process that died still takes messages until it expires.
+    /// What must wait for NATS (publishing an answer, setting up and
+    /// pulling from JetStream) is retried after this long, doubling up to
+    /// `retry_max_ms`, for as long as NATS is away.
+    pub retry_min_ms: u64,
+    pub retry_max_ms: u64,
+    /// How long one JetStream pull waits for a request before it is renewed.
     pub pull_expires_ms: u64,
 }
 
@@ -298,6 +303,7 @@ struct FileConfig {
     store_cache_mb: u64,
     #[serde(default)]
     llm_patterns: Option<PathBuf>,
+    host: host::HostConfig,
     nats: NatsConfig,
     limits: BTreeMap<RiskLevel, Limits>,
     thresholds: ThresholdTable,
@@ -326,6 +332,10 @@ pub struct Config {
     pub drain_timeout_ms: u64,
     /// redb page cache; bounds memory however large the store grows.
     pub store_cache_mb: u64,
+    /// `[host] name`, resolved (the machine's hostname when unset): stamped
+    /// on every record, result and export row, so several hosts' exports
+    /// load into one database without colliding.
+    pub host: String,
     pub nats: NatsConfig,
     pub limits: BTreeMap<RiskLevel, Limits>,
     pub thresholds: ThresholdTable,
@@ -454,6 +464,7 @@ impl Config {
             queue_capacity: parsed.queue_capacity,
             drain_timeout_ms: parsed.drain_timeout_ms,
             store_cache_mb: parsed.store_cache_mb,
+            host: parsed.host.resolve(),
             nats,
             limits: parsed.limits,
             thresholds: parsed.thresholds,
@@ -483,6 +494,12 @@ impl Config {
                 ));
             }
         }
+        host::check_host_name(&self.host).map_err(|e| {
+            bad(
+                "host.name",
+                format!("{e} (unset, it is the machine's hostname)"),
+            )
+        })?;
         if self.max_concurrent == 0 {
             return Err(bad(
                 "max_concurrent",

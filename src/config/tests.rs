@@ -102,3 +102,14 @@ fn strict_policy_and_per_risk_overrides() {
     );
     assert!(load("policy = \"lenient\"\n").is_err());
 }
+
+#[test]
+fn host_name_defaults_to_the_machine_and_is_checked() {
+    let c = Config::from_layers(PathBuf::from("/h"), None, &Env::default()).unwrap();
+    assert_eq!(c.host, host::machine_hostname());
+    assert!(!c.host.is_empty());
+    assert_eq!(load("[host]\nname = \"host-a\"\n").unwrap().host, "host-a");
+    let err = load("[host]\nname = \"a b'\"\n").unwrap_err().to_string();
+    assert!(err.contains("host.name"), "{err}");
+    assert!(err.contains("' '"), "{err}");
+}

@@ -403,6 +403,11 @@ pub struct Completed {
     /// LLM call sites and complexity of the touched files, and who counted.
     #[serde(default)]
     pub analysis: Option<AnalysisSummary>,
+    /// `[host] name` of the genesis that ran it (contract §5), so a result
+    /// from a queue shared by several hosts can be traced to its machine.
+    /// Empty only in results stored before hosts were recorded.
+    #[serde(default)]
+    pub host: String,
     #[serde(with = "timestamp")]
     pub timestamp: DateTime<Utc>,
 }
@@ -417,6 +422,9 @@ pub struct Failed {
     pub error_kind: ErrorKind,
     /// Always `rollback`: nothing unproven is merged.
     pub recommendation: Recommendation,
+    /// `[host] name` of the genesis that answered, as on a completed result.
+    #[serde(default)]
+    pub host: String,
     #[serde(with = "timestamp")]
     pub timestamp: DateTime<Utc>,
 }
@@ -432,7 +440,9 @@ pub enum ExperimentResult {
 }
 
 impl ExperimentResult {
+    /// A failed result answered by `host` (`[host] name`).
     pub fn failed(
+        host: &str,
         experiment_id: &str,
         instance_id: &str,
         kind: ErrorKind,
@@ -444,8 +454,31 @@ impl ExperimentResult {
             error: error.into(),
             error_kind: kind,
             recommendation: Recommendation::Rollback,
+            host: host.to_owned(),
             timestamp: Utc::now(),
         })
+    }
+
+    /// The host that produced it; empty in results stored before hosts
+    /// were recorded.
+    pub fn host(&self) -> &str {
+        match self {
+            ExperimentResult::Success(c) => &c.host,
+            ExperimentResult::Failed(f) => &f.host,
+        }
+    }
+
+    /// Names `host` as the producer when the result names none (one stored
+    /// before hosts were recorded, read back by the store that holds it).
+    pub fn or_host(mut self, host: &str) -> Self {
+        let slot = match &mut self {
+            ExperimentResult::Success(c) => &mut c.host,
+            ExperimentResult::Failed(f) => &mut f.host,
+        };
+        if slot.is_empty() {
+            *slot = host.to_owned();
+        }
+        self
     }
 
     pub fn experiment_id(&self) -> &str {

@@ -73,12 +73,27 @@ fn unknown_fields_are_ignored_and_fingerprint_ignores_them() {
 
 #[test]
 fn result_has_contract_shape() {
-    let r = ExperimentResult::failed("e", "i", ErrorKind::NoTests, "no tests ran");
+    let r = ExperimentResult::failed("host-a", "e", "i", ErrorKind::NoTests, "no tests ran");
     let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
     assert_eq!(v["status"], "failed");
+    assert_eq!(v["host"], "host-a");
     assert_eq!(v["error_kind"], "no_tests");
     assert_eq!(v["recommendation"], "rollback");
     assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
     let back: ExperimentResult = serde_json::from_value(v).unwrap();
     assert_eq!(back.experiment_id(), "e");
+}
+
+#[test]
+fn a_result_stored_before_hosts_reads_back_and_takes_its_stores_host() {
+    let mut v: serde_json::Value = serde_json::from_str(
+        &ExperimentResult::failed("", "e", "i", ErrorKind::Internal, "x").to_json(),
+    )
+    .unwrap();
+    v.as_object_mut().unwrap().remove("host");
+    let old: ExperimentResult = serde_json::from_value(v).unwrap();
+    assert_eq!(old.host(), "");
+    assert_eq!(old.or_host("host-b").host(), "host-b");
+    let named = ExperimentResult::failed("host-a", "e", "i", ErrorKind::Internal, "x");
+    assert_eq!(named.or_host("host-b").host(), "host-a");
 }

@@ -23,6 +23,15 @@
 //!
 //! `--since` keeps rows whose own time is at or after the instant: a
 //! record's `updated_at`, a metrics row's and a history row's `inserted_at`.
+//!
+//! Several hosts, one database (contract §7): every table has a `host`
+//! column (`[host] name`, which the store stamps on its rows), and
+//! `sandbox_history`, whose ids are counted per store, is keyed by
+//! (`host`, `id`). A database loaded before the host column existed is
+//! upgraded once by the first newer export loaded into it: its rows came
+//! from one host, and are taken to be the loading export's (so reloading
+//! that host's history updates them instead of adding copies), and
+//! `sandbox_history`'s key gains `host`.
 
 use std::borrow::Cow;
 use std::fs::File;
@@ -94,7 +103,8 @@ enum Source {
 struct Table {
     source: Source,
     name: &'static str,
-    key: &'static str,
+    /// The primary key's columns: what the upsert matches on.
+    key: &'static [&'static str],
     columns: &'static [Column],
     /// Extra condition on the upsert (records only move forward).
     update_when: Option<&'static str>,
@@ -103,9 +113,10 @@ struct Table {
 const RECORDS: Table = Table {
     source: Source::Records,
     name: "experiment_records",
-    key: "experiment_id",
+    key: &["experiment_id"],
     columns: &[
         col("experiment_id", "text NOT NULL"),
+        col("host", "text"),
         col("instance_id", "text"),
         col("experiment_type", "text"),
         col("description", "text"),
@@ -128,9 +139,10 @@ const RECORDS: Table = Table {
 const METRICS: Table = Table {
     source: Source::Metrics,
     name: "experiment_metrics",
-    key: "experiment_id",
+    key: &["experiment_id"],
     columns: &[
         col("experiment_id", "text NOT NULL"),
+        col("host", "text"),
         col("success_rate", "double precision"),
         col("llm_reduction", "double precision"),
         col("regression", "double precision"),
@@ -156,8 +168,9 @@ const METRICS: Table = Table {
 const HISTORY: Table = Table {
     source: Source::History,
     name: "sandbox_history",
-    key: "id",
+    key: &["host", "id"],
     columns: &[
+        col("host", "text NOT NULL"),
         col("id", "bigint NOT NULL"),
         col("experiment_id", "text"),
         col("operation", "text"),
@@ -188,6 +201,7 @@ fn record_fields(r: &ExperimentRecord) -> Vec<Field<'_>> {
     use Field::*;
     vec![
         Text(&r.experiment_id),
+        Text(&r.host),
         Text(&r.instance_id),
         Text(&r.experiment_type),
         Text(&r.description),
@@ -213,6 +227,7 @@ fn metrics_fields(m: &MetricsRow) -> Vec<Field<'_>> {
     let x = &m.metrics;
     vec![
         Text(&m.experiment_id),
+        Text(&m.host),
         Float(x.success_rate),
         Float(x.llm_reduction),
         Float(x.regression),
@@ -237,6 +252,7 @@ fn metrics_fields(m: &MetricsRow) -> Vec<Field<'_>> {
 fn history_fields(h: &SandboxEvent) -> Vec<Field<'_>> {
     use Field::*;
     vec![
+        Text(&h.host),
         Int(h.id),
         Text(&h.experiment_id),
         Text(&h.operation),
@@ -262,9 +278,7 @@ pub fn write_sql<W: Write>(store: &Store, out: W, since_ms: Option<i64>) -> Resu
     )
     .map_err(io)?;
     writeln!(out, "SET client_encoding = 'UTF8';\nBEGIN;").map_err(io)?;
-    for table in TABLES {
-        write_ddl(&mut out, table).map_err(io)?;
-    }
+    write!(out, "{}", schema(store.host())).map_err(io)?;
     for table in TABLES {
         let n = copy_block(&mut out, table, |emit| {
             stream_rows(store, table, since_ms, emit)
@@ -276,17 +290,21 @@ pub fn write_sql<W: Write>(store: &Store, out: W, since_ms: Option<i64>) -> Resu
     Ok(counts)
 }
 
-/// `CREATE TABLE IF NOT EXISTS` plus `ADD COLUMN IF NOT EXISTS` per column.
-fn write_ddl(out: &mut impl Write, table: &Table) -> std::io::Result<()> {
-    write!(out, "{}", ddl(table))
+/// Every table's DDL, then the one-time upgrade of a database loaded before
+/// the host column; `host` is the exporting store's.
+fn schema(host: &str) -> String {
+    let mut sql: String = TABLES.iter().map(|t| ddl(t)).collect();
+    sql.push_str(&upgrade_from_hostless(host));
+    sql
 }
 
+/// `CREATE TABLE IF NOT EXISTS` plus `ADD COLUMN IF NOT EXISTS` per column.
 fn ddl(table: &Table) -> String {
     let mut sql = format!("CREATE TABLE IF NOT EXISTS {} (\n", table.name);
     for c in table.columns {
         sql.push_str(&format!("    {} {},\n", c.name, c.sql_type));
     }
-    sql.push_str(&format!("    PRIMARY KEY ({})\n);\n", table.key));
+    sql.push_str(&format!("    PRIMARY KEY ({})\n);\n", table.key.join(", ")));
     for c in table.columns {
         let sql_type = c.sql_type.trim_end_matches(" NOT NULL");
         sql.push_str(&format!(
@@ -295,6 +313,40 @@ fn ddl(table: &Table) -> String {
         ));
     }
     sql
+}
+
+/// Runs once on a database whose `sandbox_history` key lacks `host` (loaded
+/// by an export from before hosts): names `host` on every row without one,
+/// in all three tables, and re-keys `sandbox_history` on (`host`, `id`).
+/// Later loads find the new key and skip it.
+fn upgrade_from_hostless(host: &str) -> String {
+    let host = sql_literal(host);
+    let fill: String = TABLES
+        .iter()
+        .map(|t| {
+            format!(
+                "        UPDATE {} SET host = {host} WHERE host IS NULL;\n",
+                t.name
+            )
+        })
+        .collect();
+    let history = HISTORY.name;
+    let key = HISTORY.key.join(", ");
+    format!(
+        "DO $genesis_upgrade$\nDECLARE pkey name;\nBEGIN\n    \
+         SELECT conname INTO pkey FROM pg_constraint WHERE conrelid = '{history}'::regclass AND contype = 'p'\n        \
+         AND NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = conrelid AND attnum = ANY (conkey) AND attname = 'host');\n    \
+         IF pkey IS NOT NULL THEN\n{fill}        \
+         EXECUTE format('ALTER TABLE {history} DROP CONSTRAINT %I', pkey);\n        \
+         ALTER TABLE {history} ADD PRIMARY KEY ({key});\n    \
+         END IF;\nEND\n$genesis_upgrade$;\n"
+    )
+}
+
+/// A SQL string literal (host names are checked to hostname characters,
+/// so this only matters for a name that slipped past the config).
+fn sql_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// A COPY into a temporary table, then the upsert into the real one.
@@ -338,7 +390,7 @@ fn upsert(table: &Table, temp: &str) -> String {
     let updates = table
         .columns
         .iter()
-        .filter(|c| c.name != table.key)
+        .filter(|c| !table.key.contains(&c.name))
         .map(|c| format!("{0} = EXCLUDED.{0}", c.name))
         .collect::<Vec<_>>()
         .join(", ");
@@ -348,7 +400,8 @@ fn upsert(table: &Table, temp: &str) -> String {
         .unwrap_or_default();
     format!(
         "INSERT INTO {} ({names}) SELECT {names} FROM {temp}\n    ON CONFLICT ({}) DO UPDATE SET {updates}{condition};",
-        table.name, table.key
+        table.name,
+        table.key.join(", ")
     )
 }
 
@@ -463,9 +516,8 @@ fn strip_nul(value: &mut serde_json::Value) {
 pub fn write_csv(store: &Store, dir: &Path, since_ms: Option<i64>) -> Result<ExportCounts> {
     std::fs::create_dir_all(dir)
         .map_err(|e| GenesisError::io(format!("creating {}", dir.display()), e))?;
-    let schema: String = TABLES.iter().map(|t| ddl(t)).collect();
     let schema_path = dir.join("schema.sql");
-    std::fs::write(&schema_path, schema)
+    std::fs::write(&schema_path, schema(store.host()))
         .map_err(|e| GenesisError::io(format!("writing {}", schema_path.display()), e))?;
     let mut counts = ExportCounts::default();
     for table in TABLES {
@@ -575,7 +627,7 @@ mod tests {
     fn upsert_moves_records_forward_only() {
         let sql = upsert(&RECORDS, "t");
         assert!(sql.contains(
-            "ON CONFLICT (experiment_id) DO UPDATE SET instance_id = EXCLUDED.instance_id"
+            "ON CONFLICT (experiment_id) DO UPDATE SET host = EXCLUDED.host, instance_id = EXCLUDED.instance_id"
         ));
         assert!(sql.ends_with("WHERE experiment_records.updated_at <= EXCLUDED.updated_at;"));
         assert!(!sql.contains("experiment_id = EXCLUDED.experiment_id"));
@@ -591,6 +643,7 @@ mod tests {
         assert_eq!(record_fields(&r).len(), RECORDS.columns.len());
         let h = SandboxEvent {
             id: 1,
+            host: "h".into(),
             experiment_id: "e".into(),
             operation: "create".into(),
             path: "/p".into(),
@@ -599,5 +652,36 @@ mod tests {
             inserted_at: 0,
         };
         assert_eq!(history_fields(&h).len(), HISTORY.columns.len());
+        let m = crate::store::MetricsRow {
+            experiment_id: "e".into(),
+            host: "h".into(),
+            metrics: Default::default(),
+            baseline: Default::default(),
+            regressions: vec![],
+            flaky: vec![],
+            inserted_at: 0,
+        };
+        assert_eq!(metrics_fields(&m).len(), METRICS.columns.len());
+    }
+
+    #[test]
+    fn every_table_has_a_host_and_history_is_keyed_by_it() {
+        for table in TABLES {
+            assert!(
+                table.columns.iter().any(|c| c.name == "host"),
+                "{}",
+                table.name
+            );
+        }
+        let sql = upsert(&HISTORY, "t");
+        assert!(
+            sql.contains("ON CONFLICT (host, id) DO UPDATE SET experiment_id"),
+            "{sql}"
+        );
+        assert!(!sql.contains("host = EXCLUDED.host"), "{sql}");
+        assert!(ddl(&HISTORY).contains("PRIMARY KEY (host, id)"));
+        assert!(
+            upgrade_from_hostless("o'brien").contains("SET host = 'o''brien' WHERE host IS NULL")
+        );
     }
 }

@@ -230,6 +230,7 @@ mod tests {
         record.recommendation = Some(rec.into());
         let metrics = (status == Status::Completed).then(|| MetricsRow {
             experiment_id: id.into(),
+            host: String::new(),
             metrics: Metrics {
                 regression,
                 ..Metrics::default()

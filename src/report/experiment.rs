@@ -135,7 +135,11 @@ fn page(
         status: record.status.as_str(),
         verdict: record.recommendation.clone(),
         verdict_class: verdict_class(record.recommendation.as_deref()),
-        facts: facts(record, completed, raw.as_ref()),
+        facts: facts(
+            record,
+            completed,
+            result.as_ref().map_or(record.host.as_str(), |r| r.host()),
+        ),
         reasons,
         rules: rules(&thresholds, if failure.is_some() { None } else { decided }),
         risk: record.risk_level.clone(),
@@ -219,11 +223,7 @@ fn rules(t: &Thresholds, decided: Option<u8>) -> Vec<Rule> {
     .collect()
 }
 
-fn facts(
-    r: &ExperimentRecord,
-    c: Option<&Completed>,
-    raw: Option<&serde_json::Value>,
-) -> Vec<(&'static str, String)> {
+fn facts(r: &ExperimentRecord, c: Option<&Completed>, host: &str) -> Vec<(&'static str, String)> {
     let mut facts = vec![
         ("Instance", r.instance_id.clone()),
         ("Type", r.experiment_type.clone()),
@@ -237,9 +237,7 @@ fn facts(
         facts.push(("Base commit", c.candidate.base_commit.clone()));
         facts.push(("Candidate commit", c.candidate.commit.clone()));
     }
-    if let Some(host) = raw.and_then(|v| v.get("host")).and_then(|h| h.as_str()) {
-        facts.push(("Host", host.to_owned()));
-    }
+    facts.push(("Host", host.to_owned()));
     facts.retain(|(_, v)| !v.is_empty());
     facts
 }

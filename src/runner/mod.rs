@@ -196,7 +196,7 @@ impl Runner {
                 home_label(&config.home),
             ),
             home_label: home_label(&config.home),
-            instance: instance_name(),
+            instance: instance_name(&config.host),
             config,
             store,
             docker,
@@ -223,6 +223,7 @@ impl Runner {
         };
         if existing.fingerprint != request.fingerprint() {
             return Ok(Admission::Conflict(Box::new(ExperimentResult::failed(
+                &self.config.host,
                 &request.experiment_id,
                 &request.instance_id,
                 ErrorKind::InvalidRequest,
@@ -236,7 +237,7 @@ impl Runner {
             Some(result) if existing.status.is_final() => Ok(Admission::Finished(Box::new(result))),
             // Left queued or running by a process of this host that is gone:
             // nobody will finish it, so this one takes it over.
-            _ if owner_is_dead(&existing.owner) => {
+            _ if owner_is_dead(&existing.owner, &self.instance) => {
                 // Taken over: a redelivery that arrives while this process
                 // runs it must see a live owner, not run it a second time.
                 let mut taken = *existing;
@@ -270,7 +271,13 @@ impl Runner {
                 };
                 progress.stage(&id, stage_name, &e.to_string());
                 (
-                    ExperimentResult::failed(&id, &request.instance_id, e.kind(), e.to_string()),
+                    ExperimentResult::failed(
+                        &self.config.host,
+                        &id,
+                        &request.instance_id,
+                        e.kind(),
+                        e.to_string(),
+                    ),
                     None,
                     None,
                 )
@@ -453,10 +460,12 @@ impl Runner {
             environment: plan.environment.clone(),
             framework: Some(plan.framework.clone()),
             analysis: Some(analysis),
+            host: self.config.host.clone(),
             timestamp: chrono::Utc::now(),
         };
         let row = MetricsRow {
             experiment_id: id.clone(),
+            host: self.config.host.clone(),
             metrics: judged.metrics,
             baseline: (&judged.baseline).into(),
             regressions: judged.regressions,
@@ -611,9 +620,10 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Whether `host:pid` names a process of this host that no longer runs genesis.
-pub fn owner_is_dead(owner: &str) -> bool {
-    let me = instance_name();
+/// Whether `owner` (`host:pid`) names a process of this host (`me`, this
+/// process's own `host:pid`) that no longer runs genesis. Another host's
+/// processes cannot be checked from here, so they count as alive.
+pub fn owner_is_dead(owner: &str, me: &str) -> bool {
     let (Some((host, pid)), Some((my_host, _))) = (owner.rsplit_once(':'), me.rsplit_once(':'))
     else {
         return false;
@@ -627,10 +637,7 @@ pub fn owner_is_dead(owner: &str) -> bool {
     }
 }
 
-/// `host:pid` of this process.
-pub fn instance_name() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".into());
+/// `host:pid` of this process, `host` being `[host] name`.
+pub fn instance_name(host: &str) -> String {
     format!("{host}:{}", std::process::id())
 }

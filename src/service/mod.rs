@@ -1,11 +1,21 @@
 //! `genesis serve`: the NATS experiment service.
 //!
 //! Shape, and why:
+//! - **Connection**: genesis may start before its NATS server; it says it is
+//!   waiting, connects when the server is up, and only then subscribes and
+//!   recovers. The client reconnects forever; the connection's events are a
+//!   watch ([`retry`]) that pulls and retries await.
 //! - **Intake** subscribes to `agent.events.experiment.request.*` in queue
 //!   group `genesis` (core mode) or pulls from a durable JetStream consumer
 //!   (`[nats] jetstream = true`). Each message takes a *queue slot*
 //!   (`max_concurrent + queue_capacity` of them): when all are taken, intake
-//!   stops reading, so a burst backs up in NATS, not in memory.
+//!   stops reading, so a burst backs up in NATS, not in memory. In JetStream
+//!   mode a slot is taken *before* one request is pulled, so nothing is held
+//!   that is not being worked on (and progress-acked), and hosts sharing the
+//!   consumer take requests one by one. A pull lost with a restarting server
+//!   is renewed as soon as the connection is back; a consumer that went away
+//!   (deleted, or lost with the server's store) is created again: intake
+//!   never ends while the service runs.
 //! - **Workers**: a task per message waits for one of `max_concurrent` *run
 //!   slots*, so never more experiments (and so containers) run than allowed.
 //! - **Answers** go to `completed.{id}` / `failed.{id}`, the request's reply
@@ -14,9 +24,13 @@
 //!   until the server has it (flush), so a NATS restart mid-run delays
 //!   answers but loses none.
 //! - **JetStream** messages are acknowledged only after the result is stored
-//!   and published; a running experiment sends progress acks so it is not
-//!   redelivered while alive. A redelivered or duplicate request is answered
-//!   from the store (`Runner::accept`), never run twice.
+//!   and published; an experiment sends progress acks from delivery until
+//!   its answer is out (publishing retries included), so it is not
+//!   redelivered while alive. A duplicate request is answered from the
+//!   store (`Runner::accept`), never run twice; a redelivery of a request
+//!   this process is handling or has answered (its ack, or progress acks
+//!   while NATS was away, came too late) is only acknowledged, so it is
+//!   never answered twice.
 //! - **Recovery** at start: this home's labelled containers are reaped;
 //!   experiments left queued/running by a dead process end as `failed` /
 //!   `internal` in core mode, and run again from the redelivered message in
@@ -47,6 +61,25 @@ mod intake;
 use intake::*;
 mod publish;
 pub use publish::*;
+mod retry;
+use retry::Connected;
+
+/// An experiment from its first delivery to its answer (see
+/// [`Service::begin_handling`]).
+struct Handling {
+    done: Arc<Notify>,
+    /// Progress acks of its JetStream message, in JetStream mode.
+    keepalive: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// What the service knows of an experiment it is handling.
+struct InHand {
+    /// Notified once it is answered.
+    done: Arc<Notify>,
+    /// Stream sequence of its JetStream message (JetStream mode): another
+    /// delivery of the same message is not another request.
+    seq: Option<u64>,
+}
 
 /// State shared by intake and workers.
 struct Service {
@@ -54,15 +87,23 @@ struct Service {
     client: Client,
     config: Arc<Config>,
     run_slots: Arc<Semaphore>,
-    /// Experiments running in this process, so a duplicate can wait for one.
-    running: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Experiments this process is handling (queued, running or being
+    /// answered), so a duplicate or a redelivery can wait for one.
+    running: Mutex<HashMap<String, InHand>>,
 }
 
 /// Runs the service until SIGINT/SIGTERM, then drains.
 pub async fn serve(config: Arc<Config>) -> Result<()> {
     let store = crate::store::open_store(&config).await?;
     let runner = Arc::new(Runner::new(config.clone(), store.clone()).await?);
-    let client = connect(&config).await?;
+    let (client, connected) = connect(&config).await?;
+    tokio::select! {
+        _ = wait_for_nats(&client, connected.clone(), &config.nats.url) => {}
+        _ = shutdown_signal() => {
+            tracing::info!("shutdown requested before NATS was reachable");
+            return Ok(());
+        }
+    }
     runner.set_analysis_peer(client.clone());
     let service = Arc::new(Service {
         runner: runner.clone(),
@@ -87,7 +128,7 @@ pub async fn serve(config: Arc<Config>) -> Result<()> {
 
     let intake = async {
         if config.nats.jetstream {
-            intake_jetstream(&service, &queue_slots, &tasks).await
+            intake_jetstream(&service, &queue_slots, &tasks, connected).await
         } else {
             intake_core(&service, &queue_slots, &tasks).await
         }
@@ -129,18 +170,48 @@ fn start_jobs(
     crate::jobs::spawn_scheduler(ctx, stop)
 }
 
-async fn connect(config: &Config) -> Result<Client> {
+/// A client that connects (and reconnects) for as long as it takes, and
+/// the watch its connection events feed.
+async fn connect(config: &Config) -> Result<(Client, Connected)> {
     let url = config.nats.url.clone();
-    async_nats::ConnectOptions::new()
+    let (tx, rx) = watch::channel(false);
+    let tx = Arc::new(tx);
+    let client = async_nats::ConnectOptions::new()
         .name("genesis")
         .retry_on_initial_connect()
         .max_reconnects(None)
-        .event_callback(|event| async move {
-            tracing::info!(%event, "nats connection event");
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        tx.send_replace(true);
+                    }
+                    async_nats::Event::Disconnected => {
+                        tx.send_replace(false);
+                    }
+                    _ => {}
+                }
+                tracing::info!(%event, "nats connection event");
+            }
         })
         .connect(url.as_str())
         .await
-        .map_err(|e| GenesisError::Nats(format!("connecting to {url}: {e}")))
+        .map_err(|e| GenesisError::Nats(format!("connecting to {url}: {e}")))?;
+    Ok((client, rx))
+}
+
+/// Returns once the client is connected; says so when it has to wait.
+async fn wait_for_nats(client: &Client, mut connected: Connected, url: &str) {
+    if client.connection_state() == async_nats::connection::State::Connected {
+        return;
+    }
+    tracing::warn!(
+        %url,
+        "waiting for NATS at {url}: not reachable yet; genesis connects as soon as it is"
+    );
+    retry::until_connected(&mut connected).await;
+    tracing::info!(%url, "connected to NATS");
 }
 
 async fn shutdown_signal() {
@@ -168,6 +239,7 @@ impl Service {
                 tracing::warn!(reason = %invalid, "rejected request");
                 let id = invalid.experiment_id.clone().unwrap_or_default();
                 let result = ExperimentResult::failed(
+                    &self.config.host,
                     &id,
                     invalid.instance_id.as_deref().unwrap_or(""),
                     ErrorKind::InvalidRequest,
@@ -196,6 +268,7 @@ impl Service {
         incoming: &Incoming,
         trace: Option<&str>,
     ) {
+        let id = &request.experiment_id;
         let admission = match self.runner.accept(request, Status::Queued).await {
             Ok(a) => a,
             Err(e) => {
@@ -204,19 +277,27 @@ impl Service {
                 return;
             }
         };
+        if !matches!(admission, Admission::New) && self.already_handled(incoming, id).await {
+            tracing::info!("redelivery of a request handled here; acknowledging only");
+            ack(incoming, jetstream::AckKind::Ack).await;
+            return;
+        }
         let result = match admission {
-            Admission::New => self.run_new(request, incoming, trace).await,
+            Admission::New => {
+                let handling = self.begin_handling(id, incoming).await;
+                let result = self.run_new(request, trace).await;
+                self.answer(&result, trace, incoming.reply.as_deref(), true)
+                    .await;
+                self.mark_published(id, incoming.stream_seq()).await;
+                self.end_handling(id, handling).await;
+                ack(incoming, jetstream::AckKind::Ack).await;
+                return;
+            }
             Admission::Finished(result) => {
-                if is_redelivery(incoming) && self.was_published(&request.experiment_id).await {
-                    // Our own earlier delivery was answered; only its ack was lost.
-                    tracing::info!("redelivery of an answered request; acknowledging only");
-                    ack(incoming, jetstream::AckKind::Ack).await;
-                    return;
-                }
                 tracing::info!("duplicate of a finished experiment; answering from the store");
                 *result
             }
-            Admission::InFlight(_) => match self.wait_for(&request.experiment_id).await {
+            Admission::InFlight(_) => match self.wait_for(id).await {
                 // A redelivery of what this process runs (resumed, or past
                 // ack_wait): the run answers; this delivery is only acked.
                 Some(_) if is_redelivery(incoming) => {
@@ -234,49 +315,56 @@ impl Service {
         };
         self.answer(&result, trace, incoming.reply.as_deref(), true)
             .await;
-        self.mark_published(&request.experiment_id).await;
+        self.mark_published(id, incoming.stream_seq()).await;
         ack(incoming, jetstream::AckKind::Ack).await;
     }
 
-    async fn was_published(&self, id: &str) -> bool {
-        let key = id.to_owned();
-        matches!(
-            self.runner.store.call(move |s| s.get(&key)).await,
-            Ok(Some(r)) if r.published_at.is_some()
-        )
-    }
-
-    async fn mark_published(&self, id: &str) {
-        let key = id.to_owned();
-        let marked = self
-            .runner
-            .store
-            .call(move |s| {
-                if let Some(mut r) = s.get(&key)? {
-                    if r.published_at.is_none() {
-                        r.published_at = Some(crate::runner::now_ms());
-                        s.put_record(&r)?;
-                    }
-                }
-                Ok(())
-            })
-            .await;
-        if let Err(e) = marked {
-            tracing::warn!(error = %e, "could not record that the result was published");
-        }
-    }
-
-    async fn run_new(
-        self: &Arc<Self>,
-        request: &Request,
-        incoming: &Incoming,
-        trace: Option<&str>,
-    ) -> ExperimentResult {
-        let done = Arc::new(Notify::new());
-        self.running
+    /// Whether a JetStream message is another delivery of a request message
+    /// this process is still handling or has answered: a redelivery (an ack,
+    /// or progress acks while NATS was away, did not arrive in time) or a
+    /// replay to a consumer created again. The first delivery answers; this
+    /// one only waits for that and is acknowledged. A new message with the
+    /// same request is a duplicate, and is answered.
+    async fn already_handled(&self, incoming: &Incoming, id: &str) -> bool {
+        let Some(seq) = incoming.stream_seq() else {
+            return false;
+        };
+        let handling_it = self
+            .running
             .lock()
             .await
-            .insert(request.experiment_id.clone(), done.clone());
+            .get(id)
+            .map(|in_hand| in_hand.seq == Some(seq));
+        match handling_it {
+            Some(true) => {
+                self.wait_for(id).await;
+                return true;
+            }
+            Some(false) => return false,
+            None => {}
+        }
+        let key = id.to_owned();
+        let Ok(Some(record)) = self.runner.store.call(move |s| s.get(&key)).await else {
+            return false;
+        };
+        record.published_at.is_some()
+            && match record.request_seq {
+                Some(answered) => answered == seq,
+                // Answered before sequences were kept: a redelivery is ours.
+                None => is_redelivery(incoming),
+            }
+    }
+
+    /// Marks an experiment as handled here until [`Service::end_handling`]:
+    /// duplicates and redeliveries wait for it, and JetStream hears that it
+    /// is alive (progress acks) until it is answered, publishing included.
+    async fn begin_handling(&self, id: &str, incoming: &Incoming) -> Handling {
+        let done = Arc::new(Notify::new());
+        let in_hand = InHand {
+            done: done.clone(),
+            seq: incoming.stream_seq(),
+        };
+        self.running.lock().await.insert(id.to_owned(), in_hand);
         let keepalive = incoming.jetstream.as_ref().map(|msg| {
             let msg = msg.clone();
             let every = Duration::from_millis(self.config.nats.progress_ack_ms);
@@ -289,25 +377,61 @@ impl Service {
                 }
             })
         });
+        Handling { done, keepalive }
+    }
+
+    /// The experiment is answered: waiters go on, progress acks stop.
+    async fn end_handling(&self, id: &str, handling: Handling) {
+        if let Some(k) = handling.keepalive {
+            k.abort();
+        }
+        self.running.lock().await.remove(id);
+        handling.done.notify_waiters();
+    }
+
+    /// Records that the result is out, and for which JetStream message (the
+    /// first answered), so another delivery of it is not answered again.
+    async fn mark_published(&self, id: &str, seq: Option<u64>) {
+        let key = id.to_owned();
+        let marked = self
+            .runner
+            .store
+            .call(move |s| {
+                if let Some(mut r) = s.get(&key)? {
+                    if r.published_at.is_none() {
+                        r.published_at = Some(crate::runner::now_ms());
+                        r.request_seq = seq;
+                        s.put_record(&r)?;
+                    }
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = marked {
+            tracing::warn!(error = %e, "could not record that the result was published");
+        }
+    }
+
+    /// Runs an accepted experiment once a run slot is free.
+    async fn run_new(&self, request: &Request, trace: Option<&str>) -> ExperimentResult {
         let _slot = self.run_slots.acquire().await;
         let progress = NatsProgress {
             client: self.client.clone(),
             traceparent: trace.map(str::to_owned),
         };
-        let result = self.runner.run(request, &progress).await;
-        if let Some(k) = keepalive {
-            k.abort();
-        }
-        self.running.lock().await.remove(&request.experiment_id);
-        done.notify_waiters();
-        result
+        self.runner.run(request, &progress).await
     }
 
     /// Waits for an experiment this process is running; `None` when it runs
     /// elsewhere (another process on the shared store).
     async fn wait_for(&self, id: &str) -> Option<ExperimentResult> {
         loop {
-            let notify = self.running.lock().await.get(id).cloned();
+            let notify = self
+                .running
+                .lock()
+                .await
+                .get(id)
+                .map(|in_hand| in_hand.done.clone());
             let Some(notify) = notify else {
                 let key = id.to_owned();
                 let record = self
@@ -367,7 +491,7 @@ impl Service {
         }
         for (subject, body, kind) in targets {
             let headers = headers(trace, Some(&format!("{id}:{kind}")));
-            publish_until_sent(&self.client, subject, headers, body).await;
+            publish_until_sent(&self.client, &self.config.nats, subject, headers, body).await;
         }
         tracing::info!(experiment_id = id, recommendation = %result.recommendation(), "metrics_reported");
     }
@@ -422,8 +546,8 @@ impl Service {
             let Some(record) = store.call(move |s| s.get(&key)).await? else {
                 continue;
             };
-            if !crate::runner::owner_is_dead(&record.owner) && record.owner != self.runner.instance
-            {
+            let me = &self.runner.instance;
+            if !crate::runner::owner_is_dead(&record.owner, me) && record.owner != *me {
                 continue;
             }
             if self.config.nats.jetstream {
@@ -433,6 +557,7 @@ impl Service {
             }
             let request = record.request()?;
             let result = ExperimentResult::failed(
+                &self.config.host,
                 &id,
                 &record.instance_id,
                 ErrorKind::Internal,
@@ -480,6 +605,7 @@ impl Service {
             if let Ok(Some(record)) = self.runner.store.call(move |s| s.get(&key)).await {
                 if let Ok(request) = record.request() {
                     let result = ExperimentResult::failed(
+                        &self.config.host,
                         &id,
                         &record.instance_id,
                         ErrorKind::Internal,

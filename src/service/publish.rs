@@ -1,13 +1,14 @@
 //! Publishing: results, progress and rollback events, with trace and
 //! dedup headers, retried until the server takes them.
 
+use super::retry::Backoff;
+use crate::config::NatsConfig;
 use crate::contract::subjects::{self, TRACEPARENT};
 use crate::contract::Progress as ProgressDoc;
 use crate::errors::Result;
 use crate::runner::Progress;
 use crate::store::{Status, Store};
 use async_nats::{Client, HeaderMap};
-use std::time::Duration;
 
 pub(super) fn headers(trace: Option<&str>, msg_id: Option<&str>) -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -24,11 +25,12 @@ pub(super) fn headers(trace: Option<&str>, msg_id: Option<&str>) -> HeaderMap {
 /// reconnects: an answer is never dropped because NATS was briefly away.
 pub async fn publish_until_sent(
     client: &Client,
+    nats: &NatsConfig,
     subject: String,
     headers: HeaderMap,
     body: bytes::Bytes,
 ) {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(nats);
     loop {
         let sent = client
             .publish_with_headers(subject.clone(), headers.clone(), body.clone())
@@ -37,8 +39,7 @@ pub async fn publish_until_sent(
             return;
         }
         tracing::warn!(%subject, "publish not confirmed; retrying after reconnect");
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
+        backoff.wait().await;
     }
 }
 

@@ -8,7 +8,12 @@
 //! - Values are serde types encoded with bincode 2 behind a 4-byte schema
 //!   version, so a later release can still read (and migrate) old rows. Types
 //!   stored here must stay bincode-friendly: no `#[serde(tag)]`, `flatten` or
-//!   `skip_serializing_if`; JSON documents are kept as strings.
+//!   `skip_serializing_if`; JSON documents are kept as strings. Version 2
+//!   added `host` to records, metrics rows and history rows ([`Row`]); every
+//!   other value has the same shape under both versions.
+//! - A store belongs to one host (`[host] name`): it stamps that name on every
+//!   row it writes that names none, and on version-1 rows as it reads them,
+//!   so an old store exports with the configured host.
 //! - redb is synchronous with a single writer. All methods here are blocking;
 //!   async code calls them through [`Store::call`], which runs them on tokio's
 //!   blocking pool. Every commit is durable (fsync) before it returns, which is
@@ -34,7 +39,10 @@ pub use records::*;
 
 /// Version written in front of every value. Bump it when a stored type
 /// changes shape, and teach [`decode`] to read the older version.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The oldest version [`decode`] still reads.
+const OLDEST_SCHEMA_VERSION: u32 = 1;
 
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("experiment_records");
 const METRICS: TableDefinition<&str, &[u8]> = TableDefinition::new("experiment_metrics");
@@ -55,11 +63,16 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub struct Store {
     db: Arc<Database>,
     path: PathBuf,
+    /// `[host] name`, stamped on rows that name no host (see the module doc).
+    host: Arc<str>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("host", &self.host)
+            .finish()
     }
 }
 
@@ -72,17 +85,37 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Decodes a value written by [`encode`], refusing versions this build does not know.
+/// Decodes a value written by [`encode`], refusing versions this build does
+/// not know. For values whose shape no version changed; the rows that did
+/// change go through [`decode_row`].
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let (_, body) = split_version(bytes)?;
+    decode_body(body)
+}
+
+/// Decodes a [`Row`] in whichever shape its version wrote; a version-1 row
+/// comes back with an empty `host`.
+pub fn decode_row<T: Row>(bytes: &[u8]) -> Result<T> {
+    match split_version(bytes)? {
+        (SCHEMA_VERSION, body) => decode_body(body),
+        (_, body) => decode_body::<T::V1>(body).map(Into::into),
+    }
+}
+
+fn split_version(bytes: &[u8]) -> Result<(u32, &[u8])> {
     let (version, body) = bytes
         .split_first_chunk::<4>()
         .ok_or_else(|| GenesisError::Internal("stored value shorter than its header".into()))?;
     let version = u32::from_le_bytes(*version);
-    if version != SCHEMA_VERSION {
+    if !(OLDEST_SCHEMA_VERSION..=SCHEMA_VERSION).contains(&version) {
         return Err(GenesisError::Internal(format!(
-            "stored value has schema version {version}; this genesis reads version {SCHEMA_VERSION}"
+            "stored value has schema version {version}; this genesis reads versions {OLDEST_SCHEMA_VERSION} to {SCHEMA_VERSION}"
         )));
     }
+    Ok((version, body))
+}
+
+fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
     bincode::serde::decode_from_slice(body, bincode::config::standard())
         .map(|(v, _)| v)
         .map_err(|e| GenesisError::Internal(format!("decoding a stored value: {e}")))
@@ -98,14 +131,16 @@ fn now_ms() -> i64 {
 
 impl Store {
     /// Opens (or creates) the store, creating every table so readers never
-    /// meet a missing one.
+    /// meet a missing one. Its rows are this machine's (its hostname).
     pub fn open(path: &Path) -> Result<Store> {
-        Store::open_with_cache(path, DEFAULT_CACHE_BYTES)
+        let host = crate::config::host::machine_hostname();
+        Store::open_with(path, DEFAULT_CACHE_BYTES, &host)
     }
 
-    /// As [`Store::open`], with redb's page cache bounded to `cache_bytes`:
-    /// memory then stays flat however many rows a scan reads.
-    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Store> {
+    /// As [`Store::open`], with redb's page cache bounded to `cache_bytes`
+    /// (memory then stays flat however many rows a scan reads) and `host`
+    /// as the host of its rows.
+    pub fn open_with(path: &Path, cache_bytes: usize, host: &str) -> Result<Store> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| GenesisError::io(format!("creating {}", dir.display()), e))?;
@@ -118,6 +153,7 @@ impl Store {
         let store = Store {
             db: Arc::new(db),
             path: path.to_path_buf(),
+            host: host.into(),
         };
         store.init_tables()?;
         Ok(store)
@@ -125,6 +161,33 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The host this store's rows belong to.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Decodes a row, naming this store's host when the row names none.
+    fn read_row<T: Row>(&self, bytes: &[u8]) -> Result<T> {
+        let mut row: T = decode_row(bytes)?;
+        self.stamp(&mut row);
+        Ok(row)
+    }
+
+    /// Names this store's host on a row that names none.
+    fn stamp<T: Row>(&self, row: &mut T) {
+        let host = row.host_mut();
+        if host.is_empty() {
+            *host = self.host.to_string();
+        }
+    }
+
+    /// A row as it is written: with a host.
+    fn encode_row<T: Row + Clone>(&self, row: &T) -> Result<Vec<u8>> {
+        let mut row = row.clone();
+        self.stamp(&mut row);
+        encode(&row)
     }
 
     /// Runs blocking store work on tokio's blocking pool.
@@ -173,6 +236,12 @@ impl Store {
                         "written by a newer genesis (schema {v}, this one reads {SCHEMA_VERSION})"
                     )))
                 }
+                // This genesis writes the current version from now on: an
+                // older one must refuse the file rather than misread rows.
+                Some(v) if v < u64::from(SCHEMA_VERSION) => {
+                    meta.insert("schema_version", u64::from(SCHEMA_VERSION))
+                        .map_err(|e| self.err(e))?;
+                }
                 Some(_) => {}
             }
         }
@@ -196,13 +265,16 @@ impl Store {
             let existing = records
                 .get(record.experiment_id.as_str())
                 .map_err(|e| self.err(e))?
-                .map(|v| decode::<ExperimentRecord>(v.value()))
+                .map(|v| self.read_row::<ExperimentRecord>(v.value()))
                 .transpose()?;
             match existing {
                 Some(existing) => Inserted::Existing(Box::new(existing)),
                 None => {
                     records
-                        .insert(record.experiment_id.as_str(), encode(record)?.as_slice())
+                        .insert(
+                            record.experiment_id.as_str(),
+                            self.encode_row(record)?.as_slice(),
+                        )
                         .map_err(|e| self.err(e))?;
                     let mut by_time = txn.open_table(BY_TIME).map_err(|e| self.err(e))?;
                     by_time
@@ -264,7 +336,7 @@ impl Store {
             let old = records
                 .get(id)
                 .map_err(|e| self.err(e))?
-                .map(|v| decode::<ExperimentRecord>(v.value()))
+                .map(|v| self.read_row::<ExperimentRecord>(v.value()))
                 .transpose()?;
             let mut by_status = txn
                 .open_multimap_table(BY_STATUS)
@@ -286,12 +358,12 @@ impl Store {
                 .insert(record.status.as_str(), id)
                 .map_err(|e| self.err(e))?;
             records
-                .insert(id, encode(record)?.as_slice())
+                .insert(id, self.encode_row(record)?.as_slice())
                 .map_err(|e| self.err(e))?;
             if let Some(m) = metrics {
                 let mut table = txn.open_table(METRICS).map_err(|e| self.err(e))?;
                 table
-                    .insert(id, encode(m)?.as_slice())
+                    .insert(id, self.encode_row(m)?.as_slice())
                     .map_err(|e| self.err(e))?;
             }
             if let Some(o) = outcomes {
@@ -305,11 +377,11 @@ impl Store {
     }
 
     pub fn get(&self, id: &str) -> Result<Option<ExperimentRecord>> {
-        self.get_from(RECORDS, id)
+        self.get_row(RECORDS, id)
     }
 
     pub fn metrics(&self, id: &str) -> Result<Option<MetricsRow>> {
-        self.get_from(METRICS, id)
+        self.get_row(METRICS, id)
     }
 
     pub fn outcomes(&self, id: &str) -> Result<Option<TestOutcomes>> {
@@ -325,6 +397,13 @@ impl Store {
         let table = txn.open_table(table).map_err(|e| self.err(e))?;
         let value = table.get(key).map_err(|e| self.err(e))?;
         value.map(|v| decode(v.value())).transpose()
+    }
+
+    fn get_row<T: Row>(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<Option<T>> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(table).map_err(|e| self.err(e))?;
+        let value = table.get(key).map_err(|e| self.err(e))?;
+        value.map(|v| self.read_row(v.value())).transpose()
     }
 
     fn put_into<T: Serialize>(
@@ -357,7 +436,7 @@ impl Store {
             let Some(raw) = records.get(id).map_err(|e| self.err(e))? else {
                 continue;
             };
-            let record: ExperimentRecord = decode(raw.value())?;
+            let record: ExperimentRecord = self.read_row(raw.value())?;
             if status.is_none_or(|s| s == record.status) {
                 out.push(record);
             }
@@ -394,7 +473,7 @@ impl Store {
             let Some(raw) = records.get(id).map_err(|e| self.err(e))? else {
                 continue;
             };
-            let record: ExperimentRecord = decode(raw.value())?;
+            let record: ExperimentRecord = self.read_row(raw.value())?;
             if since_ms.is_none_or(|s| record.updated_at >= s) {
                 f(record)?;
             }
@@ -408,7 +487,7 @@ impl Store {
         let table = txn.open_table(METRICS).map_err(|e| self.err(e))?;
         for entry in table.iter().map_err(|e| self.err(e))? {
             let (_, v) = entry.map_err(|e| self.err(e))?;
-            f(decode(v.value())?)?;
+            f(self.read_row(v.value())?)?;
         }
         Ok(())
     }
@@ -419,12 +498,13 @@ impl Store {
         let table = txn.open_table(HISTORY).map_err(|e| self.err(e))?;
         for entry in table.iter().map_err(|e| self.err(e))? {
             let (_, v) = entry.map_err(|e| self.err(e))?;
-            f(decode(v.value())?)?;
+            f(self.read_row(v.value())?)?;
         }
         Ok(())
     }
 
-    /// Appends a sandbox history row and returns its id.
+    /// Appends a sandbox history row, stamped with this store's host, and
+    /// returns its id.
     pub fn add_history(
         &self,
         experiment_id: &str,
@@ -445,6 +525,7 @@ impl Store {
                 .map_err(|e| self.err(e))?;
             let event = SandboxEvent {
                 id,
+                host: self.host.to_string(),
                 experiment_id: experiment_id.into(),
                 operation: operation.into(),
                 path: path.into(),
@@ -477,7 +558,7 @@ impl Store {
         for id in index.get(experiment_id).map_err(|e| self.err(e))? {
             let id = id.map_err(|e| self.err(e))?.value();
             if let Some(raw) = history.get(id).map_err(|e| self.err(e))? {
-                out.push(decode(raw.value())?);
+                out.push(self.read_row(raw.value())?);
             }
         }
         Ok(out)
@@ -519,12 +600,13 @@ fn store_error(path: &Path, e: impl std::fmt::Display) -> GenesisError {
 }
 
 /// Opens the store of a configured home (off the async runtime: redb is
-/// synchronous), with the configured page cache.
+/// synchronous), with the configured page cache and host.
 pub async fn open_store(config: &Config) -> Result<Store> {
     let path = config.store_path();
     let cache =
         usize::try_from(config.store_cache_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
-    tokio::task::spawn_blocking(move || Store::open_with_cache(&path, cache))
+    let host = config.host.clone();
+    tokio::task::spawn_blocking(move || Store::open_with(&path, cache, &host))
         .await
         .map_err(|e| GenesisError::Internal(format!("store open task: {e}")))?
 }

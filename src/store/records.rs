@@ -1,6 +1,11 @@
 //! The records the store keeps, one type per table row. Encoded with
 //! bincode behind [`SCHEMA_VERSION`](super::SCHEMA_VERSION): bincode is not
-//! self-describing, so changing a type's shape needs a version bump.
+//! self-describing, so changing a type's shape needs a version bump, and the
+//! older shape stays here (module [`v1`]) so old stores remain readable.
+//!
+//! Every row names the host that wrote it (`[host] name`): the store stamps
+//! its own host on rows that name none, both when writing them and when
+//! reading rows written before hosts were recorded (schema version 1).
 
 use crate::contract::{BaselineSummary, ExperimentResult, Metrics, Request};
 use crate::errors::{GenesisError, Result};
@@ -70,9 +75,16 @@ pub struct ExperimentRecord {
     pub result_json: Option<String>,
     /// Which process runs it (`host:pid`); recovery uses it.
     pub owner: String,
+    /// `[host] name` of the genesis that accepted it (contract §7: a column
+    /// of every export table). Set by the store on write when empty.
+    pub host: String,
     /// When the result was confirmed published (unix ms); a JetStream
     /// redelivery of a published experiment is acknowledged, not answered again.
     pub published_at: Option<i64>,
+    /// Stream sequence of the JetStream message whose answer was published
+    /// first: any later delivery of that message (a redelivery, or a replay
+    /// to a consumer created again) is acknowledged, not answered again.
+    pub request_seq: Option<u64>,
     /// Unix milliseconds.
     pub inserted_at: i64,
     pub updated_at: i64,
@@ -98,16 +110,21 @@ impl ExperimentRecord {
             error_kind: None,
             result_json: None,
             owner: owner.into(),
+            host: String::new(),
             published_at: None,
+            request_seq: None,
             inserted_at: now_ms,
             updated_at: now_ms,
         }
     }
 
+    /// The final document; one stored before results carried a host names
+    /// this record's.
     pub fn result(&self) -> Option<ExperimentResult> {
         self.result_json
             .as_deref()
-            .and_then(|json| serde_json::from_str(json).ok())
+            .and_then(|json| serde_json::from_str::<ExperimentResult>(json).ok())
+            .map(|result| result.or_host(&self.host))
     }
 
     pub fn request(&self) -> Result<Request> {
@@ -120,6 +137,8 @@ impl ExperimentRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricsRow {
     pub experiment_id: String,
+    /// The host that ran the experiment; set by the store on write when empty.
+    pub host: String,
     pub metrics: Metrics,
     pub baseline: BaselineFigures,
     pub regressions: Vec<String>,
@@ -158,7 +177,10 @@ pub struct TestOutcomes {
 /// What happened to a sandbox on disk or in Docker (export table `sandbox_history`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SandboxEvent {
+    /// Counted per store, so unique only together with `host`.
     pub id: u64,
+    /// The host whose sandbox it was: the store's own.
+    pub host: String,
     pub experiment_id: String,
     /// create, cleanup, archive, export, verify, delete
     pub operation: String,
@@ -176,4 +198,146 @@ pub enum Inserted {
     New,
     /// The id was known already; here is what the store holds.
     Existing(Box<ExperimentRecord>),
+}
+
+/// A row type whose shape changed at schema version 2 (it gained `host`):
+/// how the store reads it whatever version wrote it, and where its host is.
+pub trait Row: serde::de::DeserializeOwned + Serialize {
+    /// The shape schema version 1 wrote.
+    type V1: serde::de::DeserializeOwned + Into<Self>;
+    /// The host the row names; empty when written before hosts were recorded.
+    fn host_mut(&mut self) -> &mut String;
+}
+
+impl Row for ExperimentRecord {
+    type V1 = v1::ExperimentRecord;
+    fn host_mut(&mut self) -> &mut String {
+        &mut self.host
+    }
+}
+
+impl Row for MetricsRow {
+    type V1 = v1::MetricsRow;
+    fn host_mut(&mut self) -> &mut String {
+        &mut self.host
+    }
+}
+
+impl Row for SandboxEvent {
+    type V1 = v1::SandboxEvent;
+    fn host_mut(&mut self) -> &mut String {
+        &mut self.host
+    }
+}
+
+/// The rows as schema version 1 stored them: field for field the current
+/// types without `host`. Never change these; they describe bytes on disk.
+pub mod v1 {
+    use serde::{Deserialize, Serialize};
+
+    use super::{BaselineFigures, Status};
+    use crate::contract::Metrics;
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct ExperimentRecord {
+        pub experiment_id: String,
+        pub instance_id: String,
+        pub experiment_type: String,
+        pub description: String,
+        pub risk_level: String,
+        pub estimated_impact: f64,
+        pub changes_json: String,
+        pub rollback_plan: String,
+        pub timeout_ms: Option<u64>,
+        pub request_json: String,
+        pub fingerprint: String,
+        pub status: Status,
+        pub recommendation: Option<String>,
+        pub error: Option<String>,
+        pub error_kind: Option<String>,
+        pub result_json: Option<String>,
+        pub owner: String,
+        pub published_at: Option<i64>,
+        pub inserted_at: i64,
+        pub updated_at: i64,
+    }
+
+    impl From<ExperimentRecord> for super::ExperimentRecord {
+        fn from(r: ExperimentRecord) -> Self {
+            super::ExperimentRecord {
+                experiment_id: r.experiment_id,
+                instance_id: r.instance_id,
+                experiment_type: r.experiment_type,
+                description: r.description,
+                risk_level: r.risk_level,
+                estimated_impact: r.estimated_impact,
+                changes_json: r.changes_json,
+                rollback_plan: r.rollback_plan,
+                timeout_ms: r.timeout_ms,
+                request_json: r.request_json,
+                fingerprint: r.fingerprint,
+                status: r.status,
+                recommendation: r.recommendation,
+                error: r.error,
+                error_kind: r.error_kind,
+                result_json: r.result_json,
+                owner: r.owner,
+                host: String::new(),
+                published_at: r.published_at,
+                request_seq: None,
+                inserted_at: r.inserted_at,
+                updated_at: r.updated_at,
+            }
+        }
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct MetricsRow {
+        pub experiment_id: String,
+        pub metrics: Metrics,
+        pub baseline: BaselineFigures,
+        pub regressions: Vec<String>,
+        pub flaky: Vec<String>,
+        pub inserted_at: i64,
+    }
+
+    impl From<MetricsRow> for super::MetricsRow {
+        fn from(m: MetricsRow) -> Self {
+            super::MetricsRow {
+                experiment_id: m.experiment_id,
+                host: String::new(),
+                metrics: m.metrics,
+                baseline: m.baseline,
+                regressions: m.regressions,
+                flaky: m.flaky,
+                inserted_at: m.inserted_at,
+            }
+        }
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct SandboxEvent {
+        pub id: u64,
+        pub experiment_id: String,
+        pub operation: String,
+        pub path: String,
+        pub size_bytes: u64,
+        pub detail: String,
+        pub inserted_at: i64,
+    }
+
+    impl From<SandboxEvent> for super::SandboxEvent {
+        fn from(e: SandboxEvent) -> Self {
+            super::SandboxEvent {
+                id: e.id,
+                host: String::new(),
+                experiment_id: e.experiment_id,
+                operation: e.operation,
+                path: e.path,
+                size_bytes: e.size_bytes,
+                detail: e.detail,
+                inserted_at: e.inserted_at,
+            }
+        }
+    }
 }

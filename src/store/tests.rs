@@ -114,3 +114,125 @@ fn reopening_keeps_everything() {
     );
     assert_eq!(store.schema_version().unwrap(), u64::from(SCHEMA_VERSION));
 }
+
+/// `value` in the shape `V` with schema version 1's header, as a store
+/// written before hosts were recorded holds it.
+fn v1_bytes<V, T>(value: &T) -> Vec<u8>
+where
+    V: serde::Serialize + serde::de::DeserializeOwned,
+    T: serde::Serialize,
+{
+    let mut json = serde_json::to_value(value).unwrap();
+    json.as_object_mut().unwrap().remove("host");
+    let old: V = serde_json::from_value(json).unwrap();
+    let mut out = 1u32.to_le_bytes().to_vec();
+    out.extend(bincode::serde::encode_to_vec(&old, bincode::config::standard()).unwrap());
+    out
+}
+
+#[test]
+fn rows_written_before_hosts_read_back_with_the_stores_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.redb");
+    let store = Store::open_with(&path, DEFAULT_CACHE_BYTES, "host-old").unwrap();
+    let mut rec = ExperimentRecord::new(&request("old"), Status::Failed, "h:1", 5);
+    let failed = crate::contract::ExperimentResult::failed(
+        "",
+        "old",
+        "inst",
+        crate::contract::ErrorKind::Internal,
+        "x",
+    );
+    rec.result_json = Some(failed.to_json());
+    let metrics = MetricsRow {
+        experiment_id: "old".into(),
+        host: String::new(),
+        metrics: Default::default(),
+        baseline: Default::default(),
+        regressions: vec![],
+        flaky: vec![],
+        inserted_at: 5,
+    };
+    let event = SandboxEvent {
+        id: 7,
+        host: String::new(),
+        experiment_id: "old".into(),
+        operation: "create".into(),
+        path: "/p".into(),
+        size_bytes: 1,
+        detail: String::new(),
+        inserted_at: 5,
+    };
+    {
+        let txn = store.db.begin_write().unwrap();
+        let bytes = v1_bytes::<v1::ExperimentRecord, _>(&rec);
+        txn.open_table(RECORDS)
+            .unwrap()
+            .insert("old", bytes.as_slice())
+            .unwrap();
+        txn.open_table(BY_TIME)
+            .unwrap()
+            .insert((5, "old"), ())
+            .unwrap();
+        let bytes = v1_bytes::<v1::MetricsRow, _>(&metrics);
+        txn.open_table(METRICS)
+            .unwrap()
+            .insert("old", bytes.as_slice())
+            .unwrap();
+        let bytes = v1_bytes::<v1::SandboxEvent, _>(&event);
+        txn.open_table(HISTORY)
+            .unwrap()
+            .insert(7, bytes.as_slice())
+            .unwrap();
+        txn.open_multimap_table(HISTORY_BY_EXPERIMENT)
+            .unwrap()
+            .insert("old", 7)
+            .unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert("schema_version", 1)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    drop(store);
+    let store = Store::open_with(&path, DEFAULT_CACHE_BYTES, "host-old").unwrap();
+    assert_eq!(store.schema_version().unwrap(), u64::from(SCHEMA_VERSION));
+    let got = store.get("old").unwrap().unwrap();
+    assert_eq!((got.host.as_str(), got.owner.as_str()), ("host-old", "h:1"));
+    assert_eq!(got.result().unwrap().host(), "host-old");
+    assert_eq!(store.metrics("old").unwrap().unwrap().host, "host-old");
+    assert_eq!(store.history("old").unwrap()[0].host, "host-old");
+    let mut listed = Vec::new();
+    store
+        .for_each_record(None, |r| {
+            listed.push(r.host);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(listed, ["host-old"]);
+    // Rewritten, the row is version 2 and keeps its host.
+    store.put_record(&got).unwrap();
+    assert_eq!(store.get("old").unwrap().unwrap().host, "host-old");
+}
+
+#[test]
+fn new_rows_carry_the_stores_host_unless_they_name_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        Store::open_with(&dir.path().join("g.redb"), DEFAULT_CACHE_BYTES, "host-a").unwrap();
+    store
+        .insert_new(&ExperimentRecord::new(
+            &request("mine"),
+            Status::Queued,
+            "h:1",
+            1,
+        ))
+        .unwrap();
+    let mut theirs = ExperimentRecord::new(&request("theirs"), Status::Queued, "h:1", 2);
+    theirs.host = "host-b".into();
+    store.insert_new(&theirs).unwrap();
+    store.add_history("mine", "create", "/p", 0, "").unwrap();
+    assert_eq!(store.get("mine").unwrap().unwrap().host, "host-a");
+    assert_eq!(store.get("theirs").unwrap().unwrap().host, "host-b");
+    assert_eq!(store.history("mine").unwrap()[0].host, "host-a");
+}

@@ -427,6 +427,60 @@ pub fn request(id: &str, risk: &str, files: &[&str], patch: &str) -> serde_json:
     })
 }
 
+/// A TAP suite of three passing tests: the cheapest real suite.
+pub const TAP_SUITE: &str =
+    "echo 1..3\necho ok 1 - adds\necho ok 2 - subtracts\necho ok 3 - divides\n";
+
+/// genesis.toml for `genesis serve` tests: the busybox image, [`TAP_SUITE`]
+/// in `{root}/app`, quick JetStream progress acks and redelivery.
+pub fn serve_config(max_concurrent: usize, jetstream: bool) -> String {
+    serve_config_acking(max_concurrent, jetstream, 5000)
+}
+
+/// As [`serve_config`], with JetStream's ack wait (progress acks go out ten
+/// times per ack wait).
+pub fn serve_config_acking(max_concurrent: usize, jetstream: bool, ack_wait_ms: u64) -> String {
+    let progress_ack_ms = ack_wait_ms / 10;
+    format!(
+        r#"
+default_repo = "app"
+max_concurrent = {max_concurrent}
+drain_timeout_ms = 60000
+
+[nats]
+jetstream = {jetstream}
+progress_ack_ms = {progress_ack_ms}
+ack_wait_ms = {ack_wait_ms}
+
+[repos.app]
+path = "{{root}}/app"
+image = "genesis/busybox:latest"
+test_command = "sh run_tests.sh"
+report = "tap"
+"#
+    )
+}
+
+/// A home for `genesis serve` with [`serve_config`] and its app repo.
+pub fn serve_home(max_concurrent: usize, jetstream: bool) -> TestHome {
+    serve_home_with(&serve_config(max_concurrent, jetstream))
+}
+
+/// A home with this config text (see [`serve_config`]) and the app repo.
+pub fn serve_home_with(config: &str) -> TestHome {
+    ensure_image("busybox");
+    let home = TestHome::new(config);
+    git_repo(&home.root().join("app"), &[("run_tests.sh", TAP_SUITE)]);
+    home
+}
+
+/// A request whose suite first sleeps `seconds`, so it is seen running.
+pub fn sleepy_request(id: &str, seconds: f64) -> serde_json::Value {
+    let mut r = request(id, "low", &[], "");
+    r["test_command"] = format!("sleep {seconds}; sh run_tests.sh").into();
+    r
+}
+
 /// A `genesis serve` process; killed (by PID) on drop if still running.
 pub struct ServeProcess {
     pub child: Option<std::process::Child>,
@@ -439,6 +493,13 @@ pub struct ServeProcess {
 impl ServeProcess {
     /// Starts `genesis serve` and waits for its "genesis ready" log line.
     pub fn start(home: &TestHome, nats_url: &str) -> ServeProcess {
+        let serve = ServeProcess::spawn(home, nats_url);
+        serve.wait_for_line("genesis ready", std::time::Duration::from_secs(60));
+        serve
+    }
+
+    /// Starts `genesis serve` without waiting for anything.
+    pub fn spawn(home: &TestHome, nats_url: &str) -> ServeProcess {
         use std::io::BufRead;
         let mut child = home
             .command()
@@ -461,13 +522,11 @@ impl ServeProcess {
                 }
             }
         });
-        let serve = ServeProcess {
+        ServeProcess {
             child: Some(child),
             lines: rx,
             history: std::sync::Mutex::new(Vec::new()),
-        };
-        serve.wait_for_line("genesis ready", std::time::Duration::from_secs(60));
-        serve
+        }
     }
 
     /// Blocks until a stderr line contains `needle`; panics with the log on timeout.
@@ -530,6 +589,13 @@ impl ServeProcess {
 
     pub fn wait(&mut self) -> std::process::ExitStatus {
         self.child.take().expect("running").wait().unwrap()
+    }
+
+    /// Whether the process is still running (it has not exited on its own).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
 

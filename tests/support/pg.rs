@@ -131,6 +131,21 @@ impl PgCluster {
         );
     }
 
+    /// The single value `sql` selects, as psql prints it unaligned.
+    pub fn scalar(&self, db: &str, sql: &str) -> String {
+        let out = self
+            .psql(db)
+            .args(["-A", "-t", "-c", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
     /// One JSON document per row: `SELECT row_to_json(t) FROM table t`.
     pub fn rows(&self, db: &str, table: &str, order_by: &str) -> Vec<serde_json::Value> {
         let sql = format!("SELECT row_to_json(t) FROM {table} t ORDER BY {order_by}");
