@@ -235,10 +235,15 @@ fn under_runsc_every_probe_holds_and_the_numbers_are_identical() {
     let mut judged = Vec::new();
     for runtime in ["runc", "runsc"] {
         let home = home_with_repo(64, runtime);
+        let started = Instant::now();
         let result = run_on(
             &engine,
             &home,
             &request_adding(&home, "judged", &["broken"]),
+        );
+        eprintln!(
+            "{runtime}: one experiment (baseline and candidate) took {:?}",
+            started.elapsed()
         );
         assert_eq!(result["status"], "success", "{runtime}: {result}");
         let m = &result["metrics"];
