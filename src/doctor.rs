@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::errors::GenesisError;
 
 /// One check's verdict.
 pub struct Check {
@@ -203,6 +204,14 @@ fn home(config: &Config) -> Check {
     }
     let probe = home.join(format!(".doctor-{}", std::process::id()));
     if let Err(e) = std::fs::write(&probe, b"ok") {
+        let _ = std::fs::remove_file(&probe);
+        if crate::store::faults::is_no_space(&e) {
+            return Check::fail(
+                "home",
+                format!("{} is full: {e}", home.display()),
+                "free space on its file system (`genesis jobs run cleanup`, `genesis env prune`, or remove files)",
+            );
+        }
         return Check::fail(
             "home",
             format!("{} is not writable: {e}", home.display()),
@@ -234,20 +243,39 @@ pub fn free_mb(path: &std::path::Path) -> Option<u64> {
     (rc == 0).then(|| (stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64) / (1024 * 1024))
 }
 
+/// The store opens and every page of it checks out (a full read of the
+/// file, so damage that a plain open never touches is found too).
 async fn store(config: &Config) -> Check {
-    match crate::store::open_store(config).await {
+    match crate::store::open_store_verified(config).await {
         Ok(store) => match store.schema_version() {
             Ok(v) => Check::pass(
                 "store",
-                format!("{} opens, schema version {v}", store.path().display()),
+                format!(
+                    "{} opens, every page checks out, schema version {v}",
+                    store.path().display()
+                ),
             ),
-            Err(e) => Check::fail(
-                "store",
-                e.to_string(),
-                "restore the file from a backup or move it aside",
-            ),
+            Err(e) => store_failure(e),
         },
-        Err(e) => Check::fail(
+        Err(e) => store_failure(e),
+    }
+}
+
+/// What is wrong with the store and the way out: a damaged file is named
+/// with what redb found and how to start afresh without losing results.
+fn store_failure(e: GenesisError) -> Check {
+    match e {
+        GenesisError::StoreDamaged { path, problem, fix } => Check::fail(
+            "store",
+            format!("{} is damaged: {problem}", path.display()),
+            fix,
+        ),
+        GenesisError::HomeFull { home, context } => Check::fail(
+            "store",
+            format!("{} is full (No space left on device) while {context}", home.display()),
+            "free space on its file system (`genesis jobs run cleanup`, `genesis env prune`, or remove files); what was stored before is intact",
+        ),
+        e => Check::fail(
             "store",
             e.to_string(),
             "check the file's permissions, or move it aside to start afresh",

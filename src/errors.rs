@@ -64,6 +64,20 @@ pub enum GenesisError {
     #[error("store {path}: {message}")]
     Store { path: PathBuf, message: String },
 
+    /// GENESIS_HOME's file system has no room left: nothing more can be
+    /// written there, while what was committed before stays intact.
+    #[error("GENESIS_HOME {home} is full (No space left on device) while {context}; free space on its file system (`genesis jobs run cleanup`, `genesis env prune`, or remove files) and run it again: everything stored before is intact")]
+    HomeFull { home: PathBuf, context: String },
+
+    /// The store file, or a row in it, is not readable any more
+    /// (overwritten, cut short, scribbled on); `fix` says how to go on.
+    #[error("store {path} is damaged: {problem}. {fix}")]
+    StoreDamaged {
+        path: PathBuf,
+        problem: String,
+        fix: String,
+    },
+
     /// A file-system operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -175,6 +189,8 @@ impl GenesisError {
             GenesisError::Baseline { kind, .. } => *kind,
             GenesisError::Config { .. }
             | GenesisError::Store { .. }
+            | GenesisError::HomeFull { .. }
+            | GenesisError::StoreDamaged { .. }
             | GenesisError::Io { .. }
             | GenesisError::Git { .. }
             | GenesisError::Nats(_)

@@ -39,6 +39,7 @@ use crate::results::coverage::CoverageSpec;
 use crate::results::{ReportSpec, TestReport};
 use crate::sandbox::{self, home_label, Resources, Role};
 use crate::snapshot::{Owner, PreparedRepo, RepoInput, Snapshotter};
+use crate::store::faults::home_full_or;
 use crate::store::{ExperimentRecord, Inserted, MetricsRow, Status, Store, TestOutcomes};
 
 mod analysis;
@@ -264,6 +265,7 @@ impl Runner {
                 Some(outcomes),
             ),
             Err(e) => {
+                let e = home_full_or(e, &self.config.home);
                 let stage_name = if matches!(e, GenesisError::Timeout { .. }) {
                     stage::TIMEOUT
                 } else {
@@ -284,12 +286,39 @@ impl Runner {
             }
         };
         if let Err(e) = self.finish(request, &result, metrics, outcomes).await {
+            let e = home_full_or(e, &self.config.home);
             tracing::error!(experiment_id = %id, error = %e, "storing the result failed");
+            progress.stage(&id, stage::FAILED, &e.to_string());
+            return self.unstored(request, &result, &e);
         }
         if result.is_success() {
             progress.stage(&id, stage::COMPLETE, result.recommendation().as_str());
         }
         result
+    }
+
+    /// What a requester is told when the result could not be stored (a full
+    /// home, a failing store): that, and how the experiment itself ended.
+    /// A verdict nobody can look up again is not handed out as if it were.
+    fn unstored(
+        &self,
+        request: &Request,
+        result: &ExperimentResult,
+        e: &GenesisError,
+    ) -> ExperimentResult {
+        let outcome = match result {
+            ExperimentResult::Success(c) => {
+                format!("the experiment itself ran to {}", c.recommendation)
+            }
+            ExperimentResult::Failed(f) => format!("the experiment itself failed: {}", f.error),
+        };
+        ExperimentResult::failed(
+            &self.config.host,
+            &request.experiment_id,
+            &request.instance_id,
+            e.kind(),
+            format!("{e}; its result was not stored ({outcome})"),
+        )
     }
 
     async fn mark(&self, id: &str, status: Status) -> Result<()> {

@@ -34,6 +34,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::errors::{GenesisError, Result};
 
+pub mod faults;
 mod records;
 pub use records::*;
 
@@ -57,6 +58,15 @@ const BASELINES: TableDefinition<&str, &[u8]> = TableDefinition::new("baselines"
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const TRENDS: TableDefinition<&str, &[u8]> = TableDefinition::new("trends");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// How much of the file an open verifies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// What redb reads to open it (header, table roots): fast, for every command.
+    Trust,
+    /// The checksum of every page of the committed trees.
+    EveryPage,
+}
 
 /// Handle to the store; cheap to clone, shared by all tasks.
 #[derive(Clone)]
@@ -140,16 +150,47 @@ impl Store {
     /// As [`Store::open`], with redb's page cache bounded to `cache_bytes`
     /// (memory then stays flat however many rows a scan reads) and `host`
     /// as the host of its rows.
+    ///
+    /// A damaged file (garbage, cut short) is refused with
+    /// [`GenesisError::StoreDamaged`], also when redb panics on it (see
+    /// [`faults`]).
     pub fn open_with(path: &Path, cache_bytes: usize, host: &str) -> Result<Store> {
+        Store::open_checked(path, cache_bytes, host, Check::Trust)
+    }
+
+    /// As [`Store::open_with`], after verifying the checksum of every page
+    /// of the file (it reads the whole file): for `genesis doctor`, which
+    /// must find damage that a plain open does not touch.
+    pub fn open_verified(path: &Path, cache_bytes: usize, host: &str) -> Result<Store> {
+        Store::open_checked(path, cache_bytes, host, Check::EveryPage)
+    }
+
+    fn open_checked(path: &Path, cache_bytes: usize, host: &str, check: Check) -> Result<Store> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| GenesisError::io(format!("creating {}", dir.display()), e))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                faults::home_full_or(
+                    GenesisError::io(format!("creating {}", dir.display()), e),
+                    dir,
+                )
+            })?;
         }
+        faults::guarded(|| Store::open_unguarded(path, cache_bytes, host, check)).unwrap_or_else(
+            |panic| {
+                Err(faults::damaged(
+                    path,
+                    &format!("redb could not read it ({panic})"),
+                ))
+            },
+        )
+    }
+
+    fn open_unguarded(path: &Path, cache_bytes: usize, host: &str, check: Check) -> Result<Store> {
         let db = Database::builder()
             .set_concurrency_mode(ConcurrencyMode::MultiWriter)
             .set_cache_size(cache_bytes)
+            .set_check_integrity_on_open(check == Check::EveryPage)
             .create(path)
-            .map_err(|e| store_error(path, e))?;
+            .map_err(|e| faults::store_error(path, e))?;
         let store = Store {
             db: Arc::new(db),
             path: path.to_path_buf(),
@@ -169,8 +210,16 @@ impl Store {
     }
 
     /// Decodes a row, naming this store's host when the row names none.
+    /// A row that does not decode was damaged on disk (redb does not
+    /// verify checksums on every read): it is reported as a damaged store,
+    /// with the file and the fix.
     fn read_row<T: Row>(&self, bytes: &[u8]) -> Result<T> {
-        let mut row: T = decode_row(bytes)?;
+        let mut row: T = decode_row(bytes).map_err(|e| {
+            faults::damaged(
+                &self.path,
+                &format!("a stored row cannot be read back ({e})"),
+            )
+        })?;
         self.stamp(&mut row);
         Ok(row)
     }
@@ -202,8 +251,8 @@ impl Store {
             .map_err(|e| GenesisError::Internal(format!("store task panicked: {e}")))?
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> GenesisError {
-        store_error(&self.path, e)
+    fn err(&self, e: impl Into<redb::Error>) -> GenesisError {
+        faults::store_error(&self.path, e)
     }
 
     fn init_tables(&self) -> Result<()> {
@@ -232,9 +281,12 @@ impl Store {
                         .map_err(|e| self.err(e))?;
                 }
                 Some(v) if v > u64::from(SCHEMA_VERSION) => {
-                    return Err(self.err(format!(
+                    return Err(GenesisError::Store {
+                        path: self.path.clone(),
+                        message: format!(
                         "written by a newer genesis (schema {v}, this one reads {SCHEMA_VERSION})"
-                    )))
+                    ),
+                    })
                 }
                 // This genesis writes the current version from now on: an
                 // older one must refuse the file rather than misread rows.
@@ -592,21 +644,23 @@ impl Store {
     }
 }
 
-fn store_error(path: &Path, e: impl std::fmt::Display) -> GenesisError {
-    GenesisError::Store {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    }
-}
-
 /// Opens the store of a configured home (off the async runtime: redb is
 /// synchronous), with the configured page cache and host.
 pub async fn open_store(config: &Config) -> Result<Store> {
+    open_store_checked(config, Check::Trust).await
+}
+
+/// As [`open_store`], verifying every page first (`genesis doctor`).
+pub async fn open_store_verified(config: &Config) -> Result<Store> {
+    open_store_checked(config, Check::EveryPage).await
+}
+
+async fn open_store_checked(config: &Config, check: Check) -> Result<Store> {
     let path = config.store_path();
     let cache =
         usize::try_from(config.store_cache_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
     let host = config.host.clone();
-    tokio::task::spawn_blocking(move || Store::open_with(&path, cache, &host))
+    tokio::task::spawn_blocking(move || Store::open_checked(&path, cache, &host, check))
         .await
         .map_err(|e| GenesisError::Internal(format!("store open task: {e}")))?
 }
