@@ -266,6 +266,15 @@ fn under_runsc_every_probe_holds_and_the_numbers_are_identical() {
 
 /// `genesis run` of `req` against the private engine.
 fn run_on(engine: &PrivateEngine, home: &TestHome, req: &serde_json::Value) -> serde_json::Value {
+    result_json(&spawn_run_on(engine, home, req).wait_with_output().unwrap())
+}
+
+/// Starts `genesis run` of `req` against the private engine.
+fn spawn_run_on(
+    engine: &PrivateEngine,
+    home: &TestHome,
+    req: &serde_json::Value,
+) -> std::process::Child {
     use std::io::Write;
     let mut child = home
         .command()
@@ -282,7 +291,7 @@ fn run_on(engine: &PrivateEngine, home: &TestHome, req: &serde_json::Value) -> s
         .unwrap()
         .write_all(req.to_string().as_bytes())
         .unwrap();
-    result_json(&child.wait_with_output().unwrap())
+    child
 }
 
 #[test]
@@ -290,20 +299,7 @@ fn an_engine_crash_mid_run_is_retried_and_answered_with_the_right_numbers() {
     let mut engine = engine_with_busybox();
     let home = home_with_repo(64, "runc");
     let req = request_adding(&home, "crash", &["slow", "broken"]);
-    let mut child = home
-        .command()
-        .env("DOCKER_HOST", engine.host())
-        .args(["run", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(req.to_string().as_bytes()).unwrap();
-    }
+    let child = spawn_run_on(&engine, &home, &req);
     // The candidate's suite sleeps 4 s: crash the engine while it runs.
     wait_for_running_candidate(&engine, Duration::from_secs(90));
     engine.crash_and_restart();

@@ -230,7 +230,13 @@ impl Sandbox {
         let exit_code = if timed_out {
             137
         } else {
-            self.exec_exit_code(&exec.id).await?
+            match self.exec_exit_code(&exec.id).await {
+                Ok(code) => code,
+                // The OOM killer took the whole sandbox (seen with runsc):
+                // the engine forgets the exec, but the cause is known.
+                Err(e) if e.is_infrastructure() && self.inspect_oom().await.unwrap_or(false) => 137,
+                Err(e) => return Err(e),
+            }
         };
         if !timed_out {
             self.check_still_running().await?;
