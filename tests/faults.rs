@@ -342,3 +342,40 @@ fn wait_for_running_candidate(engine: &PrivateEngine, limit: Duration) {
     }
     panic!("no candidate container ran within {limit:?}");
 }
+
+/// The hostile suites of `tests/sandbox.rs` under gVisor. An output flood
+/// ends as under runc. A fork bomb is contained under both (failed,
+/// nothing left behind), but not the same way: under runc forks fail at
+/// the pids limit and the bomb runs into its timeout; under runsc's
+/// ptrace platform every guest process needs host threads, and at the
+/// limit the sandbox itself dies, which genesis cannot tell from an
+/// infrastructure failure (it retries, then `sandbox_error`).
+#[test]
+fn under_runsc_a_fork_bomb_is_contained_and_a_flood_ends_as_under_runc() {
+    if !require_runsc() {
+        return;
+    }
+    let engine = engine_with_busybox();
+    for runtime in ["runc", "runsc"] {
+        let home = home_with_repo(64, runtime);
+        let mut flood = request(&format!("flood-{runtime}"), "high", &[], "");
+        flood["test_command"] =
+            "head -c 200000000 /dev/zero | tr '\\0' x; echo; sh run_tests.sh".into();
+        let result = run_on(&engine, &home, &flood);
+        assert_eq!(result["status"], "success", "{runtime}: {result}");
+        assert_eq!(result["metrics"]["test_count"], 3, "{runtime}: {result}");
+        let mut bomb = request(&format!("bomb-{runtime}"), "high", &[], "");
+        bomb["test_command"] = "b() { b | b & }; b; sleep 30".into();
+        bomb["timeout_ms"] = 4000.into();
+        let result = run_on(&engine, &home, &bomb);
+        assert_eq!(result["status"], "failed", "{runtime}: {result}");
+        let expected = if runtime == "runc" {
+            "timeout"
+        } else {
+            "sandbox_error"
+        };
+        assert_eq!(result["error_kind"], expected, "{runtime}: {result}");
+        let left = engine.docker(&["ps", "-aq"]);
+        assert!(left.trim().is_empty(), "{runtime}: containers left: {left}");
+    }
+}
