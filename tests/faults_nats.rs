@@ -35,6 +35,16 @@ use support::*;
 
 /// The test's stream of answers.
 const RESULTS: &str = "TEST_RESULTS";
+
+/// A client of the test's own, once JetStream answers, with the stream
+/// that captures every answer (`RESULTS`) in place.
+async fn capturing_client(url: &str) -> (async_nats::Client, jetstream::Context) {
+    let client = patient_client(url).await;
+    let js = jetstream::new(client.clone());
+    wait_for_jetstream(&client, Duration::from_secs(30)).await;
+    capture_results(&js, RESULTS).await;
+    (client, js)
+}
 /// genesis's request stream and consumer (the defaults of `[nats]`).
 const REQUESTS: &str = "GENESIS_REQUESTS";
 const CONSUMER: &str = "genesis";
@@ -158,10 +168,7 @@ fn assert_each_answered_once(answers: &BTreeMap<String, Vec<serde_json::Value>>,
 async fn nats_killed_mid_run_comes_back_and_every_request_is_answered_once() {
     let started = Instant::now();
     let mut nats = NatsServer::start(true);
-    let client = patient_client(&nats.url()).await;
-    let js = jetstream::new(client.clone());
-    wait_for_jetstream(&client, Duration::from_secs(30)).await;
-    capture_results(&js, RESULTS).await;
+    let (client, js) = capturing_client(&nats.url()).await;
     let config = serve_config_acking(2, true, ACK_WAIT_MS);
     let home = serve_home_with(&with_host(&config, "host-a"));
     let mut serve = ServeProcess::start(&home, &nats.url());
@@ -216,10 +223,7 @@ async fn serve_waits_for_nats(jetstream_mode: bool) {
     tokio::time::sleep(NATS_LATE).await;
     nats.launch();
     serve.wait_for_line("genesis ready", Duration::from_secs(60));
-    let client = patient_client(&nats.url()).await;
-    let js = jetstream::new(client.clone());
-    wait_for_jetstream(&client, Duration::from_secs(30)).await;
-    capture_results(&js, RESULTS).await;
+    let (client, js) = capturing_client(&nats.url()).await;
     let id = if jetstream_mode {
         "late-nats-js"
     } else {
@@ -264,10 +268,7 @@ async fn serve_started_before_nats_waits_then_answers_in_jetstream_mode() {
 async fn a_deleted_request_consumer_is_created_again() {
     let started = Instant::now();
     let nats = NatsServer::start(true);
-    let client = patient_client(&nats.url()).await;
-    let js = jetstream::new(client.clone());
-    wait_for_jetstream(&client, Duration::from_secs(30)).await;
-    capture_results(&js, RESULTS).await;
+    let (_client, js) = capturing_client(&nats.url()).await;
     let home = serve_home_with(&jetstream_config(1, "host-a"));
     let mut serve = ServeProcess::start(&home, &nats.url());
     publish_request(&js, &sleepy_request("before-delete", 0.0)).await;
@@ -327,10 +328,7 @@ fn export_sql(home: &TestHome, path: &std::path::Path) -> (u64, u64, u64) {
 async fn two_hosts_share_one_consumer_and_their_exports_load_into_one_database() {
     let started = Instant::now();
     let nats = NatsServer::start(true);
-    let client = patient_client(&nats.url()).await;
-    let js = jetstream::new(client.clone());
-    wait_for_jetstream(&client, Duration::from_secs(30)).await;
-    capture_results(&js, RESULTS).await;
+    let (_client, js) = capturing_client(&nats.url()).await;
     let a = serve_home_with(&jetstream_config(2, "host-a"));
     let b = serve_home_with(&jetstream_config(2, "host-b"));
     let serve_a = ServeProcess::start(&a, &nats.url());

@@ -133,6 +133,12 @@ impl PgCluster {
 
     /// The single value `sql` selects, as psql prints it unaligned.
     pub fn scalar(&self, db: &str, sql: &str) -> String {
+        self.unaligned(db, sql).trim().to_owned()
+    }
+
+    /// What `sql` prints unaligned and without headers; panics with psql's
+    /// error when it fails.
+    fn unaligned(&self, db: &str, sql: &str) -> String {
         let out = self
             .psql(db)
             .args(["-A", "-t", "-c", sql])
@@ -143,24 +149,13 @@ impl PgCluster {
             "{sql}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        String::from_utf8(out.stdout).unwrap()
     }
 
     /// One JSON document per row: `SELECT row_to_json(t) FROM table t`.
     pub fn rows(&self, db: &str, table: &str, order_by: &str) -> Vec<serde_json::Value> {
         let sql = format!("SELECT row_to_json(t) FROM {table} t ORDER BY {order_by}");
-        let out = self
-            .psql(db)
-            .args(["-A", "-t", "-c", &sql])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
+        self.unaligned(db, &sql)
             .lines()
             .filter(|l| !l.is_empty())
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
