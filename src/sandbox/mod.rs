@@ -147,6 +147,15 @@ pub async fn labelled_containers(
     if let Some(e) = experiment {
         labels.push(format!("{LABEL_EXPERIMENT}={e}"));
     }
+    containers_with_labels(docker, labels).await
+}
+
+/// `(container id, experiment)` of every container, running or not, that
+/// carries all of `labels` (`KEY` or `KEY=VALUE`).
+async fn containers_with_labels(
+    docker: &Docker,
+    labels: Vec<String>,
+) -> Result<Vec<(String, String)>> {
     let options = ListContainersOptions {
         all: true,
         filters: Some(HashMap::from([("label".to_string(), labels)])),
@@ -190,20 +199,13 @@ pub async fn wait_for_engine(docker: &Docker, limit: Duration) -> Result<()> {
 /// Removes what is left of one experiment's runs in `role` after an
 /// infrastructure failure (best effort: the next cleanup reaps the rest).
 pub async fn remove_runs_of(docker: &Docker, home_label: &str, experiment: &str, role: Role) {
-    let options = ListContainersOptions {
-        all: true,
-        filters: Some(HashMap::from([(
-            "label".to_string(),
-            vec![
-                format!("{LABEL_HOME}={home_label}"),
-                format!("{LABEL_EXPERIMENT}={experiment}"),
-                format!("{LABEL_ROLE}={}", role.as_str()),
-            ],
-        )])),
-        ..Default::default()
-    };
-    if let Ok(list) = docker.list_containers(Some(options)).await {
-        for id in list.into_iter().filter_map(|c| c.id) {
+    let labels = vec![
+        format!("{LABEL_HOME}={home_label}"),
+        format!("{LABEL_EXPERIMENT}={experiment}"),
+        format!("{LABEL_ROLE}={}", role.as_str()),
+    ];
+    if let Ok(list) = containers_with_labels(docker, labels).await {
+        for (id, _) in list {
             let _ = remove_container(docker, &id).await;
         }
     }
