@@ -424,7 +424,7 @@ async fn disk_cap(config: &Config) -> Check {
         crate::runner::scratch_dir(&config.home).join(format!("doctor-{}", std::process::id()));
     let owner = crate::snapshot::Owner::parse(&config.sandbox.user);
     let made = tokio::task::spawn_blocking(move || {
-        let disk = crate::sandbox::ScratchDisk::create(&root, 16, owner?)?;
+        let disk = crate::sandbox::ScratchDisk::create(&root, 16, owner?, None)?;
         disk.release()
     })
     .await;

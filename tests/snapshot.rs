@@ -66,10 +66,11 @@ fn snapshots_are_deterministic_cached_and_keep_links() {
         declared_files: Some(&files),
         install_inputs: None,
         analysis_cap_bytes: 1 << 20,
+        layered: false,
     };
     let first = snap.prepare(&input, "exp-1").unwrap();
-    let bytes = std::fs::read(&first.base.tarball).unwrap();
-    let modified = std::fs::metadata(&first.base.tarball)
+    let bytes = std::fs::read(first.base.tarball.as_ref().unwrap()).unwrap();
+    let modified = std::fs::metadata(first.base.tarball.as_ref().unwrap())
         .unwrap()
         .modified()
         .unwrap();
@@ -80,16 +81,19 @@ fn snapshots_are_deterministic_cached_and_keep_links() {
         "same patch, same base: same candidate"
     );
     assert_eq!(
-        std::fs::metadata(&second.base.tarball)
+        std::fs::metadata(second.base.tarball.as_ref().unwrap())
             .unwrap()
             .modified()
             .unwrap(),
         modified,
         "cache reused"
     );
-    assert_eq!(std::fs::read(&second.base.tarball).unwrap(), bytes);
+    assert_eq!(
+        std::fs::read(second.base.tarball.as_ref().unwrap()).unwrap(),
+        bytes
+    );
 
-    let listed = entries(&first.base.tarball);
+    let listed = entries(first.base.tarball.as_ref().unwrap());
     let find = |p: &str| {
         listed
             .iter()
@@ -135,6 +139,7 @@ fn a_missing_ref_or_repo_is_an_invalid_request() {
         declared_files: None,
         install_inputs: None,
         analysis_cap_bytes: 1 << 20,
+        layered: false,
     };
     let err = snap.prepare(&input, "e").unwrap_err();
     assert_eq!(err.kind(), genesis::contract::ErrorKind::InvalidRequest);

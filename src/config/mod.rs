@@ -263,6 +263,11 @@ pub struct SandboxPolicy {
     /// runsc_pids_per_process`.
     pub runsc_pids_base: i64,
     pub runsc_pids_per_process: i64,
+    /// With a disk cap, runs mount a commit's tree from a layer written once
+    /// on the host (an overlay whose writes land on the run's disk) and a
+    /// candidate receives only what its patch changed, instead of a
+    /// tarball upload per run. `false` uploads tarballs as without a cap.
+    pub layers: bool,
 }
 
 impl SandboxPolicy {
@@ -285,6 +290,8 @@ pub struct CleanupPolicy {
     pub archive_after_hours: u64,
     pub disk_budget_mb: u64,
     pub analysis_days: u64,
+    /// Snapshot layers unused this long are removed (unless mounted).
+    pub layer_keep_hours: u64,
 }
 
 /// The merged document, as the files spell it.

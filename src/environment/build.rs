@@ -167,8 +167,21 @@ async fn install(
     log_path: &Path,
 ) -> Result<RunOutcome> {
     sandbox.upload_skeleton(envs.owner).await?;
-    let tarball = &request.snapshot.tarball;
-    let bytes = tokio::fs::read(tarball)
+    let tarball = match &request.snapshot.tarball {
+        Some(tarball) => tarball.clone(),
+        // Layered runs skip tarballs; an install uploads one.
+        None => {
+            let snapshotter = crate::snapshot::Snapshotter::new(&envs.config.home, envs.owner);
+            let (name, commit) = (
+                request.repo_name.to_owned(),
+                request.snapshot.commit.clone(),
+            );
+            tokio::task::spawn_blocking(move || snapshotter.tarball_of(&name, &commit))
+                .await
+                .map_err(|e| GenesisError::Internal(format!("snapshot task: {e}")))??
+        }
+    };
+    let bytes = tokio::fs::read(&tarball)
         .await
         .map_err(|e| GenesisError::io(format!("reading {}", tarball.display()), e))?;
     let tracked = tracked_files(&bytes, request.repo_name)?;

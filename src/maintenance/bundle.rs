@@ -3,6 +3,7 @@
 
 use crate::contract::{hex_digest, ExperimentResult};
 use crate::errors::{GenesisError, Result};
+use crate::snapshot::Owner;
 use flate2::read::MultiGzDecoder;
 use flate2::{Compression, GzBuilder};
 use serde::Serialize;
@@ -278,8 +279,14 @@ fn add_parents(members: &mut Members, notes: &mut Vec<String>) {
     }
 }
 
-/// The candidate snapshot tarball named by `result.json`, or why there is none.
-fn candidate_snapshot(home: &Path, sandbox: &Path) -> std::result::Result<PathBuf, String> {
+/// The candidate snapshot tarball named by `result.json` (packed into
+/// `spool` from the repo's mirror when the runs were layered and left no
+/// tarball), or why there is none.
+fn candidate_snapshot(
+    home: &Path,
+    sandbox: &Path,
+    spool: &Path,
+) -> std::result::Result<PathBuf, String> {
     let mut text = String::new();
     open_nofollow(&sandbox.join("result.json"))
         .and_then(|mut f| f.read_to_string(&mut text))
@@ -311,9 +318,24 @@ fn candidate_snapshot(home: &Path, sandbox: &Path) -> std::result::Result<PathBu
         .collect();
     // Several only if the owner or repo name changed; pick one deterministically.
     found.sort();
-    found.into_iter().next().ok_or_else(|| {
-        format!("no workspace: no snapshot of candidate commit {commit} in snapshots/")
-    })
+    if let Some(tarball) = found.into_iter().next() {
+        return Ok(tarball);
+    }
+    let repo = completed.candidate.repo;
+    if !name_ok(&repo) {
+        return Err(format!(
+            "no workspace: repo name {repo:?} is not a plain name"
+        ));
+    }
+    // The bundle keeps modes, not owners: root's ownership is as good as any.
+    let snapshotter = crate::snapshot::Snapshotter::new(home, Owner { uid: 0, gid: 0 });
+    let dest = spool.join("candidate.tar.gz");
+    snapshotter
+        .pack_uncached(&repo, &commit, &dest)
+        .map(|()| dest)
+        .map_err(|e| {
+            format!("no workspace: no snapshot of candidate commit {commit} in snapshots/, and packing it from the mirror failed: {e}")
+        })
 }
 
 /// Everything a live sandbox's bundle holds, ready to write.
@@ -346,9 +368,9 @@ fn plan_live(home: &Path, id: &str) -> Result<Plan> {
         }
         !reserved
     });
-    let spool = match candidate_snapshot(home, &dir) {
+    let spool = Spool::create(home)?;
+    let spool = match candidate_snapshot(home, &dir, &spool.path) {
         Ok(tarball) => {
-            let spool = Spool::create(home)?;
             members.extend(spool_snapshot(&tarball, &spool.path, &mut notes)?);
             members
                 .entry(WORKSPACE.into())

@@ -77,6 +77,8 @@ pub struct CleanupReport {
     pub containers_removed: Vec<String>,
     /// Environment images removed (unused past keep_days, or over budget).
     pub environments_removed: Vec<String>,
+    /// Snapshot layers removed (unused past layer_keep_hours).
+    pub layers_removed: Vec<String>,
     /// Archives failing verification; kept for inspection.
     pub corrupt_archives: Vec<String>,
     pub freed_bytes: u64,
@@ -93,12 +95,13 @@ impl CleanupReport {
     /// One line for logs and the job state.
     pub fn summary(&self) -> String {
         format!(
-            "deleted {}, archived {}, pruned {}, containers removed {}, environments removed {}, corrupt archives {}, freed {:.1} MB, home {:.1} of {:.0} MB{}",
+            "deleted {}, archived {}, pruned {}, containers removed {}, environments removed {}, layers removed {}, corrupt archives {}, freed {:.1} MB, home {:.1} of {:.0} MB{}",
             self.deleted.len(),
             self.archived.len(),
             self.pruned.len(),
             self.containers_removed.len(),
             self.environments_removed.len(),
+            self.layers_removed.len(),
             self.corrupt_archives.len(),
             self.freed_bytes as f64 / BYTES_PER_MB as f64,
             self.disk_used_bytes as f64 / BYTES_PER_MB as f64,
@@ -198,7 +201,41 @@ impl<'a> Cleaner<'a> {
             .map(|c| c.id.clone())
             .collect();
         self.budget(&checks);
+        self.layers();
         self.stale_temp();
+    }
+
+    /// Removes snapshot layers no run used for `layer_keep_hours` (a
+    /// layer's mtime is refreshed each time an experiment prepares from
+    /// it) and none has mounted now.
+    fn layers(&mut self) {
+        let limit_ms = i64::try_from(
+            self.config
+                .cleanup
+                .layer_keep_hours
+                .saturating_mul(MS_PER_HOUR),
+        )
+        .unwrap_or(i64::MAX);
+        let Ok(entries) = fs::read_dir(crate::snapshot::layers_dir(&self.config.home)) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            let unused = !name.starts_with('.')
+                && self.now_ms.saturating_sub(mtime_ms(&path)) > limit_ms
+                && !crate::sandbox::layer_in_use(&path);
+            if !unused {
+                continue;
+            }
+            match remove_tree(&path) {
+                Ok(size) => {
+                    self.report.freed_bytes += size;
+                    self.report.layers_removed.push(name);
+                }
+                Err(e) => self.report.errors.push(e.to_string()),
+            }
+        }
     }
 
     fn history(&mut self, id: &str, op: &str, path: &Path, size: u64, detail: &str) {
@@ -389,7 +426,8 @@ impl<'a> Cleaner<'a> {
         let home = &self.config.home;
         let spools = (home.join("tmp"), SPOOL_PREFIX, "");
         let archives = (archives_dir(home), ".", ".tmp");
-        for (dir, prefix, suffix) in [spools, archives] {
+        let layers = (crate::snapshot::layers_dir(home), ".", ".tmp");
+        for (dir, prefix, suffix) in [spools, archives, layers] {
             let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
             };

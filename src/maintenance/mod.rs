@@ -122,6 +122,7 @@ mod tests {
             archive_after_hours: 72,
             disk_budget_mb: 1,
             analysis_days: 30,
+            layer_keep_hours: 72,
         }
     }
 

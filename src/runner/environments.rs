@@ -127,6 +127,8 @@ impl Runner {
                     declared_files: None,
                     install_inputs: Some(&globs),
                     analysis_cap_bytes,
+                    // An install uploads a tarball (it has no disk cap).
+                    layered: false,
                 },
                 ENV_BUILD_ID,
             )

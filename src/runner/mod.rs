@@ -127,6 +127,11 @@ pub struct Runner {
     pub home_label: String,
     /// `host:pid`, written into records this process runs.
     pub instance: String,
+    /// Experiments taken over from a dead process of this home: their
+    /// containers are swept when they finish, because the dead process may
+    /// have had a create call in flight that the engine completed after
+    /// this process's start-up reap.
+    taken_over: Mutex<std::collections::HashSet<String>>,
 }
 
 /// One repo to snapshot and patch (owned, to move into a blocking task).
@@ -205,6 +210,7 @@ impl Runner {
             analysis_peer: std::sync::OnceLock::new(),
             owner,
             baselines: Mutex::new(HashMap::new()),
+            taken_over: Mutex::new(Default::default()),
         })
     }
 
@@ -240,10 +246,24 @@ impl Runner {
             // nobody will finish it, so this one takes it over.
             _ if owner_is_dead(&existing.owner, &self.instance) => {
                 // Taken over: a redelivery that arrives while this process
-                // runs it must see a live owner, not run it a second time.
-                let mut taken = *existing;
-                taken.owner = self.instance.clone();
-                self.store.call(move |s| s.put_record(&taken)).await?;
+                // runs it must see a live owner, not run it a second time,
+                // so the owner changes in one compare-and-set transaction.
+                let (id, from, to) = (
+                    request.experiment_id.clone(),
+                    existing.owner.clone(),
+                    self.instance.clone(),
+                );
+                if !self
+                    .store
+                    .call(move |s| s.take_over(&id, &from, &to))
+                    .await?
+                {
+                    return Ok(Admission::InFlight(existing));
+                }
+                self.taken_over
+                    .lock()
+                    .await
+                    .insert(request.experiment_id.clone());
                 Ok(Admission::New)
             }
             _ => Ok(Admission::InFlight(existing)),
@@ -285,6 +305,7 @@ impl Runner {
                 )
             }
         };
+        self.sweep_if_taken_over(&id).await;
         if let Err(e) = self.finish(request, &result, metrics, outcomes).await {
             let e = home_full_or(e, &self.config.home);
             tracing::error!(experiment_id = %id, error = %e, "storing the result failed");
@@ -295,6 +316,23 @@ impl Runner {
             progress.stage(&id, stage::COMPLETE, result.recommendation().as_str());
         }
         result
+    }
+
+    /// Removes every container left of an experiment this process took
+    /// over (its own runs removed theirs already; what remains is the dead
+    /// process's).
+    async fn sweep_if_taken_over(&self, id: &str) {
+        if !self.taken_over.lock().await.remove(id) {
+            return;
+        }
+        if let Ok(left) =
+            sandbox::labelled_containers(&self.docker, Some(&self.home_label), Some(id)).await
+        {
+            for (container, _) in left {
+                tracing::info!(experiment_id = id, container = %container, "removing a container the dead owner left");
+                let _ = sandbox::remove_container(&self.docker, &container).await;
+            }
+        }
     }
 
     /// What a requester is told when the result could not be stored (a full
@@ -540,6 +578,9 @@ impl Runner {
             });
         }
         let base_ref = request.base_ref.clone().unwrap_or_else(|| "HEAD".into());
+        let limits = self.config.limits_for(request.risk_level);
+        // Layers need the run's own disk: the overlay's upper half lives there.
+        let layered = self.config.sandbox.layers && limits.disk_mb > 0;
         let snapshotter = self.snapshotter.clone();
         let analysis_cap_bytes = self.config.analysis.max_file_bytes;
         let id = request.experiment_id.clone();
@@ -556,6 +597,7 @@ impl Runner {
                             declared_files: job.declared_files.as_deref(),
                             install_inputs: job.install_inputs.as_ref(),
                             analysis_cap_bytes,
+                            layered,
                         },
                         &id,
                     )
@@ -565,7 +607,6 @@ impl Runner {
         .await
         .map_err(|e| GenesisError::Internal(format!("snapshot task: {e}")))??;
         self.save_patches(request)?;
-        let limits = self.config.limits_for(request.risk_level);
         let timeout_ms = request
             .timeout_ms
             .map_or(limits.timeout_ms, |t| t.min(limits.timeout_ms));

@@ -181,6 +181,8 @@ impl Runner {
         } else {
             &plan.candidate_image
         };
+        let layered = layered_workspace(plan, use_base);
+        let (workspace_bytes, workspace) = workspace_size(plan, use_base, layered.as_ref());
         let sandbox = SandboxBuilder::new(id, role, image, plan.limits)
             .user(&self.config.sandbox.user)
             .tmp_mb(self.config.sandbox.tmp_mb)
@@ -190,6 +192,7 @@ impl Runner {
             .stream_grace(Duration::from_millis(self.config.sandbox.stream_grace_ms))
             .runtime(&self.config.sandbox)
             .disk(self.scratch_dir(), plan.limits.disk_mb, self.owner)
+            .layered(layered.clone())
             .prepare_command(
                 plan.uses_environment()
                     .then(|| ENV_WORKSPACE_COPY.to_string()),
@@ -197,12 +200,18 @@ impl Runner {
             .command(&plan.primary, &plan.repo.setup_command, &plan.test_command)
             .create(&self.docker)
             .await?;
+        // The create row also says how the workspace came in and how many
+        // bytes that moved (one store write per step, not two).
         self.history(
             id,
             "create",
             &dir,
-            0,
-            &format!("container {} ({})", sandbox.name, role.as_str()),
+            workspace_bytes,
+            &format!(
+                "container {} ({}); {workspace}",
+                sandbox.name,
+                role.as_str()
+            ),
         )
         .await;
         progress.stage(
@@ -240,9 +249,13 @@ impl Runner {
             } else {
                 &repo.candidate
             };
-            let bytes = tokio::fs::read(&tree.tarball)
+            // A layered tree is mounted, not uploaded.
+            let Some(tarball) = &tree.tarball else {
+                continue;
+            };
+            let bytes = tokio::fs::read(tarball)
                 .await
-                .map_err(|e| GenesisError::io(format!("reading {}", tree.tarball.display()), e))?;
+                .map_err(|e| GenesisError::io(format!("reading {}", tarball.display()), e))?;
             sandbox.upload("/workspace", bytes).await?;
         }
         let log = CappedLog::create(&dir.join("test.log"), self.config.sandbox.log_cap_bytes)?;
@@ -306,6 +319,57 @@ impl Runner {
             coverage_percent: coverage_of(plan, out_files),
         })
     }
+}
+
+/// The run's workspace as snapshot layers, when every repo of the plan
+/// has one: the bases' layers, plus the candidate's deltas unless this is
+/// the baseline.
+fn layered_workspace(plan: &Plan, use_base: bool) -> Option<sandbox::LayeredWorkspace> {
+    let lowers = plan
+        .prepared
+        .iter()
+        .map(|p| p.base.layer.clone())
+        .collect::<Option<Vec<_>>>()?;
+    let deltas = if use_base {
+        Vec::new()
+    } else {
+        plan.prepared
+            .iter()
+            .map(|p| p.delta.clone())
+            .collect::<Option<Vec<_>>>()?
+    };
+    Some(sandbox::LayeredWorkspace { lowers, deltas })
+}
+
+/// Bytes that reach the run's workspace, and how they come: the delta of a
+/// layered run, or the tarballs an unlayered one uploads.
+fn workspace_size(
+    plan: &Plan,
+    use_base: bool,
+    layered: Option<&sandbox::LayeredWorkspace>,
+) -> (u64, String) {
+    if let Some(layers) = layered {
+        let bytes = layers.delta_bytes();
+        return (
+            bytes,
+            format!("workspace mounted from snapshot layers, delta of {bytes} bytes written"),
+        );
+    }
+    let bytes = plan
+        .prepared
+        .iter()
+        .filter_map(|p| {
+            if use_base { &p.base } else { &p.candidate }
+                .tarball
+                .as_ref()
+        })
+        .filter_map(|t| std::fs::metadata(t).ok())
+        .map(|m| m.len())
+        .sum();
+    (
+        bytes,
+        format!("snapshot tarballs of {bytes} bytes uploaded"),
+    )
 }
 
 /// Copies an environment's untracked workspace files (node_modules,

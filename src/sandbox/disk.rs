@@ -23,6 +23,13 @@
 //! genesis only creates the three empty directories on a fresh file system
 //! and checks its free space after the container stopped.
 //!
+//! A *layered* workspace (see `snapshot/layer.rs`) is an overlay mounted at
+//! `NAME/workspace`: the commit's layers as read-only lower directories, and
+//! `upper/` and `work/` on the disk, so what the run writes (and copy-ups of
+//! what it changes) count against the cap, and the layer is shared by every
+//! run of that commit. A candidate's delta is written through the overlay
+//! right after mounting, before any container exists.
+//!
 //! Needs root and loop devices on the engine's host (a local engine);
 //! `doctor` checks, and `disk_mb = 0` runs without the cap.
 
@@ -30,12 +37,29 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::errors::{GenesisError, Result};
-use crate::snapshot::Owner;
+use crate::snapshot::{Owner, TreeDelta};
 
 /// Where the run's directories appear inside the container.
 pub const WORKSPACE: &str = "/workspace";
 pub const OUT: &str = "/genesis/out";
 pub const TMP_DIRS: [&str; 2] = ["/tmp", "/var/tmp"];
+
+/// A workspace made of snapshot layers instead of uploads.
+#[derive(Debug, Clone, Default)]
+pub struct LayeredWorkspace {
+    /// The repos' layer directories (each holds `NAME/`), merged as the
+    /// overlay's lower directories.
+    pub lowers: Vec<PathBuf>,
+    /// The candidate's changes, applied before the container exists.
+    pub deltas: Vec<TreeDelta>,
+}
+
+impl LayeredWorkspace {
+    /// Bytes the deltas carry in (all a layered run receives).
+    pub fn delta_bytes(&self) -> u64 {
+        self.deltas.iter().map(TreeDelta::bytes).sum()
+    }
+}
 
 /// One run's mounted file system; unmounted and deleted by
 /// [`ScratchDisk::release`] (or on drop).
@@ -43,18 +67,26 @@ pub const TMP_DIRS: [&str; 2] = ["/tmp", "/var/tmp"];
 pub struct ScratchDisk {
     root: PathBuf,
     size_mb: u64,
+    /// Whether `/workspace` is the overlay at `root/workspace`.
+    layered: bool,
     released: bool,
 }
 
 impl ScratchDisk {
     /// Makes, formats and mounts a disk of `size_mb` at `root` (which must
     /// not exist yet), with the run's directories owned by `owner`.
-    pub fn create(root: &Path, size_mb: u64, owner: Owner) -> Result<ScratchDisk> {
+    pub fn create(
+        root: &Path,
+        size_mb: u64,
+        owner: Owner,
+        layered: Option<&LayeredWorkspace>,
+    ) -> Result<ScratchDisk> {
         std::fs::create_dir_all(root.join("mnt"))
             .map_err(|e| GenesisError::io(format!("creating {}", root.display()), e))?;
         let disk = ScratchDisk {
             root: root.to_path_buf(),
             size_mb,
+            layered: layered.is_some(),
             released: false,
         };
         let image = disk.image();
@@ -78,7 +110,58 @@ impl ScratchDisk {
             "mounting the run's disk",
         )?;
         disk.make_dirs(owner)?;
+        if let Some(layers) = layered {
+            disk.mount_layers(layers, owner)?;
+        }
         Ok(disk)
+    }
+
+    /// Mounts the overlay of `layers` at `root/workspace` (upper and work
+    /// directories on the disk) and applies the deltas through it.
+    fn mount_layers(&self, layers: &LayeredWorkspace, owner: Owner) -> Result<()> {
+        let mnt = self.mount_point();
+        let (upper, work, merged) = (mnt.join("upper"), mnt.join("work"), self.workspace());
+        for dir in [&upper, &work, &merged] {
+            std::fs::create_dir(dir)
+                .map_err(|e| GenesisError::io(format!("creating {}", dir.display()), e))?;
+        }
+        chown(&upper, owner)
+            .map_err(|e| GenesisError::io(format!("preparing {}", upper.display()), e))?;
+        let lowers = layers
+            .lowers
+            .iter()
+            .map(|l| overlay_path(l))
+            .collect::<Result<Vec<_>>>()?;
+        // An overlay needs at least one lower: an empty one on the disk.
+        let empty = mnt.join("empty");
+        let lowers = if lowers.is_empty() {
+            std::fs::create_dir(&empty)
+                .map_err(|e| GenesisError::io(format!("creating {}", empty.display()), e))?;
+            vec![overlay_path(&empty)?]
+        } else {
+            lowers
+        };
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lowers.join(":"),
+            overlay_path(&upper)?,
+            overlay_path(&work)?
+        );
+        run_tool(
+            Command::new("mount")
+                .args(["-t", "overlay", "overlay", "-o"])
+                .arg(options)
+                .arg(&merged),
+            "mounting the run's layered workspace",
+        )?;
+        for delta in &layers.deltas {
+            delta.apply(&merged, owner)?;
+        }
+        Ok(())
+    }
+
+    fn workspace(&self) -> PathBuf {
+        self.root.join("workspace")
     }
 
     fn image(&self) -> PathBuf {
@@ -115,8 +198,13 @@ impl ScratchDisk {
     pub fn binds(&self) -> Vec<(String, String)> {
         let mnt = self.mount_point();
         let host = |d: &str| mnt.join(d).display().to_string();
+        let workspace = if self.layered {
+            self.workspace().display().to_string()
+        } else {
+            host("workspace")
+        };
         let mut binds = vec![
-            (host("workspace"), WORKSPACE.to_string()),
+            (workspace, WORKSPACE.to_string()),
             (host("out"), OUT.to_string()),
         ];
         binds.extend(TMP_DIRS.iter().map(|t| (host("tmp"), t.to_string())));
@@ -149,22 +237,60 @@ impl Drop for ScratchDisk {
     }
 }
 
-/// Unmounts (when mounted) and removes one run's disk directory.
+/// Unmounts (when mounted) and removes one run's disk directory: the
+/// layered workspace first, then the disk under it.
 fn release_at(root: &Path) -> Result<()> {
-    let mnt = root.join("mnt");
-    if is_mount_point(&mnt) {
-        let plain = Command::new("umount").arg(&mnt).output();
-        if !plain.map(|o| o.status.success()).unwrap_or(false) {
-            // Busy (a container the engine has not let go of yet): detach
-            // now, the kernel frees it when the last user goes.
-            run_tool(
-                Command::new("umount").arg("-l").arg(&mnt),
-                "unmounting a run's disk",
-            )?;
+    for mount in [root.join("workspace"), root.join("mnt")] {
+        if is_mount_point(&mount) {
+            unmount(&mount)?;
         }
     }
     std::fs::remove_dir_all(root)
         .map_err(|e| GenesisError::io(format!("removing {}", root.display()), e))
+}
+
+fn unmount(mount: &Path) -> Result<()> {
+    let plain = Command::new("umount").arg(mount).output();
+    if !plain.map(|o| o.status.success()).unwrap_or(false) {
+        // Busy (a container the engine has not let go of yet): detach
+        // now, the kernel frees it when the last user goes.
+        run_tool(
+            Command::new("umount").arg("-l").arg(mount),
+            "unmounting a run's disk",
+        )?;
+    }
+    Ok(())
+}
+
+/// A path as an overlay mount option takes it: absolute, and without the
+/// characters that separate its options.
+fn overlay_path(path: &Path) -> Result<String> {
+    let text = path.display().to_string();
+    if !path.is_absolute() || text.contains([':', ',', '\\']) {
+        return Err(GenesisError::sandbox(
+            "mounting the run's layered workspace",
+            format!(
+                "{text} cannot be an overlay directory (it must be absolute, without ':', ',' \
+                 or '\\'); move GENESIS_HOME or set [sandbox] layers = false"
+            ),
+        ));
+    }
+    Ok(text)
+}
+
+/// Whether some mounted overlay uses `layer` as a lower directory (a run
+/// of this host has it in use, so the cleanup job must keep it).
+pub fn layer_in_use(layer: &Path) -> bool {
+    let wanted = layer.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|info| {
+            info.lines()
+                .filter(|l| l.contains(" - overlay "))
+                .filter_map(|l| l.split("lowerdir=").nth(1))
+                .filter_map(|rest| rest.split(',').next())
+                .any(|lowers| lowers.split(':').any(|l| unescape_mountinfo(l) == wanted))
+        })
+        .unwrap_or(false)
 }
 
 /// Releases every disk under `scratch` (a dead process's leftovers; call

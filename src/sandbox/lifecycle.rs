@@ -552,10 +552,12 @@ impl Drop for Sandbox {
 
 /// Makes a run's disk off the async threads (mkfs and mount are processes).
 async fn make_disk(root: std::path::PathBuf, request: &DiskRequest) -> Result<ScratchDisk> {
-    let (size_mb, owner) = (request.size_mb, request.owner);
-    tokio::task::spawn_blocking(move || ScratchDisk::create(&root, size_mb, owner))
-        .await
-        .map_err(|e| GenesisError::Internal(format!("disk task: {e}")))?
+    let (size_mb, owner, layered) = (request.size_mb, request.owner, request.layered.clone());
+    tokio::task::spawn_blocking(move || {
+        ScratchDisk::create(&root, size_mb, owner, layered.as_ref())
+    })
+    .await
+    .map_err(|e| GenesisError::Internal(format!("disk task: {e}")))?
 }
 
 /// The suite's exec: its id (for the exit status) and its output.

@@ -53,7 +53,7 @@ pub use cgroup::engine_is_local;
 use cgroup::{locate as locate_cgroup, read as read_cgroup};
 pub use cgroup::{CgroupFiles, CgroupReading};
 mod disk;
-pub use disk::{release_all as release_scratch_disks, ScratchDisk};
+pub use disk::{layer_in_use, release_all as release_scratch_disks, LayeredWorkspace, ScratchDisk};
 mod spec;
 pub use spec::*;
 mod stats;

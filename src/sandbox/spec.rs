@@ -104,6 +104,8 @@ pub struct DiskRequest {
     pub scratch: std::path::PathBuf,
     pub size_mb: u64,
     pub owner: crate::snapshot::Owner,
+    /// The workspace as snapshot layers (and a delta) instead of uploads.
+    pub layered: Option<super::disk::LayeredWorkspace>,
 }
 
 /// Builder in the style of rustwide's: limits and identity first, command last.
@@ -197,7 +199,17 @@ impl SandboxBuilder {
             scratch,
             size_mb,
             owner,
+            layered: None,
         });
+        self
+    }
+
+    /// Mounts the workspace from snapshot layers (needs a disk: without
+    /// one the layers are ignored and the caller uploads tarballs).
+    pub fn layered(mut self, layered: Option<super::disk::LayeredWorkspace>) -> Self {
+        if let Some(disk) = self.spec.disk.as_mut() {
+            disk.layered = layered;
+        }
         self
     }
 

@@ -36,6 +36,8 @@ mod inputs;
 pub use inputs::*;
 mod pack;
 use pack::*;
+mod layer;
+pub use layer::{layers_dir, DeltaContent, DeltaEntry, TreeDelta};
 
 /// git's mode for a symbolic link.
 const MODE_LINK: i32 = 0o120000;
@@ -68,12 +70,16 @@ impl Owner {
     }
 }
 
-/// One tree ready to upload.
+/// One tree, in the form its runs take it: a tarball to upload, a layer
+/// to mount (see `layer.rs`), or neither (a layered candidate, which is its
+/// base's layer plus [`PreparedRepo::delta`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TreeSnapshot {
     pub commit: String,
     /// `GENESIS_HOME/snapshots/...tar.gz`, entries under `NAME/`.
-    pub tarball: PathBuf,
+    pub tarball: Option<PathBuf>,
+    /// `GENESIS_HOME/layers/COMMIT-KEY`, holding `NAME/`.
+    pub layer: Option<PathBuf>,
     /// Submodule paths, recorded as empty directories.
     pub submodules: Vec<String>,
 }
@@ -94,6 +100,8 @@ pub struct PreparedRepo {
     pub candidate_inputs: Vec<(String, String)>,
     /// The framework the base tree implies (used when no test command is configured).
     pub framework: Option<crate::contract::FrameworkRef>,
+    /// Layered: what the candidate changes in the base's layer.
+    pub delta: Option<TreeDelta>,
 }
 
 /// What to snapshot for one repo.
@@ -108,6 +116,9 @@ pub struct RepoInput<'a> {
     pub install_inputs: Option<&'a InputGlobs>,
     /// Touched files larger than this are left out of the analysis.
     pub analysis_cap_bytes: u64,
+    /// Runs mount the base as a layer and apply the candidate as a delta,
+    /// instead of uploading tarballs (needs the disk cap: see `layer.rs`).
+    pub layered: bool,
 }
 
 /// Turns off libgit2's "repository owned by another user" refusal: genesis
@@ -199,16 +210,85 @@ impl Snapshotter {
             None => (Vec::new(), Vec::new()),
         };
         let framework = detect_framework(&mirror, &base_tree);
+        let (base, candidate, delta) = if input.layered {
+            let base = self.layer(&mirror, input.name, base_oid)?;
+            let mtime = commit_time(&mirror, candidate_oid)?;
+            let delta = layer::delta(&mirror, &base_tree, &candidate_tree, input.name, mtime)?;
+            let candidate = TreeSnapshot {
+                commit: candidate_oid.to_string(),
+                tarball: None,
+                layer: None,
+                submodules: submodules_of(&mirror, &candidate_tree)?,
+            };
+            (base, candidate, Some(delta))
+        } else {
+            (
+                self.pack(&mirror, input.name, base_oid)?,
+                self.pack(&mirror, input.name, candidate_oid)?,
+                None,
+            )
+        };
 
         Ok(PreparedRepo {
             name: input.name.to_owned(),
             base_inputs,
             candidate_inputs,
             framework,
-            base: self.pack(&mirror, input.name, base_oid)?,
-            candidate: self.pack(&mirror, input.name, candidate_oid)?,
+            base,
+            candidate,
+            delta,
             touched,
             sources,
+        })
+    }
+
+    /// The tarball of one commit of repo `name`, packed now unless it is
+    /// cached: for what needs a tarball although the runs are layered (an
+    /// environment's install, a sandbox bundle).
+    pub fn tarball_of(&self, name: &str, commit: &str) -> Result<PathBuf> {
+        let path = self.home.join("mirrors").join(format!("{name}.git"));
+        let mirror = Repository::open_bare(&path)
+            .map_err(|e| GenesisError::git(format!("opening mirror {}", path.display()), e))?;
+        let oid = Oid::from_str(commit)
+            .map_err(|e| GenesisError::git(format!("reading commit id {commit:?}"), e))?;
+        let packed = self.pack(&mirror, name, oid)?;
+        packed
+            .tarball
+            .ok_or_else(|| GenesisError::Internal("pack gave no tarball".into()))
+    }
+
+    /// Packs one commit of repo `name` into `dest`, bypassing the cache (a
+    /// bundle's copy of a layered candidate, which has no tarball).
+    pub fn pack_uncached(&self, name: &str, commit: &str, dest: &Path) -> Result<()> {
+        let path = self.home.join("mirrors").join(format!("{name}.git"));
+        let mirror = Repository::open_bare(&path)
+            .map_err(|e| GenesisError::git(format!("opening mirror {}", path.display()), e))?;
+        let oid = Oid::from_str(commit)
+            .map_err(|e| GenesisError::git(format!("reading commit id {commit:?}"), e))?;
+        let commit = mirror
+            .find_commit(oid)
+            .map_err(|e| GenesisError::git("reading the commit to pack", e))?;
+        let tree = commit
+            .tree()
+            .map_err(|e| GenesisError::git("reading the tree to pack", e))?;
+        let mtime = u64::try_from(commit.time().seconds()).unwrap_or(0);
+        write_tarball(&mirror, &tree, name, self.owner, mtime, dest)
+    }
+
+    /// Writes (once) the layer of a commit's tree and returns it.
+    fn layer(&self, repo: &Repository, name: &str, commit: Oid) -> Result<TreeSnapshot> {
+        let dir = layer::layer_dir(&self.home, name, self.owner, commit);
+        let tree = repo
+            .find_commit(commit)
+            .and_then(|c| c.tree())
+            .map_err(|e| GenesisError::git("reading the tree to lay out", e))?;
+        let mtime = commit_time(repo, commit)?;
+        layer::ensure_layer(repo, &tree, name, self.owner, mtime, &dir)?;
+        Ok(TreeSnapshot {
+            commit: commit.to_string(),
+            tarball: None,
+            layer: Some(dir),
+            submodules: submodules_of(repo, &tree)?,
         })
     }
 
@@ -253,8 +333,7 @@ impl Snapshotter {
         let tree = commit_obj
             .tree()
             .map_err(|e| GenesisError::git("reading tree to pack", e))?;
-        let mut submodules = Vec::new();
-        collect_submodules(&tree, "", &mut submodules, repo)?;
+        let submodules = submodules_of(repo, &tree)?;
         if !tarball.exists() {
             // Unique per writer: two experiments of one process (or two
             // processes sharing a home) may pack the same commit at once;
@@ -273,7 +352,8 @@ impl Snapshotter {
         }
         Ok(TreeSnapshot {
             commit: commit.to_string(),
-            tarball,
+            tarball: Some(tarball),
+            layer: None,
             submodules,
         })
     }
@@ -389,6 +469,19 @@ fn apply(
         )
         .map_err(|e| GenesisError::git("writing refs/genesis ref", e))?;
     Ok(oid)
+}
+
+/// The time every file of a commit's snapshot carries.
+fn commit_time(repo: &Repository, commit: Oid) -> Result<i64> {
+    repo.find_commit(commit)
+        .map(|c| c.time().seconds().max(0))
+        .map_err(|e| GenesisError::git("reading the commit's time", e))
+}
+
+fn submodules_of(repo: &Repository, tree: &Tree) -> Result<Vec<String>> {
+    let mut submodules = Vec::new();
+    collect_submodules(tree, "", &mut submodules, repo)?;
+    Ok(submodules)
 }
 
 fn collect_submodules(

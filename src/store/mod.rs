@@ -346,6 +346,27 @@ impl Store {
         Ok(outcome)
     }
 
+    /// Hands an experiment from `from` (a dead owner) to `to`, in one write
+    /// transaction: only if the record still names `from`, so of two
+    /// takers that both saw the dead owner (a resumed run and the
+    /// request's redelivery) exactly one wins. Returns whether this one did.
+    pub fn take_over(&self, experiment_id: &str, from: &str, to: &str) -> Result<bool> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let current = {
+            let records = txn.open_table(RECORDS).map_err(|e| self.err(e))?;
+            let row = records.get(experiment_id).map_err(|e| self.err(e))?;
+            row.map(|v| self.read_row::<ExperimentRecord>(v.value()))
+                .transpose()?
+        };
+        let Some(mut record) = current.filter(|r| r.owner == from) else {
+            return Ok(false);
+        };
+        record.owner = to.to_owned();
+        self.write_in(&txn, &record, None, None)?;
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(true)
+    }
+
     /// Writes a changed record, keeping the status index in step.
     pub fn put_record(&self, record: &ExperimentRecord) -> Result<()> {
         self.write_final(record, None, None)

@@ -48,6 +48,20 @@ fn insert_is_idempotent_and_indexes_follow_updates() {
 }
 
 #[test]
+fn only_one_of_two_takers_of_a_dead_owners_experiment_wins() {
+    let (_dir, store) = open();
+    let rec = ExperimentRecord::new(&request("a"), Status::Running, "h:1", 10);
+    store.insert_new(&rec).unwrap();
+    assert!(store.take_over("a", "h:1", "h:2").unwrap());
+    // The second taker saw the same dead owner, but the record moved on.
+    assert!(!store.take_over("a", "h:1", "h:3").unwrap());
+    assert!(!store.take_over("missing", "h:1", "h:3").unwrap());
+    let now = store.get("a").unwrap().unwrap();
+    assert_eq!((now.owner.as_str(), now.status), ("h:2", Status::Running));
+    assert_eq!(store.ids_with_status(Status::Running).unwrap(), vec!["a"]);
+}
+
+#[test]
 fn list_is_newest_first_and_filters() {
     let (_dir, store) = open();
     for (i, id) in ["x", "y", "z"].iter().enumerate() {

@@ -1,0 +1,281 @@
+//! Snapshot layers (`[sandbox] layers`): a run whose workspace is a commit's
+//! layer (plus, for a candidate, its delta) sees byte for byte, mode for
+//! mode and time for time the tree an uploaded tarball gives; a second
+//! experiment on a commit reuses the layer and moves only its delta; the
+//! run's writes stay on its own disk.
+
+mod support;
+
+use std::path::Path;
+
+use genesis::store::Store;
+use support::*;
+
+/// Lists the workspace (names, types and modes, sizes, mtimes, owners and
+/// contents) into `/genesis/out/listing.txt`, then reports one passing test.
+const LISTING_SUITE: &str = r#"find . -path ./.git -prune -o -print | sort | while read -r p; do
+  stat -c '%n %F %a %s %Y %u:%g' "$p"
+  if [ -f "$p" ] && [ ! -L "$p" ]; then md5sum "$p"; fi
+  if [ -L "$p" ]; then echo "-> $(readlink "$p")"; fi
+done > /genesis/out/listing.txt
+echo scratch > written-by-the-run.txt
+echo 1..1
+echo ok 1 - listed
+"#;
+
+/// `repo` may be `{root}/app` (the home's own) or another home's repo.
+fn config(layers: bool, repo: &str) -> String {
+    format!(
+        r#"
+default_repo = "app"
+[repos.app]
+path = "{repo}"
+image = "genesis/busybox:latest"
+test_command = "sh run_tests.sh"
+report = "tap"
+[sandbox]
+layers = {layers}
+"#
+    )
+}
+
+/// A repo with every kind of entry a delta has to handle.
+fn repo(root: &Path) -> std::path::PathBuf {
+    let repo = git_repo(
+        &root.join("app"),
+        &[
+            ("run_tests.sh", LISTING_SUITE),
+            ("keep.txt", "kept\n"),
+            ("change.txt", "before\n"),
+            ("gone.txt", "deleted by the patch\n"),
+            ("lonely/only.txt", "its directory goes with it\n"),
+            ("becomes_dir", "a file that becomes a directory\n"),
+            ("sub/deep/x.txt", "deep\n"),
+            ("tool.sh", "#!/bin/sh\necho tool\n"),
+        ],
+    );
+    std::os::unix::fs::symlink("keep.txt", repo.join("link")).unwrap();
+    let mut perms = std::fs::metadata(repo.join("tool.sh"))
+        .unwrap()
+        .permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(repo.join("tool.sh"), perms).unwrap();
+    git(&repo, &["add", "-A"]);
+    commit_all(&repo, "link and tool");
+    repo
+}
+
+fn patch(repo: &Path) -> String {
+    diff_for(
+        repo,
+        &[
+            ("change.txt", Some("after\n")),
+            ("gone.txt", None),
+            ("lonely/only.txt", None),
+            ("becomes_dir", None),
+            ("becomes_dir/inner.txt", Some("now inside\n")),
+            ("new/dir/file.txt", Some("brand new\n")),
+            ("sub/deep/x.txt", Some("deeper\n")),
+        ],
+    )
+}
+
+const FILES: [&str; 7] = [
+    "change.txt",
+    "gone.txt",
+    "lonely/only.txt",
+    "becomes_dir",
+    "becomes_dir/inner.txt",
+    "new/dir/file.txt",
+    "sub/deep/x.txt",
+];
+
+fn listing(home: &TestHome, id: &str, role: &str) -> String {
+    let path = home
+        .home()
+        .join("sandboxes")
+        .join(id)
+        .join(role)
+        .join("out/listing.txt");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn run(home: &TestHome, id: &str, patch: &str) -> serde_json::Value {
+    let out = home.run_request(&request(id, "low", &FILES, patch));
+    let r = result_json(&out);
+    assert_eq!(
+        r["status"],
+        "success",
+        "{r}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(r["metrics"]["test_count"], 1, "{r}");
+    r
+}
+
+#[test]
+fn a_layered_run_sees_exactly_the_tree_an_upload_gives() {
+    ensure_image("busybox");
+    let layered = TestHome::new(&config(true, "{root}/app"));
+    let source = repo(layered.root());
+    // One repo for both: the same commits, so the same files and times.
+    let uploaded = TestHome::new(&config(false, &source.display().to_string()));
+    let patch = patch(&source);
+
+    run(&layered, "layered", &patch);
+    run(&uploaded, "uploaded", &patch);
+
+    for role in ["baseline", "candidate"] {
+        let (l, u) = (
+            listing(&layered, "layered", role),
+            listing(&uploaded, "uploaded", role),
+        );
+        assert_eq!(l, u, "{role}: layered and uploaded workspaces differ");
+    }
+    let candidate = listing(&layered, "layered", "candidate");
+    for absent in ["./gone.txt ", "./lonely ", "./becomes_dir regular"] {
+        assert!(!candidate.contains(absent), "{absent} in\n{candidate}");
+    }
+    for present in [
+        "./becomes_dir directory 755",
+        "./becomes_dir/inner.txt regular file 644",
+        "./new/dir/file.txt regular file 644",
+        "./tool.sh regular file 755",
+        "./link symbolic link",
+        "-> keep.txt",
+    ] {
+        assert!(candidate.contains(present), "{present} not in\n{candidate}");
+    }
+    // Only the uploaded home packed tarballs; only the layered one has layers.
+    assert_eq!(entries(&layered.home().join("snapshots")), 0);
+    assert_eq!(entries(&layered.home().join("layers")), 1);
+    assert_eq!(entries(&uploaded.home().join("layers")), 0);
+    // Every run's disk and overlay are gone, and the layer is untouched.
+    assert_eq!(entries(&layered.home().join("scratch")), 0);
+    assert!(layered.containers_left().is_empty());
+    let layer = only_entry(&layered.home().join("layers")).join("app");
+    assert!(!layer.join("written-by-the-run.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(layer.join("change.txt")).unwrap(),
+        "before\n"
+    );
+}
+
+#[test]
+fn a_second_experiment_on_a_commit_moves_only_its_delta() {
+    ensure_image("busybox");
+    let home = TestHome::new(&config(true, "{root}/app"));
+    let repo = repo(home.root());
+    // A tree of a few megabytes the delta must not carry.
+    for i in 0..40 {
+        std::fs::write(
+            repo.join(format!("blob-{i}.bin")),
+            vec![b'x' + (i % 3) as u8; 100_000],
+        )
+        .unwrap();
+    }
+    git(&repo, &["add", "-A"]);
+    commit_all(&repo, "bulk");
+    run(&home, "first", &patch(&repo));
+    let second = diff_for(&repo, &[("change.txt", Some("second change\n"))]);
+    let out = home.run_request(&request("second", "low", &["change.txt"], &second));
+    assert_eq!(result_json(&out)["status"], "success");
+
+    let store = Store::open(&home.home().join("genesis.redb")).unwrap();
+    let created = |id: &str| -> Vec<_> {
+        store
+            .history(id)
+            .unwrap()
+            .into_iter()
+            .filter(|h| h.operation == "create")
+            .collect()
+    };
+    // The first experiment ran the baseline from the bare layer.
+    let baseline = created("first");
+    let baseline = baseline
+        .iter()
+        .find(|h| h.detail.contains("(baseline)"))
+        .unwrap();
+    assert!(baseline.detail.contains("snapshot layers"), "{baseline:?}");
+    assert_eq!(baseline.size_bytes, 0);
+    // The second's baseline is cached; its candidate carries one file.
+    let second = created("second");
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert!(second[0].detail.contains("(candidate)"), "{second:?}");
+    assert!(second[0].detail.contains("snapshot layers"), "{second:?}");
+    assert_eq!(second[0].size_bytes, "second change\n".len() as u64);
+    assert_eq!(entries(&home.home().join("layers")), 1);
+}
+
+fn entries(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| d.flatten().count())
+}
+
+fn only_entry(dir: &Path) -> std::path::PathBuf {
+    let all: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().collect();
+    assert_eq!(all.len(), 1);
+    all[0].path()
+}
+
+#[test]
+fn the_cleanup_job_removes_unused_layers_but_never_a_mounted_one() {
+    ensure_image("busybox");
+    let home = TestHome::new(&config(true, "{root}/app"));
+    let repo = repo(home.root());
+    run(&home, "only", &patch(&repo));
+    let layer = only_entry(&home.home().join("layers"));
+
+    let text = std::fs::read_to_string(&home.config).unwrap();
+    let config = std::sync::Arc::new(
+        genesis::config::Config::from_layers(
+            home.home(),
+            Some((home.config.clone(), text)),
+            &genesis::config::Env::default(),
+        )
+        .unwrap(),
+    );
+    let store = Store::open(&config.store_path()).unwrap();
+    let cleanup = |hours_later: i64| {
+        let now = chrono::Utc::now() + chrono::Duration::hours(hours_later);
+        block_on(genesis::maintenance::cleanup(&config, &store, now)).unwrap()
+    };
+    // Recently used: kept.
+    assert!(cleanup(1).layers_removed.is_empty());
+    assert!(layer.exists());
+
+    // Unused past layer_keep_hours (72) but mounted, as by a running run: kept.
+    let scratch = tempfile::tempdir().unwrap();
+    let (upper, work, merged) = (
+        scratch.path().join("upper"),
+        scratch.path().join("work"),
+        scratch.path().join("merged"),
+    );
+    for d in [&upper, &work, &merged] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        layer.display(),
+        upper.display(),
+        work.display()
+    );
+    let mount = std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &options])
+        .arg(&merged)
+        .status()
+        .unwrap();
+    assert!(mount.success());
+    let while_mounted = cleanup(100);
+    let unmount = std::process::Command::new("umount")
+        .arg(&merged)
+        .status()
+        .unwrap();
+    assert!(unmount.success());
+    assert!(while_mounted.layers_removed.is_empty(), "{while_mounted:?}");
+    assert!(layer.exists());
+
+    // Unused and unmounted: removed.
+    let after = cleanup(100);
+    assert_eq!(after.layers_removed.len(), 1, "{after:?}");
+    assert!(!layer.exists());
+}
