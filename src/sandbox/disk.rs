@@ -222,6 +222,15 @@ impl ScratchDisk {
         stat.free_bytes < slack || stat.free_inodes == 0
     }
 
+    /// Whether the run left `/genesis/out` empty. Reads only the directory's
+    /// own entries (no entry is opened or followed); an unreadable
+    /// directory counts as not empty, so the archive API decides.
+    pub fn out_is_empty(&self) -> bool {
+        std::fs::read_dir(self.mount_point().join("out"))
+            .map(|mut entries| entries.next().is_none())
+            .unwrap_or(false)
+    }
+
     /// Unmounts and deletes the disk. Called after the container is removed.
     pub fn release(mut self) -> Result<()> {
         self.released = true;
