@@ -61,7 +61,10 @@ fn throughput(c: &mut Criterion) {
             for i in 0..n {
                 let r = request(&format!("b{b}-{i}"), "low", &[], "");
                 client
-                    .publish("agent.events.experiment.request.bench", r.to_string().into())
+                    .publish(
+                        "agent.events.experiment.request.bench",
+                        r.to_string().into(),
+                    )
                     .await
                     .unwrap();
             }
@@ -107,7 +110,16 @@ fn raw_runs(n: usize, parallel: usize, image: &str, script: &str) {
 
 fn docker_run(image: &str, script: &str) {
     let out = std::process::Command::new("docker")
-        .args(["run", "--rm", "--network", "none", image, "sh", "-c", script])
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            image,
+            "sh",
+            "-c",
+            script,
+        ])
         .output()
         .unwrap();
     assert!(
@@ -121,7 +133,10 @@ fn large_repo(c: &mut Criterion) {
     ensure_image("busybox");
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("big");
-    eprintln!("generating {} files of {FILE_BYTES} bytes", DIRS * FILES_PER_DIR);
+    eprintln!(
+        "generating {} files of {FILE_BYTES} bytes",
+        DIRS * FILES_PER_DIR
+    );
     let tree_bytes = generate(&repo);
     let image = image_with_tree(&repo);
     let text = format!(
