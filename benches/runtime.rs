@@ -13,8 +13,6 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::io::Write;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -39,23 +37,7 @@ runtime = "{runtime}"
 
 /// `genesis run` of `req` against `engine`; panics unless it succeeded.
 fn run_on(engine: &PrivateEngine, home: &TestHome, req: &serde_json::Value) {
-    let mut child = home
-        .command()
-        .env("DOCKER_HOST", engine.host())
-        .args(["run", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(req.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let result = result_json(&out);
+    let result = engine.run(home, req);
     assert_eq!(result["status"], "success", "{result}");
 }
 

@@ -7,7 +7,6 @@
 mod support;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -236,11 +235,7 @@ fn under_runsc_every_probe_holds_and_the_numbers_are_identical() {
     for runtime in ["runc", "runsc"] {
         let home = home_with_repo(64, runtime);
         let started = Instant::now();
-        let result = run_on(
-            &engine,
-            &home,
-            &request_adding(&home, "judged", &["broken"]),
-        );
+        let result = engine.run(&home, &request_adding(&home, "judged", &["broken"]));
         eprintln!(
             "{runtime}: one experiment (baseline and candidate) took {:?}",
             started.elapsed()
@@ -254,44 +249,10 @@ fn under_runsc_every_probe_holds_and_the_numbers_are_identical() {
             result["regressions"].clone(),
             result["recommendation"].clone(),
         ));
-        let hog = run_on(
-            &engine,
-            &home,
-            &request_adding(&home, "memhog", &["memhog"]),
-        );
+        let hog = engine.run(&home, &request_adding(&home, "memhog", &["memhog"]));
         assert_eq!(hog["error_kind"], "oom", "{runtime}: {hog}");
     }
     assert_eq!(judged[0], judged[1], "runc vs runsc");
-}
-
-/// `genesis run` of `req` against the private engine.
-fn run_on(engine: &PrivateEngine, home: &TestHome, req: &serde_json::Value) -> serde_json::Value {
-    result_json(&spawn_run_on(engine, home, req).wait_with_output().unwrap())
-}
-
-/// Starts `genesis run` of `req` against the private engine.
-fn spawn_run_on(
-    engine: &PrivateEngine,
-    home: &TestHome,
-    req: &serde_json::Value,
-) -> std::process::Child {
-    use std::io::Write;
-    let mut child = home
-        .command()
-        .env("DOCKER_HOST", engine.host())
-        .args(["run", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(req.to_string().as_bytes())
-        .unwrap();
-    child
 }
 
 #[test]
@@ -299,7 +260,7 @@ fn an_engine_crash_mid_run_is_retried_and_answered_with_the_right_numbers() {
     let mut engine = engine_with_busybox();
     let home = home_with_repo(64, "runc");
     let req = request_adding(&home, "crash", &["slow", "broken"]);
-    let child = spawn_run_on(&engine, &home, &req);
+    let child = engine.spawn_run(&home, &req);
     // The candidate's suite sleeps 4 s: crash the engine while it runs.
     wait_for_running_candidate(&engine, Duration::from_secs(90));
     engine.crash_and_restart();
@@ -361,13 +322,13 @@ fn under_runsc_a_fork_bomb_is_contained_and_a_flood_ends_as_under_runc() {
         let mut flood = request(&format!("flood-{runtime}"), "high", &[], "");
         flood["test_command"] =
             "head -c 200000000 /dev/zero | tr '\\0' x; echo; sh run_tests.sh".into();
-        let result = run_on(&engine, &home, &flood);
+        let result = engine.run(&home, &flood);
         assert_eq!(result["status"], "success", "{runtime}: {result}");
         assert_eq!(result["metrics"]["test_count"], 3, "{runtime}: {result}");
         let mut bomb = request(&format!("bomb-{runtime}"), "high", &[], "");
         bomb["test_command"] = "b() { b | b & }; b; sleep 30".into();
         bomb["timeout_ms"] = 4000.into();
-        let result = run_on(&engine, &home, &bomb);
+        let result = engine.run(&home, &bomb);
         assert_eq!(result["status"], "failed", "{runtime}: {result}");
         let expected = if runtime == "runc" {
             "timeout"

@@ -209,13 +209,7 @@ impl<'a> Cleaner<'a> {
     /// layer's mtime is refreshed each time an experiment prepares from
     /// it) and none has mounted now.
     fn layers(&mut self) {
-        let limit_ms = i64::try_from(
-            self.config
-                .cleanup
-                .layer_keep_hours
-                .saturating_mul(MS_PER_HOUR),
-        )
-        .unwrap_or(i64::MAX);
+        let limit_ms = hours_in_ms(self.config.cleanup.layer_keep_hours);
         let Ok(entries) = fs::read_dir(crate::snapshot::layers_dir(&self.config.home)) else {
             return;
         };
@@ -416,13 +410,7 @@ impl<'a> Cleaner<'a> {
     /// Removes spool directories and half-written archives left by a crash,
     /// once they are older than `delete_after_hours`.
     fn stale_temp(&mut self) {
-        let limit_ms = i64::try_from(
-            self.config
-                .cleanup
-                .delete_after_hours
-                .saturating_mul(MS_PER_HOUR),
-        )
-        .unwrap_or(i64::MAX);
+        let limit_ms = hours_in_ms(self.config.cleanup.delete_after_hours);
         let home = &self.config.home;
         let spools = (home.join("tmp"), SPOOL_PREFIX, "");
         let archives = (archives_dir(home), ".", ".tmp");
@@ -446,6 +434,11 @@ impl<'a> Cleaner<'a> {
             }
         }
     }
+}
+
+/// An age limit in hours as milliseconds (saturating: a huge one never expires).
+fn hours_in_ms(hours: u64) -> i64 {
+    i64::try_from(hours.saturating_mul(MS_PER_HOUR)).unwrap_or(i64::MAX)
 }
 
 fn mtime_ms(path: &Path) -> i64 {

@@ -20,32 +20,30 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bollard::Docker;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, OnceCell};
 
 use crate::analysis::Analyzer;
-use crate::config::globs::InputGlobs;
-use crate::config::{Config, Limits, RepoConfig};
-use crate::contract::{
-    CandidateRef, Completed, EnvironmentRef, ErrorKind, ExperimentResult, FrameworkRef, Request,
-};
+use crate::config::Config;
+use crate::contract::{CandidateRef, Completed, ErrorKind, ExperimentResult, Request};
 use crate::environment::Environments;
 use crate::errors::{GenesisError, Result};
 use crate::judgement::metrics::{judge, outcome_pairs, MeasuredRun};
-use crate::results::coverage::CoverageSpec;
-use crate::results::{ReportSpec, TestReport};
+use crate::results::TestReport;
 use crate::sandbox::{self, home_label, Resources, Role};
-use crate::snapshot::{Owner, PreparedRepo, RepoInput, Snapshotter};
+use crate::snapshot::{Owner, Snapshotter};
 use crate::store::faults::home_full_or;
-use crate::store::{ExperimentRecord, Inserted, MetricsRow, Status, Store, TestOutcomes};
+use crate::store::{ExperimentRecord, MetricsRow, Status, Store, TestOutcomes};
 
+mod admission;
+pub use admission::{instance_name, owner_is_dead};
 mod analysis;
-mod framework;
-use framework::choose_framework;
 mod environments;
+mod framework;
+mod plan;
+use plan::Plan;
 mod suites;
 
 pub use crate::contract::stage;
@@ -134,46 +132,6 @@ pub struct Runner {
     taken_over: Mutex<std::collections::HashSet<String>>,
 }
 
-/// One repo to snapshot and patch (owned, to move into a blocking task).
-struct RepoJob {
-    name: String,
-    path: PathBuf,
-    patch: Option<String>,
-    /// `changes.files`, for the primary repo only.
-    declared_files: Option<Vec<String>>,
-    /// The primary repo's `install_inputs`, when it has an environment.
-    install_inputs: Option<InputGlobs>,
-}
-
-/// Everything about one repo of an experiment that the runs need.
-struct Plan {
-    primary: String,
-    repo: RepoConfig,
-    prepared: Vec<PreparedRepo>,
-    limits: Limits,
-    timeout: Duration,
-    test_command: String,
-    report: ReportSpec,
-    /// The command and report in force, and whether they were detected.
-    framework: FrameworkRef,
-    /// Images the baseline and the candidate run in: the repo's image, or
-    /// its environments once [`Runner::environments_for`] has them.
-    base_image: String,
-    candidate_image: String,
-    /// The candidate's environment, for the result.
-    environment: Option<EnvironmentRef>,
-    /// Where each run's line coverage comes from, when configured.
-    coverage: Option<CoverageSpec>,
-}
-
-impl Plan {
-    /// Whether the runs start from environments (whose untracked workspace
-    /// files are copied in before the suite).
-    fn uses_environment(&self) -> bool {
-        self.environment.is_some()
-    }
-}
-
 /// `GENESIS_HOME/scratch`: the runs' disks (see `sandbox::ScratchDisk`).
 pub fn scratch_dir(home: &std::path::Path) -> PathBuf {
     home.join("scratch")
@@ -218,56 +176,6 @@ impl Runner {
     /// service sets its connection; the CLI has none and counts locally).
     pub fn set_analysis_peer(&self, client: async_nats::Client) {
         let _ = self.analysis_peer.set(client);
-    }
-
-    /// Records a request, or says why it must not run again.
-    pub async fn accept(&self, request: &Request, status: Status) -> Result<Admission> {
-        let record = ExperimentRecord::new(request, status, &self.instance, now_ms());
-        let inserted = self.store.call(move |s| s.insert_new(&record)).await?;
-        let existing = match inserted {
-            Inserted::New => return Ok(Admission::New),
-            Inserted::Existing(existing) => existing,
-        };
-        if existing.fingerprint != request.fingerprint() {
-            return Ok(Admission::Conflict(Box::new(ExperimentResult::failed(
-                &self.config.host,
-                &request.experiment_id,
-                &request.instance_id,
-                ErrorKind::InvalidRequest,
-                format!(
-                    "experiment_id {:?} was already used for a different request; refusing to run or answer it with the other request's result",
-                    request.experiment_id
-                ),
-            ))));
-        }
-        match existing.result() {
-            Some(result) if existing.status.is_final() => Ok(Admission::Finished(Box::new(result))),
-            // Left queued or running by a process of this host that is gone:
-            // nobody will finish it, so this one takes it over.
-            _ if owner_is_dead(&existing.owner, &self.instance) => {
-                // Taken over: a redelivery that arrives while this process
-                // runs it must see a live owner, not run it a second time,
-                // so the owner changes in one compare-and-set transaction.
-                let (id, from, to) = (
-                    request.experiment_id.clone(),
-                    existing.owner.clone(),
-                    self.instance.clone(),
-                );
-                if !self
-                    .store
-                    .call(move |s| s.take_over(&id, &from, &to))
-                    .await?
-                {
-                    return Ok(Admission::InFlight(existing));
-                }
-                self.taken_over
-                    .lock()
-                    .await
-                    .insert(request.experiment_id.clone());
-                Ok(Admission::New)
-            }
-            _ => Ok(Admission::InFlight(existing)),
-        }
     }
 
     /// Runs an accepted experiment to its result and stores it.
@@ -316,23 +224,6 @@ impl Runner {
             progress.stage(&id, stage::COMPLETE, result.recommendation().as_str());
         }
         result
-    }
-
-    /// Removes every container left of an experiment this process took
-    /// over (its own runs removed theirs already; what remains is the dead
-    /// process's).
-    async fn sweep_if_taken_over(&self, id: &str) {
-        if !self.taken_over.lock().await.remove(id) {
-            return;
-        }
-        if let Ok(left) =
-            sandbox::labelled_containers(&self.docker, Some(&self.home_label), Some(id)).await
-        {
-            for (container, _) in left {
-                tracing::info!(experiment_id = id, container = %container, "removing a container the dead owner left");
-                let _ = sandbox::remove_container(&self.docker, &container).await;
-            }
-        }
     }
 
     /// What a requester is told when the result could not be stored (a full
@@ -546,129 +437,6 @@ impl Runner {
         Ok((completed, row, outcomes))
     }
 
-    /// Resolves repos, limits and command, then snapshots and patches.
-    async fn plan(&self, request: &Request) -> Result<Plan> {
-        let (primary, repo) = self.config.repo(request.repo.as_deref())?;
-        let repo = repo.clone();
-        let install_inputs = if repo.install_command.is_empty() {
-            None
-        } else {
-            Some(InputGlobs::new(&repo.install_inputs)?)
-        };
-        let mut inputs = vec![RepoJob {
-            name: primary.clone(),
-            path: repo.path.clone(),
-            patch: request.changes.patch.clone(),
-            declared_files: Some(request.changes.files.clone()),
-            install_inputs,
-        }];
-        for (name, patch) in &request.changes.patches {
-            if *name == primary {
-                return Err(GenesisError::InvalidRequest(format!(
-                    "changes.patches names the primary repo {name:?}; put its diff in changes.patch"
-                )));
-            }
-            let (_, other) = self.config.repo(Some(name))?;
-            inputs.push(RepoJob {
-                name: name.clone(),
-                path: other.path.clone(),
-                patch: Some(patch.clone()),
-                declared_files: None,
-                install_inputs: None,
-            });
-        }
-        let base_ref = request.base_ref.clone().unwrap_or_else(|| "HEAD".into());
-        let limits = self.config.limits_for(request.risk_level);
-        // Layers need the run's own disk: the overlay's upper half lives there.
-        let layered = self.config.sandbox.layers && limits.disk_mb > 0;
-        let snapshotter = self.snapshotter.clone();
-        let analysis_cap_bytes = self.config.analysis.max_file_bytes;
-        let id = request.experiment_id.clone();
-        let prepared = tokio::task::spawn_blocking(move || {
-            inputs
-                .iter()
-                .map(|job| {
-                    snapshotter.prepare(
-                        &RepoInput {
-                            name: &job.name,
-                            source: &job.path,
-                            base_ref: &base_ref,
-                            patch: job.patch.as_deref(),
-                            declared_files: job.declared_files.as_deref(),
-                            install_inputs: job.install_inputs.as_ref(),
-                            analysis_cap_bytes,
-                            layered,
-                        },
-                        &id,
-                    )
-                })
-                .collect::<Result<Vec<_>>>()
-        })
-        .await
-        .map_err(|e| GenesisError::Internal(format!("snapshot task: {e}")))??;
-        self.save_patches(request)?;
-        let timeout_ms = request
-            .timeout_ms
-            .map_or(limits.timeout_ms, |t| t.min(limits.timeout_ms));
-        let detected = prepared.first().and_then(|p| p.framework.clone());
-        let framework = choose_framework(&primary, &repo, request, detected)?;
-        let report = framework
-            .report
-            .parse::<ReportSpec>()
-            .map_err(|e| GenesisError::Config {
-                file: self.config.source.clone().unwrap_or_default(),
-                message: e.to_string(),
-            })?;
-        let coverage = if repo.coverage.is_empty() {
-            None
-        } else {
-            Some(
-                repo.coverage
-                    .parse::<CoverageSpec>()
-                    .map_err(|e| GenesisError::Config {
-                        file: self.config.source.clone().unwrap_or_default(),
-                        message: e.to_string(),
-                    })?,
-            )
-        };
-        Ok(Plan {
-            coverage,
-            primary,
-            base_image: repo.image.clone(),
-            candidate_image: repo.image.clone(),
-            environment: None,
-            repo,
-            prepared,
-            limits,
-            timeout: Duration::from_millis(timeout_ms),
-            test_command: framework.test_command.clone(),
-            report,
-            framework,
-        })
-    }
-
-    /// Keeps the patches beside the logs, for review and for the sandbox export.
-    fn save_patches(&self, request: &Request) -> Result<()> {
-        let dir = self.sandbox_dir(&request.experiment_id);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| GenesisError::io(format!("creating {}", dir.display()), e))?;
-        let write = |name: &str, text: &str| {
-            std::fs::write(dir.join(name), text)
-                .map_err(|e| GenesisError::io(format!("writing {name}"), e))
-        };
-        write(
-            "request.json",
-            &serde_json::to_string_pretty(request).unwrap_or_default(),
-        )?;
-        if let Some(p) = &request.changes.patch {
-            write("patch.diff", p)?;
-        }
-        for (name, p) in &request.changes.patches {
-            write(&format!("patch-{name}.diff"), p)?;
-        }
-        Ok(())
-    }
-
     async fn history(&self, id: &str, op: &str, path: &Path, size: u64, detail: &str) {
         let (id, op, path, detail) = (
             id.to_owned(),
@@ -688,26 +456,4 @@ impl Runner {
 
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-/// Whether `owner` (`host:pid`) names a process of this host (`me`, this
-/// process's own `host:pid`) that no longer runs genesis. Another host's
-/// processes cannot be checked from here, so they count as alive.
-pub fn owner_is_dead(owner: &str, me: &str) -> bool {
-    let (Some((host, pid)), Some((my_host, _))) = (owner.rsplit_once(':'), me.rsplit_once(':'))
-    else {
-        return false;
-    };
-    if host != my_host || owner == me {
-        return false;
-    }
-    match std::fs::read(format!("/proc/{pid}/cmdline")) {
-        Ok(cmdline) => !String::from_utf8_lossy(&cmdline).contains("genesis"),
-        Err(_) => true,
-    }
-}
-
-/// `host:pid` of this process, `host` being `[host] name`.
-pub fn instance_name(host: &str) -> String {
-    format!("{host}:{}", std::process::id())
 }

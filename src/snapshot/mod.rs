@@ -246,11 +246,7 @@ impl Snapshotter {
     /// cached: for what needs a tarball although the runs are layered (an
     /// environment's install, a sandbox bundle).
     pub fn tarball_of(&self, name: &str, commit: &str) -> Result<PathBuf> {
-        let path = self.home.join("mirrors").join(format!("{name}.git"));
-        let mirror = Repository::open_bare(&path)
-            .map_err(|e| GenesisError::git(format!("opening mirror {}", path.display()), e))?;
-        let oid = Oid::from_str(commit)
-            .map_err(|e| GenesisError::git(format!("reading commit id {commit:?}"), e))?;
+        let (mirror, oid) = self.mirror_commit(name, commit)?;
         let packed = self.pack(&mirror, name, oid)?;
         packed
             .tarball
@@ -260,11 +256,7 @@ impl Snapshotter {
     /// Packs one commit of repo `name` into `dest`, bypassing the cache (a
     /// bundle's copy of a layered candidate, which has no tarball).
     pub fn pack_uncached(&self, name: &str, commit: &str, dest: &Path) -> Result<()> {
-        let path = self.home.join("mirrors").join(format!("{name}.git"));
-        let mirror = Repository::open_bare(&path)
-            .map_err(|e| GenesisError::git(format!("opening mirror {}", path.display()), e))?;
-        let oid = Oid::from_str(commit)
-            .map_err(|e| GenesisError::git(format!("reading commit id {commit:?}"), e))?;
+        let (mirror, oid) = self.mirror_commit(name, commit)?;
         let commit = mirror
             .find_commit(oid)
             .map_err(|e| GenesisError::git("reading the commit to pack", e))?;
@@ -273,6 +265,16 @@ impl Snapshotter {
             .map_err(|e| GenesisError::git("reading the tree to pack", e))?;
         let mtime = u64::try_from(commit.time().seconds()).unwrap_or(0);
         write_tarball(&mirror, &tree, name, self.owner, mtime, dest)
+    }
+
+    /// The existing mirror of repo `name` and a commit id in it.
+    fn mirror_commit(&self, name: &str, commit: &str) -> Result<(Repository, Oid)> {
+        let path = self.home.join("mirrors").join(format!("{name}.git"));
+        let mirror = Repository::open_bare(&path)
+            .map_err(|e| GenesisError::git(format!("opening mirror {}", path.display()), e))?;
+        let oid = Oid::from_str(commit)
+            .map_err(|e| GenesisError::git(format!("reading commit id {commit:?}"), e))?;
+        Ok((mirror, oid))
     }
 
     /// Writes (once) the layer of a commit's tree and returns it.

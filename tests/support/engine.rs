@@ -167,6 +167,32 @@ impl PrivateEngine {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Starts `genesis run` of `req` in `home` against this engine.
+    pub fn spawn_run(&self, home: &super::TestHome, req: &serde_json::Value) -> Child {
+        use std::io::Write;
+        let mut child = home
+            .command()
+            .env("DOCKER_HOST", self.host())
+            .args(["run", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(req.to_string().as_bytes())
+            .unwrap();
+        child
+    }
+
+    /// `genesis run` of `req` in `home` against this engine: its result.
+    pub fn run(&self, home: &super::TestHome, req: &serde_json::Value) -> serde_json::Value {
+        super::result_json(&self.spawn_run(home, req).wait_with_output().unwrap())
+    }
+
     /// Builds a built-in image into this engine (`genesis images build`).
     pub fn build_image(&self, name: &str) {
         let home = tempfile::tempdir().unwrap();

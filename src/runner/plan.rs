@@ -1,0 +1,181 @@
+//! Planning an experiment: which repos, limits, command and report, and
+//! each repo's snapshot and patch.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::globs::InputGlobs;
+use crate::config::{Limits, RepoConfig};
+use crate::contract::{EnvironmentRef, FrameworkRef, Request};
+use crate::errors::{GenesisError, Result};
+use crate::results::coverage::CoverageSpec;
+use crate::results::ReportSpec;
+use crate::snapshot::{PreparedRepo, RepoInput};
+
+use super::framework::choose_framework;
+use super::Runner;
+
+/// One repo to snapshot and patch (owned, to move into a blocking task).
+pub(super) struct RepoJob {
+    pub(super) name: String,
+    pub(super) path: PathBuf,
+    pub(super) patch: Option<String>,
+    /// `changes.files`, for the primary repo only.
+    pub(super) declared_files: Option<Vec<String>>,
+    /// The primary repo's `install_inputs`, when it has an environment.
+    pub(super) install_inputs: Option<InputGlobs>,
+}
+
+/// Everything about one repo of an experiment that the runs need.
+pub(super) struct Plan {
+    pub(super) primary: String,
+    pub(super) repo: RepoConfig,
+    pub(super) prepared: Vec<PreparedRepo>,
+    pub(super) limits: Limits,
+    pub(super) timeout: Duration,
+    pub(super) test_command: String,
+    pub(super) report: ReportSpec,
+    /// The command and report in force, and whether they were detected.
+    pub(super) framework: FrameworkRef,
+    /// Images the baseline and the candidate run in: the repo's image, or
+    /// its environments once [`Runner::environments_for`] has them.
+    pub(super) base_image: String,
+    pub(super) candidate_image: String,
+    /// The candidate's environment, for the result.
+    pub(super) environment: Option<EnvironmentRef>,
+    /// Where each run's line coverage comes from, when configured.
+    pub(super) coverage: Option<CoverageSpec>,
+}
+
+impl Plan {
+    /// Whether the runs start from environments (whose untracked workspace
+    /// files are copied in before the suite).
+    pub(super) fn uses_environment(&self) -> bool {
+        self.environment.is_some()
+    }
+}
+
+impl Runner {
+    /// Resolves repos, limits and command, then snapshots and patches.
+    pub(super) async fn plan(&self, request: &Request) -> Result<Plan> {
+        let (primary, repo) = self.config.repo(request.repo.as_deref())?;
+        let repo = repo.clone();
+        let install_inputs = if repo.install_command.is_empty() {
+            None
+        } else {
+            Some(InputGlobs::new(&repo.install_inputs)?)
+        };
+        let mut inputs = vec![RepoJob {
+            name: primary.clone(),
+            path: repo.path.clone(),
+            patch: request.changes.patch.clone(),
+            declared_files: Some(request.changes.files.clone()),
+            install_inputs,
+        }];
+        for (name, patch) in &request.changes.patches {
+            if *name == primary {
+                return Err(GenesisError::InvalidRequest(format!(
+                    "changes.patches names the primary repo {name:?}; put its diff in changes.patch"
+                )));
+            }
+            let (_, other) = self.config.repo(Some(name))?;
+            inputs.push(RepoJob {
+                name: name.clone(),
+                path: other.path.clone(),
+                patch: Some(patch.clone()),
+                declared_files: None,
+                install_inputs: None,
+            });
+        }
+        let base_ref = request.base_ref.clone().unwrap_or_else(|| "HEAD".into());
+        let limits = self.config.limits_for(request.risk_level);
+        // Layers need the run's own disk: the overlay's upper half lives there.
+        let layered = self.config.sandbox.layers && limits.disk_mb > 0;
+        let snapshotter = self.snapshotter.clone();
+        let analysis_cap_bytes = self.config.analysis.max_file_bytes;
+        let id = request.experiment_id.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            inputs
+                .iter()
+                .map(|job| {
+                    snapshotter.prepare(
+                        &RepoInput {
+                            name: &job.name,
+                            source: &job.path,
+                            base_ref: &base_ref,
+                            patch: job.patch.as_deref(),
+                            declared_files: job.declared_files.as_deref(),
+                            install_inputs: job.install_inputs.as_ref(),
+                            analysis_cap_bytes,
+                            layered,
+                        },
+                        &id,
+                    )
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .await
+        .map_err(|e| GenesisError::Internal(format!("snapshot task: {e}")))??;
+        self.save_patches(request)?;
+        let timeout_ms = request
+            .timeout_ms
+            .map_or(limits.timeout_ms, |t| t.min(limits.timeout_ms));
+        let detected = prepared.first().and_then(|p| p.framework.clone());
+        let framework = choose_framework(&primary, &repo, request, detected)?;
+        let report = framework
+            .report
+            .parse::<ReportSpec>()
+            .map_err(|e| GenesisError::Config {
+                file: self.config.source.clone().unwrap_or_default(),
+                message: e.to_string(),
+            })?;
+        let coverage = if repo.coverage.is_empty() {
+            None
+        } else {
+            Some(
+                repo.coverage
+                    .parse::<CoverageSpec>()
+                    .map_err(|e| GenesisError::Config {
+                        file: self.config.source.clone().unwrap_or_default(),
+                        message: e.to_string(),
+                    })?,
+            )
+        };
+        Ok(Plan {
+            coverage,
+            primary,
+            base_image: repo.image.clone(),
+            candidate_image: repo.image.clone(),
+            environment: None,
+            repo,
+            prepared,
+            limits,
+            timeout: Duration::from_millis(timeout_ms),
+            test_command: framework.test_command.clone(),
+            report,
+            framework,
+        })
+    }
+
+    /// Keeps the patches beside the logs, for review and for the sandbox export.
+    fn save_patches(&self, request: &Request) -> Result<()> {
+        let dir = self.sandbox_dir(&request.experiment_id);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| GenesisError::io(format!("creating {}", dir.display()), e))?;
+        let write = |name: &str, text: &str| {
+            std::fs::write(dir.join(name), text)
+                .map_err(|e| GenesisError::io(format!("writing {name}"), e))
+        };
+        write(
+            "request.json",
+            &serde_json::to_string_pretty(request).unwrap_or_default(),
+        )?;
+        if let Some(p) = &request.changes.patch {
+            write("patch.diff", p)?;
+        }
+        for (name, p) in &request.changes.patches {
+            write(&format!("patch-{name}.diff"), p)?;
+        }
+        Ok(())
+    }
+}
