@@ -90,7 +90,32 @@ fn throughput(c: &mut Criterion) {
         b.iter(|| raw_runs(BATCH, PARALLEL, IMAGE, &format!("cd / && {TAP}")))
     });
     group.finish();
+
+    // The machine drifts between criterion's groups (a batch of raw runs
+    // took 5.6 s in one run and 8.5 s in the next), so the ratio is also
+    // taken from rounds that alternate the two sides.
+    let mut ratios = Vec::new();
+    for round in 0..ROUNDS {
+        let started = std::time::Instant::now();
+        send_batch(BATCH);
+        let genesis = started.elapsed().as_secs_f64();
+        let started = std::time::Instant::now();
+        raw_runs(BATCH, PARALLEL, IMAGE, &format!("cd / && {TAP}"));
+        let raw = started.elapsed().as_secs_f64();
+        eprintln!("round {round}: genesis serve {genesis:.2} s, docker run {raw:.2} s");
+        ratios.push(genesis / raw);
+    }
+    ratios.sort_by(f64::total_cmp);
+    eprintln!(
+        "alternating rounds: median ratio {:.2} (from {:.2} to {:.2})",
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1]
+    );
 }
+
+/// Alternating rounds of the throughput comparison.
+const ROUNDS: usize = 5;
 
 /// The TAP suite of the serve homes, inline for the raw runs.
 const TAP: &str = "echo 1..3; echo ok 1 - adds; echo ok 2 - subtracts; echo ok 3 - divides";

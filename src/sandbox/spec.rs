@@ -6,6 +6,7 @@ use crate::config::Limits;
 use crate::errors::Result;
 use bollard::models::{
     ContainerCreateBody, ExecConfig, HostConfig, HostConfigLogConfig, Mount, MountType,
+    ResourcesUlimits,
 };
 use bollard::Docker;
 use std::collections::HashMap;
@@ -234,6 +235,23 @@ impl SandboxBuilder {
     }
 }
 
+/// Under gVisor, `pids` is also the guest's `RLIMIT_NPROC`. Why: the
+/// engine's pids limit counts the sandbox's host threads, and at that limit
+/// the whole sandbox dies (ptrace platform: several host threads per guest
+/// process); gVisor's own kernel enforces RLIMIT_NPROC per sandbox, so
+/// forks fail at `pids` inside it and a fork bomb runs into its timeout as
+/// under runc. Never under runc: there RLIMIT_NPROC counts every process
+/// of the uid on the host, so concurrent runs would share one count.
+fn guest_process_limit(spec: &SandboxSpec) -> Option<Vec<ResourcesUlimits>> {
+    (spec.runtime == "runsc").then(|| {
+        vec![ResourcesUlimits {
+            name: Some("nproc".into()),
+            soft: Some(spec.limits.pids),
+            hard: Some(spec.limits.pids),
+        }]
+    })
+}
+
 /// The container's create body: limits and hardening in one place. With a
 /// disk the root file system is read-only and the disk's directories are
 /// the only writable places; without, `/tmp` is a capped tmpfs.
@@ -281,6 +299,7 @@ pub fn container_config(spec: &SandboxSpec, disk: Option<&ScratchDisk>) -> Conta
         mounts,
         readonly_rootfs: Some(disk.is_some()),
         runtime: (!spec.runtime.is_empty()).then(|| spec.runtime.clone()),
+        ulimits: guest_process_limit(spec),
         // Output reaches genesis through the attach stream; the engine's own
         // copy is kept tiny so a flood cannot fill its disk. (Not every
         // engine build has the "none" driver.)
@@ -308,5 +327,40 @@ pub fn container_config(spec: &SandboxSpec, disk: Option<&ScratchDisk>) -> Conta
         labels: Some(labels),
         host_config: Some(host),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Env};
+    use crate::contract::RiskLevel;
+
+    fn spec_under(runtime: &str) -> SandboxSpec {
+        let config = Config::from_layers("/nonexistent".into(), None, &Env::default()).unwrap();
+        let mut policy = config.sandbox.clone();
+        policy.runtime = runtime.into();
+        let limits = config.limits_for(RiskLevel::High);
+        SandboxBuilder::new("e", Role::Candidate, "img", limits)
+            .runtime(&policy)
+            .spec()
+    }
+
+    #[test]
+    fn only_gvisor_gets_the_guest_process_limit() {
+        let runsc = spec_under("runsc");
+        let host = container_config(&runsc, None).host_config.unwrap();
+        let nproc = host.ulimits.unwrap();
+        assert_eq!(nproc.len(), 1);
+        assert_eq!(nproc[0].name.as_deref(), Some("nproc"));
+        assert_eq!(nproc[0].soft, Some(runsc.limits.pids));
+        assert_eq!(nproc[0].hard, Some(runsc.limits.pids));
+        // The engine's limit counts gVisor's host threads too.
+        assert!(host.pids_limit.unwrap() > runsc.limits.pids);
+
+        let runc = spec_under("runc");
+        let host = container_config(&runc, None).host_config.unwrap();
+        assert_eq!(host.ulimits, None);
+        assert_eq!(host.pids_limit, Some(runc.limits.pids));
     }
 }
