@@ -423,20 +423,28 @@ async fn disk_cap(config: &Config) -> Check {
     let root =
         crate::runner::scratch_dir(&config.home).join(format!("doctor-{}", std::process::id()));
     let owner = crate::snapshot::Owner::parse(&config.sandbox.user);
+    // With layers, an overlay (over an empty lower) is mounted on it too.
+    let layers = config.sandbox.layers;
     let made = tokio::task::spawn_blocking(move || {
-        let disk = crate::sandbox::ScratchDisk::create(&root, 16, owner?, None)?;
+        let layered = layers.then(crate::sandbox::LayeredWorkspace::default);
+        let disk = crate::sandbox::ScratchDisk::create(&root, 16, owner?, layered.as_ref())?;
         disk.release()
     })
     .await;
+    let workspace = if layers {
+        "; workspaces are overlays of snapshot layers"
+    } else {
+        ""
+    };
     match made {
         Ok(Ok(())) => Check::pass(
             "disk",
-            format!("runs get a file system of their own (disk_mb {capped:?} for low, medium, high)"),
+            format!("runs get a file system of their own (disk_mb {capped:?} for low, medium, high){workspace}"),
         ),
         Ok(Err(e)) => Check::fail(
             "disk",
             format!("cannot make a run's disk: {e}"),
-            "run genesis as root with loop devices (modprobe loop) and e2fsprogs installed, or set [limits.*] disk_mb = 0",
+            "run genesis as root with loop devices (modprobe loop), e2fsprogs and overlayfs, or set [limits.*] disk_mb = 0 (or only [sandbox] layers = false when the overlay mount failed)",
         ),
         Err(e) => Check::fail("disk", format!("disk check task: {e}"), "report this bug"),
     }
