@@ -279,3 +279,79 @@ fn the_cleanup_job_removes_unused_layers_but_never_a_mounted_one() {
     assert_eq!(after.layers_removed.len(), 1, "{after:?}");
     assert!(!layer.exists());
 }
+
+/// Lists all of `/workspace` (every repo of the experiment).
+/// (`/workspace` itself is left out: it is made for each run, so its time
+/// is the run's.)
+const WORKSPACE_LISTING: &str = r#"cd /workspace && find . -mindepth 1 -path '*/.git' -prune -o -print | sort | while read -r p; do
+  stat -c '%n %F %a %s %Y %u:%g' "$p"
+  if [ -f "$p" ] && [ ! -L "$p" ]; then md5sum "$p"; fi
+done > /genesis/out/listing.txt
+echo 1..1
+echo ok 1 - listed
+"#;
+
+fn two_repo_config(layers: bool, app: &str, lib: &str) -> String {
+    format!(
+        r#"
+default_repo = "app"
+[repos.app]
+path = "{app}"
+image = "genesis/busybox:latest"
+test_command = "sh run_tests.sh"
+report = "tap"
+[repos.lib]
+path = "{lib}"
+image = "genesis/busybox:latest"
+test_command = "true"
+report = "tap"
+[sandbox]
+layers = {layers}
+"#
+    )
+}
+
+#[test]
+fn the_repos_of_a_multi_repo_experiment_are_layered_together() {
+    ensure_image("busybox");
+    let scratch = tempfile::tempdir().unwrap();
+    let app = git_repo(
+        &scratch.path().join("app"),
+        &[
+            ("run_tests.sh", WORKSPACE_LISTING),
+            ("a.txt", "app before\n"),
+        ],
+    );
+    let lib = git_repo(
+        &scratch.path().join("lib"),
+        &[("lib.txt", "lib before\n"), ("old.txt", "goes\n")],
+    );
+    let (app_path, lib_path) = (app.display().to_string(), lib.display().to_string());
+    let app_patch = diff_for(&app, &[("a.txt", Some("app after\n"))]);
+    let lib_patch = diff_for(&lib, &[("lib.txt", Some("lib after\n")), ("old.txt", None)]);
+    let mut listings = Vec::new();
+    for layers in [true, false] {
+        let home = TestHome::new(&two_repo_config(layers, &app_path, &lib_path));
+        let mut req = request("multi", "low", &["a.txt"], &app_patch);
+        req["changes"]["patches"] = serde_json::json!({ "lib": lib_patch });
+        let out = home.run_request(&req);
+        let r = result_json(&out);
+        assert_eq!(r["status"], "success", "layers {layers}: {r}");
+        listings.push(listing(&home, "multi", "candidate"));
+        assert_eq!(
+            entries(&home.home().join("layers")),
+            if layers { 2 } else { 0 }
+        );
+    }
+    assert_eq!(listings[0], listings[1], "layered and uploaded differ");
+    let candidate = &listings[0];
+    assert!(
+        candidate.contains("./lib/lib.txt regular file 644 10 "),
+        "{candidate}"
+    );
+    assert!(!candidate.contains("./lib/old.txt"), "{candidate}");
+    assert!(
+        candidate.contains("./app/a.txt regular file 644 10 "),
+        "{candidate}"
+    );
+}
