@@ -1,0 +1,219 @@
+//! The policy sections of the configuration (`[analysis]`,
+//! `[environments]`, `[thresholds]`, `[nats]`, `[judging]`, `[schedule]`,
+//! `[jobs]`, `[sandbox]`, `[cleanup]`), as `policies/default.toml` and the
+//! config file spell them. Every field's meaning is in the default policy
+//! file's comments; the docs here say why a field exists.
+
+use serde::Deserialize;
+
+use super::*;
+
+/// `[analysis]`: how the changed files are analysed (contract §3, §5).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisPolicy {
+    /// Ask a peer on this NATS subject first (e.g. `code.analysis.parse`);
+    /// empty: always analyse locally.
+    pub nats_subject: String,
+    /// How long to wait for the peer before analysing locally.
+    pub timeout_ms: u64,
+    /// Touched files larger than this are not analysed.
+    pub max_file_bytes: u64,
+}
+
+/// `[environments]`: how environments are built and kept (contract §2a).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentPolicy {
+    /// Limits of the install container (network is always on there).
+    pub cpus: f64,
+    pub memory_mb: u64,
+    pub pids: i64,
+    /// The install command's own time limit.
+    pub timeout_ms: u64,
+    /// Capabilities the install keeps (all others are dropped as in a test run).
+    pub cap_add: Vec<String>,
+    /// Host CA bundle copied into the install container, so a proxy that
+    /// re-signs TLS is trusted. Empty: none is copied.
+    pub ca_bundle: String,
+    /// Host environment variables passed into the install (proxies, index
+    /// URLs); only these, never the whole host environment.
+    pub pass_env: Vec<String>,
+    /// Environments unused this long are removed by the cleanup job.
+    pub keep_days: u64,
+    /// Upper bound on the images' total size; least recently used go first.
+    pub disk_budget_mb: u64,
+}
+
+/// The recommendation rules' numbers (contract §5).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    pub rollback_regression: f64,
+    pub rollback_success_rate: f64,
+    pub merge_llm_reduction: f64,
+    pub merge_regression: f64,
+    pub merge_success_rate: f64,
+    pub adapt_success_rate: f64,
+    pub adapt_regression: f64,
+}
+
+/// `[thresholds]`: the global numbers plus optional per-risk-level overrides.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdTable {
+    pub rollback_regression: f64,
+    pub rollback_success_rate: f64,
+    pub merge_llm_reduction: f64,
+    pub merge_regression: f64,
+    pub merge_success_rate: f64,
+    pub adapt_success_rate: f64,
+    pub adapt_regression: f64,
+    #[serde(default)]
+    pub low: Option<ThresholdOverride>,
+    #[serde(default)]
+    pub medium: Option<ThresholdOverride>,
+    #[serde(default)]
+    pub high: Option<ThresholdOverride>,
+}
+
+/// Any subset of the thresholds, for one risk level.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdOverride {
+    pub rollback_regression: Option<f64>,
+    pub rollback_success_rate: Option<f64>,
+    pub merge_llm_reduction: Option<f64>,
+    pub merge_regression: Option<f64>,
+    pub merge_success_rate: Option<f64>,
+    pub adapt_success_rate: Option<f64>,
+    pub adapt_regression: Option<f64>,
+}
+
+impl ThresholdTable {
+    /// The effective thresholds for a risk level.
+    pub fn for_risk(&self, risk: RiskLevel) -> Thresholds {
+        let o = match risk {
+            RiskLevel::Low => self.low,
+            RiskLevel::Medium => self.medium,
+            RiskLevel::High => self.high,
+        }
+        .unwrap_or_default();
+        Thresholds {
+            rollback_regression: o.rollback_regression.unwrap_or(self.rollback_regression),
+            rollback_success_rate: o
+                .rollback_success_rate
+                .unwrap_or(self.rollback_success_rate),
+            merge_llm_reduction: o.merge_llm_reduction.unwrap_or(self.merge_llm_reduction),
+            merge_regression: o.merge_regression.unwrap_or(self.merge_regression),
+            merge_success_rate: o.merge_success_rate.unwrap_or(self.merge_success_rate),
+            adapt_success_rate: o.adapt_success_rate.unwrap_or(self.adapt_success_rate),
+            adapt_regression: o.adapt_regression.unwrap_or(self.adapt_regression),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    pub url: String,
+    pub jetstream: bool,
+    pub stream: String,
+    pub consumer: String,
+    pub ack_wait_ms: u64,
+    pub progress_ack_ms: u64,
+    /// What must wait for NATS (publishing an answer, setting up and
+    /// pulling from JetStream) is retried after this long, doubling up to
+    /// `retry_max_ms`, for as long as NATS is away.
+    pub retry_min_ms: u64,
+    pub retry_max_ms: u64,
+    /// How long one JetStream pull waits for a request before it is renewed.
+    pub pull_expires_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Judging {
+    pub reruns: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    pub cleanup: String,
+    pub analysis: String,
+    pub report: String,
+    pub health: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JobsPolicy {
+    pub max_attempts: u32,
+    pub backoff_ms: u64,
+    /// After each `report` run, write `GENESIS_HOME/reports/trends.html`
+    /// (the trends page of `genesis report --trends`).
+    pub report_html: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxPolicy {
+    pub user: String,
+    pub log_cap_bytes: u64,
+    pub tmp_mb: u64,
+    pub out_cap_bytes: u64,
+    pub docker_timeout_ms: u64,
+    pub stats_interval_ms: u64,
+    /// After a container stopped, how long its output stream may take to
+    /// end before genesis closes it (an engine may keep it open).
+    pub stream_grace_ms: u64,
+    /// The OCI runtime containers run under: `runc`, or `runsc` (gVisor)
+    /// where the engine has it registered. Must be a runtime `docker info`
+    /// lists; `doctor` checks.
+    pub runtime: String,
+    /// How often a run that failed for the infrastructure's sake (engine
+    /// unreachable, container gone, engine 5xx, archive error) is tried
+    /// again before the experiment fails with `sandbox_error`.
+    pub infra_retries: u32,
+    /// Before each such retry: how long to wait for the engine to answer
+    /// again, and the first back-off (doubled per retry).
+    pub engine_wait_ms: u64,
+    pub infra_backoff_ms: u64,
+    /// Under runsc every guest process is backed by host threads (about
+    /// nine with Debian's ptrace platform) and the sandbox itself needs
+    /// some (about fifty), all counted by the host's pids cgroup; the
+    /// engine's pids limit is then `runsc_pids_base + pids ×
+    /// runsc_pids_per_process`.
+    pub runsc_pids_base: i64,
+    pub runsc_pids_per_process: i64,
+    /// With a disk cap, runs mount a commit's tree from a layer written once
+    /// on the host (an overlay whose writes land on the run's disk) and a
+    /// candidate receives only what its patch changed, instead of a
+    /// tarball upload per run. `false` uploads tarballs as without a cap.
+    pub layers: bool,
+}
+
+impl SandboxPolicy {
+    /// The pids limit the engine enforces for a profile's `pids` guest
+    /// processes under the configured runtime.
+    pub fn host_pids_limit(&self, pids: i64) -> i64 {
+        if self.runtime == "runsc" {
+            self.runsc_pids_base
+                .saturating_add(pids.saturating_mul(self.runsc_pids_per_process))
+        } else {
+            pids
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CleanupPolicy {
+    pub delete_after_hours: u64,
+    pub archive_after_hours: u64,
+    pub disk_budget_mb: u64,
+    pub analysis_days: u64,
+    /// Snapshot layers unused this long are removed (unless mounted).
+    pub layer_keep_hours: u64,
+}
