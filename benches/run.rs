@@ -1,5 +1,7 @@
 //! One experiment end to end (baseline cached) against a raw
-//! `docker run --rm` of the same image and command, side by side.
+//! `docker run --rm` of the same image and command, side by side; and the
+//! same experiment with snapshot layers off (the snapshot uploaded as a
+//! tarball), to see which path a small repo should take.
 //!
 //! Run with `cargo bench --bench run`. Needs the Docker engine and the
 //! busybox test image (`genesis images build busybox`).
@@ -41,24 +43,25 @@ fn repo(dir: &std::path::Path) {
     ]);
 }
 
+/// A runner over the bench repo, with snapshot layers on or off (off: the
+/// snapshot tarball is uploaded into each run, as before layers).
+fn runner(rt: &tokio::runtime::Runtime, dir: &std::path::Path, layers: bool) -> Runner {
+    let text = format!(
+        "default_repo = \"app\"\n[repos.app]\npath = \"{}/app\"\nimage = \"{IMAGE}\"\ntest_command = \"sh run_tests.sh\"\nreport = \"tap\"\n[sandbox]\nlayers = {layers}\n",
+        dir.display()
+    );
+    let home = dir.join(format!("home-{layers}"));
+    let config = Arc::new(
+        Config::from_layers(home, Some((dir.join("g.toml"), text)), &Env::default()).unwrap(),
+    );
+    let store = Store::open(&config.store_path()).unwrap();
+    rt.block_on(Runner::new(config, store)).unwrap()
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     repo(&dir.path().join("app"));
-    let text = format!(
-        "default_repo = \"app\"\n[repos.app]\npath = \"{}/app\"\nimage = \"{IMAGE}\"\ntest_command = \"sh run_tests.sh\"\nreport = \"tap\"\n",
-        dir.path().display()
-    );
-    let config = Arc::new(
-        Config::from_layers(
-            dir.path().join("home"),
-            Some((dir.path().join("g.toml"), text)),
-            &Env::default(),
-        )
-        .unwrap(),
-    );
-    let store = Store::open(&config.store_path()).unwrap();
-    let runner = rt.block_on(Runner::new(config, store)).unwrap();
     let counter = AtomicU64::new(0);
     let request = |n: u64| {
         Request::parse(
@@ -71,23 +74,26 @@ fn bench(c: &mut Criterion) {
         )
         .unwrap()
     };
-    // Warm the baseline cache so each measured experiment runs one container, like docker run.
-    rt.block_on(async {
-        let r = request(u64::MAX);
-        runner.accept(&r, Status::Queued).await.unwrap();
-        assert!(runner.run(&r, &NoProgress).await.is_success());
-    });
+    let run = |runner: &Runner, n: u64| {
+        let r = request(n);
+        rt.block_on(async {
+            runner.accept(&r, Status::Queued).await.unwrap();
+            assert!(runner.run(&r, &NoProgress).await.is_success());
+        })
+    };
+    let layered = runner(&rt, dir.path(), true);
+    let uploaded = runner(&rt, dir.path(), false);
+    // Warm the baseline caches so each measured experiment runs one container, like docker run.
+    run(&layered, u64::MAX);
+    run(&uploaded, u64::MAX);
 
     let mut group = c.benchmark_group("one experiment");
     group.sample_size(10);
     group.bench_function("genesis run (baseline cached)", |b| {
-        b.iter(|| {
-            let r = request(counter.fetch_add(1, Ordering::Relaxed));
-            rt.block_on(async {
-                runner.accept(&r, Status::Queued).await.unwrap();
-                assert!(runner.run(&r, &NoProgress).await.is_success());
-            })
-        })
+        b.iter(|| run(&layered, counter.fetch_add(1, Ordering::Relaxed)))
+    });
+    group.bench_function("genesis run, layers off (baseline cached)", |b| {
+        b.iter(|| run(&uploaded, counter.fetch_add(1, Ordering::Relaxed)))
     });
     group.bench_function("docker run --rm", |b| {
         b.iter(|| {
