@@ -52,7 +52,9 @@ use std::time::Duration;
 use crate::config::Config;
 
 mod bundle;
-pub use bundle::*;
+use bundle::*;
+mod bundle_write;
+pub use bundle_write::*;
 mod verify;
 pub use verify::*;
 mod sandbox_export;
