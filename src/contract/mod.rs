@@ -348,37 +348,6 @@ pub struct AnalysisSummary {
     pub complexity: BeforeAfter,
 }
 
-/// `code.analysis.parse` request (contract §3).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AnalysisRequest {
-    pub experiment_id: String,
-    pub files: Vec<AnalysisRequestFile>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AnalysisRequestFile {
-    pub path: String,
-    pub language: String,
-    /// The file's text before the change; null when it did not exist.
-    pub before: Option<String>,
-    pub after: Option<String>,
-}
-
-/// `code.analysis.parse` reply (contract §3).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AnalysisReply {
-    pub files: Vec<AnalysisReplyFile>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AnalysisReplyFile {
-    pub path: String,
-    pub llm_call_sites_before: u64,
-    pub llm_call_sites_after: u64,
-    pub complexity_before: u64,
-    pub complexity_after: u64,
-}
-
 /// A judged experiment (`status: "success"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Completed {
@@ -598,6 +567,8 @@ pub mod timestamp {
     }
 }
 
+mod analysis_peer;
+pub use analysis_peer::*;
 mod subjects_and_stages;
 pub use subjects_and_stages::{stage, subjects};
 
