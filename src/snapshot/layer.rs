@@ -19,8 +19,8 @@
 //! Layers are written like tarballs: by walking the commit's tree, with the
 //! commit's time as every mtime and the sandbox user as owner, so a layered
 //! run sees the same files, modes, links and times as an uploaded one. A
-//! layer is written into a temporary directory and renamed into place, so a
-//! half-written one is never used.
+//! layer is written into a temporary directory, flushed to disk and renamed
+//! into place, so a half-written one is never used, even after a power loss.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -229,7 +229,8 @@ pub(super) fn ensure_layer(
         .map_err(|e| GenesisError::io(format!("creating {}", tmp.display()), e))
         // The layer's own directory keeps the time it was written (the
         // cleanup job reads it as last use); only `NAME/` is the snapshot's.
-        .and_then(|_| LayerWriter { repo, owner, mtime }.tree(tree, &tmp.join(name), ""));
+        .and_then(|_| LayerWriter { repo, owner, mtime }.tree(tree, &tmp.join(name), ""))
+        .and_then(|_| sync_file_system(&tmp));
     let placed = written.and_then(|_| match fs::rename(&tmp, dest) {
         Ok(()) => Ok(()),
         // Another writer was first; its layer is the same.
@@ -243,6 +244,21 @@ pub(super) fn ensure_layer(
         let _ = fs::remove_dir_all(&tmp);
     }
     placed
+}
+
+/// Flushes the file system holding `dir` (one `syncfs`), so a layer is on
+/// disk before it is renamed into use: after a power loss a layer is
+/// either whole or absent (and rebuilt), never a tree of empty files that
+/// runs would take for the commit's.
+fn sync_file_system(dir: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let io = |e| GenesisError::io(format!("syncing the layer at {}", dir.display()), e);
+    let handle = fs::File::open(dir).map_err(io)?;
+    // SAFETY: syncfs on a descriptor this function owns for the call.
+    if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
+        return Err(io(std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 struct LayerWriter<'r> {
