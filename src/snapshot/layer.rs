@@ -93,7 +93,7 @@ impl TreeDelta {
             GenesisError::io(format!("{what} {path} in the candidate's workspace"), e)
         };
         for path in &self.deleted {
-            let target = checked_target(&root, path)?;
+            let target = checked_target(&root, path, None)?;
             let meta = fs::symlink_metadata(&target).map_err(|e| io("reading", path, e))?;
             let removed = if meta.is_dir() {
                 fs::remove_dir_all(&target)
@@ -103,7 +103,7 @@ impl TreeDelta {
             removed.map_err(|e| io("removing", path, e))?;
         }
         for dir in &self.removed_dirs {
-            let target = checked_target(&root, dir)?;
+            let target = checked_target(&root, dir, None)?;
             match fs::remove_dir(&target) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(io("removing directory", dir, e))
@@ -112,8 +112,7 @@ impl TreeDelta {
             }
         }
         for entry in &self.entries {
-            let target = checked_target(&root, &entry.path)?;
-            make_parents(&root, &entry.path, owner, self.mtime)?;
+            let target = checked_target(&root, &entry.path, Some((owner, self.mtime)))?;
             if fs::symlink_metadata(&target).is_ok() {
                 fs::remove_file(&target).map_err(|e| io("replacing", &entry.path, e))?;
             }
@@ -144,7 +143,7 @@ impl TreeDelta {
             let dir = if parent.is_empty() {
                 root.to_path_buf()
             } else {
-                checked_target(root, &parent)?
+                checked_target(root, &parent, None)?
             };
             if fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
                 set_mtime(&dir, self.mtime)
@@ -156,43 +155,33 @@ impl TreeDelta {
 }
 
 /// `root/path` after checking the path's shape and that no directory on the
-/// way is a symlink.
-fn checked_target(root: &Path, path: &str) -> Result<PathBuf> {
+/// way is a symlink; with `make_missing` (owner and mtime), the directories
+/// on the way that do not exist yet are created.
+fn checked_target(root: &Path, path: &str, make_missing: Option<(Owner, i64)>) -> Result<PathBuf> {
     check_path_shape(path)?;
     let mut at = root.to_path_buf();
     let parts: Vec<&str> = path.split('/').collect();
     for part in &parts[..parts.len() - 1] {
         at.push(part);
-        if fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
-            return Err(GenesisError::PatchFailed(format!(
-                "candidate path {path:?} goes through a symlink; refusing the whole change"
-            )));
+        match (fs::symlink_metadata(&at), make_missing) {
+            (Ok(meta), _) if meta.file_type().is_symlink() => {
+                return Err(GenesisError::PatchFailed(format!(
+                    "candidate path {path:?} goes through a symlink; refusing the whole change"
+                )))
+            }
+            (Err(_), Some((owner, mtime))) => make_dir(&at, owner, mtime)
+                .map_err(|e| GenesisError::io(format!("creating {}", at.display()), e))?,
+            _ => {}
         }
     }
     Ok(root.join(path))
 }
 
-/// Creates the directories above `path` that do not exist yet.
-fn make_parents(root: &Path, path: &str, owner: Owner, mtime: i64) -> Result<()> {
-    let mut at = root.to_path_buf();
-    let parts: Vec<&str> = path.split('/').collect();
-    for part in &parts[..parts.len() - 1] {
-        at.push(part);
-        if fs::symlink_metadata(&at).is_err() {
-            make_dir(&at, owner, mtime)
-                .map_err(|e| GenesisError::io(format!("creating {}", at.display()), e))?;
-        }
-    }
-    Ok(())
-}
-
 /// Where a commit's layer lives: `GENESIS_HOME/layers/COMMIT-KEY`, the key
 /// covering what else goes into the files (repo name, owner, layout).
 pub(super) fn layer_dir(home: &Path, name: &str, owner: Owner, commit: Oid) -> PathBuf {
-    let key = crate::contract::hex_digest(&<sha2::Sha256 as sha2::Digest>::digest(
-        format!("{name}\0{}\0{}\0{LAYER_LAYOUT}", owner.uid, owner.gid).as_bytes(),
-    ));
-    layers_dir(home).join(format!("{commit}-{}", &key[..12]))
+    let key = super::cache_key(name, owner, Some(LAYER_LAYOUT));
+    layers_dir(home).join(format!("{commit}-{key}"))
 }
 
 /// `GENESIS_HOME/layers`.
@@ -451,8 +440,9 @@ pub(super) fn delta(
         };
         out.entries.push(DeltaEntry { path, content });
     }
+    // Deepest first (a child's path is longer than its parent's); each is
+    // listed once already (`emptied_dirs` skips those seen).
     out.removed_dirs.sort_by_key(|d| std::cmp::Reverse(d.len()));
-    out.removed_dirs.dedup();
     Ok(out)
 }
 

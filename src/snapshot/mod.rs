@@ -247,10 +247,7 @@ impl Snapshotter {
     /// environment's install, a sandbox bundle).
     pub fn tarball_of(&self, name: &str, commit: &str) -> Result<PathBuf> {
         let (mirror, oid) = self.mirror_commit(name, commit)?;
-        let packed = self.pack(&mirror, name, oid)?;
-        packed
-            .tarball
-            .ok_or_else(|| GenesisError::Internal("pack gave no tarball".into()))
+        self.tarball(&mirror, name, oid)
     }
 
     /// Packs one commit of repo `name` into `dest`, bypassing the cache (a
@@ -280,11 +277,13 @@ impl Snapshotter {
     /// Writes (once) the layer of a commit's tree and returns it.
     fn layer(&self, repo: &Repository, name: &str, commit: Oid) -> Result<TreeSnapshot> {
         let dir = layer::layer_dir(&self.home, name, self.owner, commit);
-        let tree = repo
+        let commit_obj = repo
             .find_commit(commit)
-            .and_then(|c| c.tree())
+            .map_err(|e| GenesisError::git("reading the commit to lay out", e))?;
+        let tree = commit_obj
+            .tree()
             .map_err(|e| GenesisError::git("reading the tree to lay out", e))?;
-        let mtime = commit_time(repo, commit)?;
+        let mtime = commit_obj.time().seconds().max(0);
         layer::ensure_layer(repo, &tree, name, self.owner, mtime, &dir)?;
         Ok(TreeSnapshot {
             commit: commit.to_string(),
@@ -319,45 +318,51 @@ impl Snapshotter {
         Ok(mirror)
     }
 
-    /// Writes (once) the tarball of a commit's tree and returns it.
+    /// The tarball form of a commit's tree (written once, then cached).
     fn pack(&self, repo: &Repository, name: &str, commit: Oid) -> Result<TreeSnapshot> {
+        let tree = repo
+            .find_commit(commit)
+            .and_then(|c| c.tree())
+            .map_err(|e| GenesisError::git("reading tree to pack", e))?;
+        Ok(TreeSnapshot {
+            commit: commit.to_string(),
+            tarball: Some(self.tarball(repo, name, commit)?),
+            layer: None,
+            submodules: submodules_of(repo, &tree)?,
+        })
+    }
+
+    /// Writes (once) the tarball of a commit's tree and returns its path.
+    fn tarball(&self, repo: &Repository, name: &str, commit: Oid) -> Result<PathBuf> {
         let dir = self.home.join("snapshots");
         fs::create_dir_all(&dir).map_err(|e| GenesisError::io("creating snapshots dir", e))?;
         // The name goes into the tar's paths and the owner into its headers,
         // so both are part of the cache key.
-        let key = hex_digest(&<sha2::Sha256 as sha2::Digest>::digest(
-            format!("{name}\0{}\0{}", self.owner.uid, self.owner.gid).as_bytes(),
-        ));
-        let tarball = dir.join(format!("{commit}-{}.tar.gz", &key[..12]));
+        let key = cache_key(name, self.owner, None);
+        let tarball = dir.join(format!("{commit}-{key}.tar.gz"));
+        if tarball.exists() {
+            return Ok(tarball);
+        }
         let commit_obj = repo
             .find_commit(commit)
             .map_err(|e| GenesisError::git("reading commit to pack", e))?;
         let tree = commit_obj
             .tree()
             .map_err(|e| GenesisError::git("reading tree to pack", e))?;
-        let submodules = submodules_of(repo, &tree)?;
-        if !tarball.exists() {
-            // Unique per writer: two experiments of one process (or two
-            // processes sharing a home) may pack the same commit at once;
-            // each writes its own file and the last rename wins harmlessly.
-            static WRITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let writer = WRITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let tmp = dir.join(format!(
-                ".{commit}-{}.{}-{writer}.tmp",
-                &key[..12],
-                std::process::id()
-            ));
-            let mtime = u64::try_from(commit_obj.time().seconds()).unwrap_or(0);
-            write_tarball(repo, &tree, name, self.owner, mtime, &tmp)?;
-            fs::rename(&tmp, &tarball)
-                .map_err(|e| GenesisError::io("moving snapshot into the cache", e))?;
-        }
-        Ok(TreeSnapshot {
-            commit: commit.to_string(),
-            tarball: Some(tarball),
-            layer: None,
-            submodules,
-        })
+        // Unique per writer: two experiments of one process (or two
+        // processes sharing a home) may pack the same commit at once;
+        // each writes its own file and the last rename wins harmlessly.
+        static WRITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let writer = WRITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(
+            ".{commit}-{key}.{}-{writer}.tmp",
+            std::process::id()
+        ));
+        let mtime = u64::try_from(commit_obj.time().seconds()).unwrap_or(0);
+        write_tarball(repo, &tree, name, self.owner, mtime, &tmp)?;
+        fs::rename(&tmp, &tarball)
+            .map_err(|e| GenesisError::io("moving snapshot into the cache", e))?;
+        Ok(tarball)
     }
 }
 
@@ -471,6 +476,18 @@ fn apply(
         )
         .map_err(|e| GenesisError::git("writing refs/genesis ref", e))?;
     Ok(oid)
+}
+
+/// 12 hex digits naming what, besides the commit, goes into a cached
+/// snapshot's bytes: the repo name (its paths), the owner (its headers or
+/// files) and, for layers, their layout version.
+fn cache_key(name: &str, owner: Owner, layout: Option<&str>) -> String {
+    let mut material = format!("{name}\0{}\0{}", owner.uid, owner.gid);
+    if let Some(layout) = layout {
+        material.push('\0');
+        material.push_str(layout);
+    }
+    hex_digest(&<sha2::Sha256 as sha2::Digest>::digest(material.as_bytes()))[..12].to_owned()
 }
 
 /// The time every file of a commit's snapshot carries.
