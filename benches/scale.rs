@@ -287,18 +287,7 @@ fn generate(repo: &Path) -> u64 {
 
 /// busybox plus the tree at `/workspace/big`, committed as an image.
 fn image_with_tree(repo: &Path) -> String {
-    let docker = |args: &[&str]| {
-        let out = std::process::Command::new("docker")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "docker {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
+    let docker = |args: &[&str]| docker_cli(None, args).trim().to_owned();
     let id = docker(&["create", IMAGE, "true"]);
     // The tree as `workspace/big/...`, streamed into the container's root.
     let tar = std::process::Command::new("sh")

@@ -153,18 +153,7 @@ impl PrivateEngine {
 
     /// `docker -H <this engine> ARGS`, returning stdout; panics on failure.
     pub fn docker(&self, args: &[&str]) -> String {
-        let out = Command::new("docker")
-            .arg("-H")
-            .arg(self.host())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "docker {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        super::docker_cli(Some(&self.host()), args)
     }
 
     /// Starts `genesis run` of `req` in `home` against this engine.

@@ -146,6 +146,22 @@ pub fn ensure_image(name: &str) {
     assert!(status.success(), "genesis images build {name} failed");
 }
 
+/// `docker [-H HOST] ARGS` (the machine's engine without a host), returning
+/// stdout; panics with stderr on failure.
+pub fn docker_cli(host: Option<&str>, args: &[&str]) -> String {
+    let mut command = Command::new("docker");
+    if let Some(host) = host {
+        command.arg("-H").arg(host);
+    }
+    let out = command.args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Copies a directory of the project (a fixture, an example) to `dest`
 /// and makes it a git repo with one commit.
 pub fn git_copy(src: &Path, dest: &Path) {
