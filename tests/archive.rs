@@ -192,6 +192,7 @@ fn completed(id: &str, recommendation: Recommendation) -> Completed {
         environment: None,
         framework: None,
         analysis: None,
+        llm: None,
         host: "test-host".into(),
         timestamp: DateTime::from_timestamp_millis(0).unwrap(),
     }

@@ -119,6 +119,7 @@ fn store_completed(
                 after: 37,
             },
         }),
+        llm: None,
         host: "worker-7".into(),
         timestamp: DateTime::from_timestamp_millis(at).unwrap(),
     };

@@ -59,6 +59,13 @@ pub struct RepoConfig {
     /// the line coverage of each run; empty for none.
     #[serde(default)]
     pub coverage: String,
+    /// Whether every run gets the LLM endpoint of contract §2b.
+    #[serde(default = "yes")]
+    pub llm_stub: bool,
+    /// A JSONL file in the repo (`{"match", "answer"}` per line) with the
+    /// endpoint's answers, read from the base commit; empty for none.
+    #[serde(default)]
+    pub llm_answers: String,
 }
 
 /// Resource profile for one risk level.
@@ -113,6 +120,7 @@ struct FileConfig {
     cleanup: CleanupPolicy,
     environments: EnvironmentPolicy,
     analysis: AnalysisPolicy,
+    llm: LlmPolicy,
 }
 
 /// Everything the service needs to know, resolved and validated.
@@ -145,6 +153,8 @@ pub struct Config {
     pub cleanup: CleanupPolicy,
     pub environments: EnvironmentPolicy,
     pub analysis: AnalysisPolicy,
+    /// `[llm]`: the LLM endpoint of every test run (contract §2b).
+    pub llm: LlmPolicy,
     /// LLM call shapes per language (`policies/llm_patterns.toml`, or the
     /// file named by `llm_patterns`), validated on load.
     pub llm_shapes: Shapes,
@@ -274,6 +284,7 @@ impl Config {
             cleanup: parsed.cleanup,
             environments: parsed.environments,
             analysis: parsed.analysis,
+            llm: parsed.llm,
             llm_shapes,
         })
     }

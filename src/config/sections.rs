@@ -217,3 +217,31 @@ pub struct CleanupPolicy {
     /// Snapshot layers unused this long are removed (unless mounted).
     pub layer_keep_hours: u64,
 }
+
+/// `[llm]`: the LLM endpoint every test run gets (contract §2b). Every
+/// bound here is per run, so a suite that floods its endpoint is cut off
+/// at the same place whatever else runs on the host.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LlmPolicy {
+    /// Port the endpoint listens on at 127.0.0.1 inside each sandbox.
+    pub port: u16,
+    /// Calls recorded per run; later ones are answered 429 and counted
+    /// as refused, never recorded.
+    pub max_calls: u64,
+    /// Largest request body one call may send.
+    pub max_request_bytes: u64,
+    /// Request bytes one run may send in all; past it calls are refused.
+    pub max_run_bytes: u64,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// A connection that sends no complete request head for this long is closed.
+    pub header_timeout_ms: u64,
+    /// Answer when no line of the repo's `llm_answers` matches.
+    pub answer: String,
+    /// Length of the deterministic embedding vectors (a request's
+    /// `dimensions` wins when smaller).
+    pub embedding_dimensions: usize,
+    /// Largest `llm_answers` file read.
+    pub max_answers_bytes: u64,
+}

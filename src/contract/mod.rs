@@ -372,6 +372,10 @@ pub struct Completed {
     /// LLM call sites and complexity of the touched files, and who counted.
     #[serde(default)]
     pub analysis: Option<AnalysisSummary>,
+    /// LLM calls observed at run time, baseline against candidate (§2b);
+    /// None only in results stored before the endpoint existed.
+    #[serde(default)]
+    pub llm: Option<LlmSummary>,
     /// `[host] name` of the genesis that ran it (contract §5), so a result
     /// from a queue shared by several hosts can be traced to its machine.
     /// Empty only in results stored before hosts were recorded.
@@ -569,6 +573,8 @@ pub mod timestamp {
 
 mod analysis_peer;
 pub use analysis_peer::*;
+mod llm;
+pub use llm::*;
 mod subjects_and_stages;
 pub use subjects_and_stages::{stage, subjects};
 

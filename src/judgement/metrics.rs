@@ -79,10 +79,14 @@ pub fn complexity_change(before: u64, after: u64) -> Option<f64> {
     (before > 0).then(|| (after as f64 - before as f64) / before as f64)
 }
 
+/// `observed_llm_reduction` is the reduction of the calls the runs made
+/// to the LLM endpoint, when the baseline made any; it wins over the
+/// static count of call sites (contract §5).
 pub fn judge(
     baseline: &MeasuredRun,
     candidate: &MeasuredRun,
     change: &ChangeFigures,
+    observed_llm_reduction: Option<f64>,
     flaky: &BTreeSet<String>,
 ) -> Judged {
     let (llm_before, llm_after) = (change.llm_before, change.llm_after);
@@ -98,7 +102,8 @@ pub fn judge(
             test_count.saturating_sub(failures) as f64,
             test_count as f64,
         ),
-        llm_reduction: ratio(llm_before as f64 - llm_after as f64, llm_before as f64),
+        llm_reduction: observed_llm_reduction
+            .unwrap_or_else(|| ratio(llm_before as f64 - llm_after as f64, llm_before as f64)),
         regression: ratio(regressions.len() as f64, baseline_passed),
         runtime_ms: candidate.runtime_ms,
         test_count,
@@ -219,6 +224,7 @@ mod tests {
                 complexity_before: 8,
                 complexity_after: 10,
             },
+            None,
             &BTreeSet::new(),
         );
         let m = &j.metrics;
@@ -263,6 +269,7 @@ mod tests {
                 coverage_percent: None,
             },
             &ChangeFigures::default(),
+            None,
             &flaky,
         );
         assert_eq!(j.metrics.complexity_change, None, "no function before");
@@ -271,5 +278,26 @@ mod tests {
         assert_eq!(j.metrics.regression, 0.5);
         assert_eq!(j.metrics.llm_reduction, 0.0);
         assert_eq!(j.metrics.performance_delta, 0.0);
+    }
+
+    #[test]
+    fn observed_calls_win_over_the_static_count() {
+        let base = report(&[("a", Outcome::Passed)]);
+        let r = Resources::default();
+        let run = MeasuredRun {
+            report: &base,
+            runtime_ms: 0,
+            resources: &r,
+            coverage_percent: None,
+        };
+        let sites = ChangeFigures {
+            llm_before: 2,
+            llm_after: 2,
+            ..ChangeFigures::default()
+        };
+        let observed = judge(&run, &run, &sites, Some(0.4), &BTreeSet::new());
+        assert_eq!(observed.metrics.llm_reduction, 0.4);
+        let fallback = judge(&run, &run, &sites, None, &BTreeSet::new());
+        assert_eq!(fallback.metrics.llm_reduction, 0.0);
     }
 }

@@ -27,7 +27,9 @@ use tokio::sync::{Mutex, OnceCell};
 
 use crate::analysis::Analyzer;
 use crate::config::Config;
-use crate::contract::{CandidateRef, Completed, ErrorKind, ExperimentResult, Request};
+use crate::contract::{
+    CandidateRef, Completed, ErrorKind, ExperimentResult, LlmSummary, LlmTally, Request,
+};
 use crate::environment::Environments;
 use crate::errors::{GenesisError, Result};
 use crate::judgement::metrics::{judge, outcome_pairs, MeasuredRun};
@@ -85,12 +87,14 @@ pub struct SuiteRun {
     pub exit_code: i64,
     /// Line coverage from the repo's `coverage` report, when configured.
     pub coverage_percent: Option<f64>,
+    /// What the run's LLM endpoint counted; None with `llm_stub = false`.
+    pub llm: Option<crate::contract::LlmTally>,
 }
 
 /// Part of every baseline cache key: bump it when [`SuiteRun`] changes
 /// shape, so runs stored in the older shape (bincode is not
 /// self-describing) are never read back, just run again.
-const SUITE_RUN_SHAPE: u32 = 2;
+const SUITE_RUN_SHAPE: u32 = 3;
 
 impl SuiteRun {
     fn resources(&self) -> Resources {
@@ -370,6 +374,7 @@ impl Runner {
             .find_flaky(id, &plan, base_report, &cand_report, progress)
             .await?;
         let (analysis, change) = self.analyze_change(id, &plan).await;
+        let llm = llm_summary(&plan, &baseline, &candidate);
         let base_resources = baseline.resources();
         let cand_resources = candidate.resources();
         let judged = judge(
@@ -386,6 +391,7 @@ impl Runner {
                 coverage_percent: candidate.coverage_percent,
             },
             &change,
+            llm.observed_reduction(),
             &flaky,
         );
         progress.stage(
@@ -418,6 +424,7 @@ impl Runner {
             environment: plan.environment.clone(),
             framework: Some(plan.framework.clone()),
             analysis: Some(analysis),
+            llm: Some(llm),
             host: self.config.host.clone(),
             timestamp: chrono::Utc::now(),
         };
@@ -452,6 +459,20 @@ impl Runner {
             tracing::warn!(error = %e, "could not write sandbox history");
         }
     }
+}
+
+/// The baseline's and the candidate's calls side by side; a repo without
+/// an endpoint says so rather than showing zeros as if observed.
+fn llm_summary(plan: &Plan, baseline: &SuiteRun, candidate: &SuiteRun) -> LlmSummary {
+    let tally = |run: &SuiteRun| match (&plan.llm, &run.llm) {
+        (_, Some(tally)) => tally.clone(),
+        (None, None) => LlmTally {
+            unavailable: Some("the repo's llm_stub is false".into()),
+            ..LlmTally::default()
+        },
+        (Some(_), None) => LlmTally::default(),
+    };
+    LlmSummary::of(&tally(baseline), &tally(candidate))
 }
 
 pub fn now_ms() -> i64 {

@@ -10,6 +10,7 @@ use crate::contract::{EnvironmentRef, FrameworkRef, Request};
 use crate::errors::{GenesisError, Result};
 use crate::results::coverage::CoverageSpec;
 use crate::results::ReportSpec;
+use crate::sandbox::llm::{Answers, LlmSetup};
 use crate::snapshot::{PreparedRepo, RepoInput};
 
 use super::framework::choose_framework;
@@ -45,6 +46,8 @@ pub(super) struct Plan {
     pub(super) environment: Option<EnvironmentRef>,
     /// Where each run's line coverage comes from, when configured.
     pub(super) coverage: Option<CoverageSpec>,
+    /// Every run's LLM endpoint (contract §2b); None for `llm_stub = false`.
+    pub(super) llm: Option<LlmSetup>,
 }
 
 impl Plan {
@@ -141,7 +144,9 @@ impl Runner {
                     })?,
             )
         };
+        let llm = self.llm_setup(&primary, &repo, &prepared).await?;
         Ok(Plan {
+            llm,
             coverage,
             primary,
             base_image: repo.image.clone(),
@@ -155,6 +160,54 @@ impl Runner {
             report,
             framework,
         })
+    }
+
+    /// The endpoint's policy and answers: the repo's `llm_answers` as the
+    /// base commit has it, so the baseline and the candidate are answered
+    /// alike whatever the patch does to the file.
+    async fn llm_setup(
+        &self,
+        primary: &str,
+        repo: &RepoConfig,
+        prepared: &[PreparedRepo],
+    ) -> Result<Option<LlmSetup>> {
+        if !repo.llm_stub {
+            return Ok(None);
+        }
+        let policy = self.config.llm.clone();
+        let answers = match (repo.llm_answers.as_str(), prepared.first()) {
+            ("", _) | (_, None) => Answers::fixed(&policy.answer),
+            (path, Some(base)) => {
+                let snapshotter = self.snapshotter.clone();
+                let (name, commit, path_owned) = (
+                    primary.to_owned(),
+                    base.base.commit.clone(),
+                    path.to_owned(),
+                );
+                let cap = policy.max_answers_bytes;
+                let text = tokio::task::spawn_blocking(move || {
+                    snapshotter.text_at(&name, &commit, &path_owned, cap)
+                })
+                .await
+                .map_err(|e| GenesisError::Internal(format!("answers task: {e}")))??;
+                match text {
+                    Some(text) => {
+                        Answers::parse(&text, &policy.answer).map_err(|e| GenesisError::Config {
+                            file: PathBuf::from(path),
+                            message: format!("llm_answers of repo {primary:?}: {e}"),
+                        })?
+                    }
+                    None => {
+                        tracing::warn!(repo = primary, path, "llm_answers is not a readable text file of at most [llm] max_answers_bytes at the base commit; every prompt gets the fixed answer");
+                        Answers::fixed(&policy.answer)
+                    }
+                }
+            }
+        };
+        Ok(Some(LlmSetup {
+            policy,
+            answers: std::sync::Arc::new(answers),
+        }))
     }
 
     /// Keeps the patches beside the logs, for review and for the sandbox export.

@@ -79,8 +79,10 @@ impl Runner {
             .iter()
             .map(|p| format!("{}={}", p.name, p.base.commit))
             .collect();
+        // The endpoint's policy and answers decide what the suite is told.
+        let llm = plan.llm.as_ref().map(|l| (&l.policy, &l.answers));
         let material = format!(
-            "{}\n{}\n{}\n{}\n{}\n{:?}\n{:?}\n{}",
+            "{}\n{}\n{}\n{}\n{}\n{:?}\n{:?}\n{}\n{:?}",
             super::SUITE_RUN_SHAPE,
             commits.join(","),
             image.id.unwrap_or_default(),
@@ -89,6 +91,7 @@ impl Runner {
             plan.limits,
             plan.report,
             self.config.sandbox.user,
+            llm,
         );
         Ok(hex_digest(&<sha2::Sha256 as sha2::Digest>::digest(
             material.as_bytes(),
@@ -197,6 +200,7 @@ impl Runner {
                 plan.uses_environment()
                     .then(|| ENV_WORKSPACE_COPY.to_string()),
             )
+            .llm(plan.llm.clone())
             .command(&plan.primary, &plan.repo.setup_command, &plan.test_command)
             .create(&self.docker)
             .await?;
@@ -260,6 +264,9 @@ impl Runner {
         }
         let log = CappedLog::create(&dir.join("test.log"), self.config.sandbox.log_cap_bytes)?;
         let run = sandbox.run(plan.timeout, log).await?;
+        if let Some(record) = &run.llm {
+            write_llm_calls(&dir.join("llm.jsonl"), &record.calls)?;
+        }
         let out_dir = dir.join("out");
         let _ = std::fs::remove_dir_all(&out_dir);
         let files = sandbox
@@ -317,8 +324,22 @@ impl Runner {
             io_operations: run.resources.io_operations,
             exit_code: run.exit_code,
             coverage_percent: coverage_of(plan, out_files),
+            llm: run.llm.map(|record| record.tally),
         })
     }
+}
+
+/// The run's LLM calls, one JSON object a line, written by genesis from
+/// its own record (never from anything the sandbox wrote), beside the
+/// run's log, so archives and exports keep them.
+fn write_llm_calls(path: &Path, calls: &[sandbox::llm::LlmCall]) -> Result<()> {
+    let mut text = String::new();
+    for call in calls {
+        text.push_str(&serde_json::to_string(call).unwrap_or_default());
+        text.push('\n');
+    }
+    std::fs::write(path, text)
+        .map_err(|e| GenesisError::io(format!("writing {}", path.display()), e))
 }
 
 /// The run's workspace as snapshot layers, when every repo of the plan

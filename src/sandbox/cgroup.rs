@@ -62,6 +62,14 @@ pub fn locate(pid: i64, container_id: &str) -> Option<CgroupFiles> {
     locate_in(&table, container_id, Path::new(CGROUP_ROOT))
 }
 
+/// Whether process `pid`'s cgroup paths name the container (a PID that
+/// was reused by another process would not).
+pub fn names_container(pid: i64, container_id: &str) -> bool {
+    container_id.len() >= 12
+        && std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .is_ok_and(|table| table.contains(container_id))
+}
+
 /// [`locate`] on the text of `/proc/PID/cgroup` (pure, for tests).
 pub fn locate_in(table: &str, container_id: &str, root: &Path) -> Option<CgroupFiles> {
     let mut v1 = std::collections::HashMap::new();

@@ -28,6 +28,8 @@ pub struct RunOutcome {
     pub log: LogSummary,
     /// The run's own file system was (all but) full when it stopped.
     pub disk_full: bool,
+    /// What the run's LLM endpoint recorded; None without one (`llm_stub = false`).
+    pub llm: Option<super::llm::LlmRecord>,
 }
 
 impl RunOutcome {
@@ -181,7 +183,12 @@ impl Sandbox {
             .await
             .map_err(|e| GenesisError::docker(format!("starting {}", self.name), e))?;
         self.prepare().await?;
-        let cgroup = self.local_cgroup().await;
+        let pid = self.local_init_pid().await;
+        let cgroup = pid.and_then(|pid| locate_cgroup(pid, &self.id));
+        let (endpoint, llm_unavailable) = match self.start_llm_endpoint(pid) {
+            Ok(endpoint) => (endpoint, None),
+            Err(reason) => (None, Some(reason)),
+        };
         let kernel_peak = cgroup
             .as_ref()
             .and_then(read_cgroup)
@@ -198,7 +205,11 @@ impl Sandbox {
             None
         };
 
-        let exec = self.start_suite().await?;
+        let llm_env = match (&endpoint, &self.spec.llm) {
+            (Some(_), Some(setup)) => super::llm::suite_env(setup.policy.port),
+            _ => Vec::new(),
+        };
+        let exec = self.start_suite(&llm_env).await?;
         let started = Instant::now();
         let (stop_pump, pump_stopped) = tokio::sync::oneshot::channel();
         let mut log_task = tokio::spawn(pump_output(exec.output, log, pump_stopped));
@@ -260,6 +271,11 @@ impl Sandbox {
                 }
             }
         }
+        let llm = match (endpoint, llm_unavailable) {
+            (Some(endpoint), _) => Some(endpoint.finish().await),
+            (None, Some(reason)) => Some(super::llm::LlmRecord::unavailable(reason)),
+            (None, None) => None,
+        };
         let alive = alive_since.elapsed();
         self.kill().await?;
         let oom_killed = self.inspect_oom().await?;
@@ -271,6 +287,7 @@ impl Sandbox {
             resources: acc.finish(alive),
             log,
             disk_full: self.disk_is_full(),
+            llm,
         })
     }
 
@@ -339,23 +356,58 @@ impl Sandbox {
         ))
     }
 
-    /// The container's cgroup files, when the engine runs on this host and
-    /// they can be told apart as this container's (see `cgroup.rs`).
-    async fn local_cgroup(&self) -> Option<CgroupFiles> {
+    /// The PID of the container's own process on this host, when the
+    /// engine runs here (its cgroup files and network namespace are then
+    /// this host's to read and join).
+    async fn local_init_pid(&self) -> Option<i64> {
         if !engine_is_local() {
             return None;
         }
         let info = self.docker.inspect_container(&self.id, None).await.ok()?;
-        let pid = info.state.and_then(|s| s.pid)?;
-        locate_cgroup(pid, &self.id)
+        info.state.and_then(|s| s.pid).filter(|pid| *pid > 0)
+    }
+
+    /// Starts the run's LLM endpoint inside the container's network
+    /// namespace: Ok(None) when the spec asks for none, Err with the reason
+    /// when it asks for one and cannot have it.
+    fn start_llm_endpoint(
+        &self,
+        pid: Option<i64>,
+    ) -> std::result::Result<Option<super::llm::LlmEndpoint>, String> {
+        let Some(setup) = &self.spec.llm else {
+            return Ok(None);
+        };
+        if self.spec.runtime == "runsc" {
+            return Err(
+                "under runsc the sandbox's loopback is gVisor's own network stack, \
+                        which a socket of the host cannot join"
+                    .into(),
+            );
+        }
+        let pid = pid.ok_or_else(|| {
+            "the Docker engine is not on this host (DOCKER_HOST), so genesis cannot \
+             listen inside its sandboxes"
+                .to_string()
+        })?;
+        let port = setup.policy.port;
+        // The PID must still be this container's when the namespace is
+        // joined: its cgroup names the container.
+        let listener = super::llm::bind_in_namespace_of(pid, port)
+            .map_err(|e| format!("listening on 127.0.0.1:{port} in the sandbox failed: {e}"))?;
+        if !names_container(pid, &self.id) {
+            return Err("the container's process went away before its endpoint started".into());
+        }
+        super::llm::LlmEndpoint::serve(listener, setup.clone())
+            .map(Some)
+            .map_err(|e| format!("serving the LLM endpoint failed: {e}"))
     }
 
     /// Starts the wrapper (setup, then tests) as an attached exec.
-    async fn start_suite(&self) -> Result<StartedExec> {
+    async fn start_suite(&self, llm_env: &[String]) -> Result<StartedExec> {
         let what = format!("starting the test command in {}", self.name);
         let created = self
             .docker
-            .create_exec(&self.id, exec_config(&self.spec))
+            .create_exec(&self.id, exec_config(&self.spec, llm_env))
             .await
             .map_err(|e| GenesisError::docker(&what, e))?;
         let started = self

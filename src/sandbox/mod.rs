@@ -50,6 +50,7 @@ use crate::errors::{GenesisError, Result};
 
 mod cgroup;
 pub use cgroup::engine_is_local;
+use cgroup::names_container;
 use cgroup::{locate as locate_cgroup, read as read_cgroup};
 pub use cgroup::{CgroupFiles, CgroupReading};
 mod disk;
@@ -64,6 +65,7 @@ mod lifecycle;
 pub use lifecycle::*;
 mod transfer;
 pub use transfer::*;
+pub mod llm;
 
 /// Label keys on every genesis container.
 pub const LABEL_EXPERIMENT: &str = "genesis.experiment";

@@ -19,7 +19,12 @@ use super::*;
 pub const SETUP_FAILED_MARKER: &str = "genesis: setup command failed with exit status";
 
 /// Runs the optional setup, then the test command, in the repo's directory.
+/// With an LLM endpoint, the SDKs' API keys get a placeholder unless the
+/// image or the command sets them (SDKs refuse to start without one).
 const WRAPPER: &str = r#"cd "$GENESIS_WORKDIR" || exit 125
+if [ -n "$GENESIS_LLM_URL" ]; then
+  export OPENAI_API_KEY="${OPENAI_API_KEY:-genesis-placeholder}" ANTHROPIC_API_KEY="${ANTHROPIC_API_KEY:-genesis-placeholder}"
+fi
 if [ -n "$GENESIS_SETUP" ]; then
   sh -c "$GENESIS_SETUP"
   s=$?
@@ -30,8 +35,9 @@ exec sh -c "$GENESIS_TEST""#;
 /// The container's own process: sleeps until the container is killed.
 const IDLE: &str = "exec sleep 2147483647";
 
-/// The exec that runs the suite, as the sandbox user.
-pub fn exec_config(spec: &SandboxSpec) -> ExecConfig {
+/// The exec that runs the suite, as the sandbox user; `llm_env` points
+/// its SDKs at the run's LLM endpoint, when it has one.
+pub fn exec_config(spec: &SandboxSpec, llm_env: &[String]) -> ExecConfig {
     ExecConfig {
         attach_stdout: Some(true),
         attach_stderr: Some(true),
@@ -45,6 +51,7 @@ pub fn exec_config(spec: &SandboxSpec) -> ExecConfig {
                 "HOME=/tmp".into(),
             ]
             .into_iter()
+            .chain(llm_env.iter().cloned())
             .chain(spec.env.iter().cloned())
             .collect(),
         ),
@@ -95,6 +102,9 @@ pub struct SandboxSpec {
     /// Run (untimed, as the sandbox user) after start and before the suite:
     /// an environment's untracked workspace files are copied into place.
     pub prepare_command: Option<String>,
+    /// The run's LLM endpoint (contract §2b); None for `llm_stub = false`
+    /// and for installs.
+    pub llm: Option<super::llm::LlmSetup>,
 }
 
 /// Where and how large a run's own file system is (see `disk.rs`).
@@ -137,6 +147,7 @@ impl SandboxBuilder {
                 host_pids_limit: limits.pids,
                 disk: None,
                 prepare_command: None,
+                llm: None,
             },
         }
     }
@@ -216,6 +227,12 @@ impl SandboxBuilder {
 
     pub fn prepare_command(mut self, command: Option<String>) -> Self {
         self.spec.prepare_command = command;
+        self
+    }
+
+    /// Gives the run an LLM endpoint (None: none).
+    pub fn llm(mut self, setup: Option<super::llm::LlmSetup>) -> Self {
+        self.spec.llm = setup;
         self
     }
 

@@ -125,7 +125,12 @@ pub fn touched_sources(
         .collect()
 }
 
-fn blob_text(repo: &Repository, tree: &Tree, path: &str, cap_bytes: u64) -> Option<String> {
+pub(super) fn blob_text(
+    repo: &Repository,
+    tree: &Tree,
+    path: &str,
+    cap_bytes: u64,
+) -> Option<String> {
     let entry = tree.get_path(Path::new(path)).ok()?;
     // Regular files only (mode 100644/100755): a symlink's blob is its target.
     if entry.kind() != Some(ObjectType::Blob) || entry.filemode() == 0o120000 {

@@ -265,6 +265,24 @@ impl Snapshotter {
     }
 
     /// The existing mirror of repo `name` and a commit id in it.
+    /// The text of regular file `path` at `commit` of repo `name`, from
+    /// the mirror; None when it is absent, not a regular file, not UTF-8
+    /// or larger than `cap_bytes`.
+    pub fn text_at(
+        &self,
+        name: &str,
+        commit: &str,
+        path: &str,
+        cap_bytes: u64,
+    ) -> Result<Option<String>> {
+        let (mirror, oid) = self.mirror_commit(name, commit)?;
+        let tree = mirror
+            .find_commit(oid)
+            .and_then(|c| c.tree())
+            .map_err(|e| GenesisError::git("reading a tree to read a file from", e))?;
+        Ok(inputs::blob_text(&mirror, &tree, path, cap_bytes))
+    }
+
     fn mirror_commit(&self, name: &str, commit: &str) -> Result<(Repository, Oid)> {
         let path = self.home.join("mirrors").join(format!("{name}.git"));
         let mirror = Repository::open_bare(&path)
