@@ -1,23 +1,35 @@
+"""One test per question: the route each question takes.
+
+Every call goes through the real OpenAI SDK to whatever OPENAI_BASE_URL
+names; genesis counts the calls the baseline and the candidate make.
+"""
+
+import pytest
+
 from calc import assistant
 
+QUESTIONS = [
+    ("2 + 3", "arithmetic"),
+    ("10 / 4", "arithmetic"),
+    ("7 * 6", "arithmetic"),
+    ("9 - 12", "arithmetic"),
+    ("What is the capital of France?", "geography"),
+    ("Which river flows through Cairo?", "geography"),
+    ("Who wrote Hamlet?", "literature"),
+    ("Recommend a novel about the sea", "literature"),
+    ("Translate 'hello' into Spanish", "language"),
+    ("What is the boiling point of water?", "science"),
+]
 
-class FakeLLM:
-    def __init__(self):
-        self.prompts = []
 
-    def complete(self, prompt):
-        self.prompts.append(prompt)
-        return "arithmetic" if "Classify" in prompt else "an explanation"
+@pytest.fixture(scope="module")
+def llm():
+    return assistant.client()
 
 
-def test_classify_arithmetic():
-    assert assistant.classify(FakeLLM(), "2 + 2") == "arithmetic"
-
-
-def test_explain_uses_the_model():
-    llm = FakeLLM()
-    assert assistant.explain(llm, "2 * 3") == "an explanation"
-    assert llm.prompts
+@pytest.mark.parametrize("question,kind", QUESTIONS)
+def test_route(llm, question, kind):
+    assert assistant.classify(llm, question) == kind
 
 
 def test_is_arithmetic():

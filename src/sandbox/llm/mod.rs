@@ -230,11 +230,6 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let api = LlmApi::from_path(request.uri().path());
     let policy = &shared.setup.policy;
-    let Some(call) = shared.admit() else {
-        return Ok(respond(
-            shared.refuse("the run's LLM call budget is spent ([llm] max_calls)"),
-        ));
-    };
     let body = match Limited::new(request.into_body(), policy.max_request_bytes as usize)
         .collect()
         .await
@@ -251,6 +246,11 @@ async fn handle(
             "the run's LLM request bytes are spent ([llm] max_run_bytes)",
         )));
     }
+    let Some(call) = shared.admit() else {
+        return Ok(respond(
+            shared.refuse("the run's LLM call budget is spent ([llm] max_calls)"),
+        ));
+    };
     let answering = shared.clone();
     let reply = tokio::task::spawn_blocking(move || answering.answer(call, api, &body))
         .await
