@@ -241,6 +241,15 @@ fn under_runsc_every_probe_holds_and_the_numbers_are_identical() {
             started.elapsed()
         );
         assert_eq!(result["status"], "success", "{runtime}: {result}");
+        // Under runsc the LLM endpoint cannot join gVisor's loopback: the
+        // result says so instead of reporting zero calls as observed.
+        let unavailable = result["llm"]["unavailable"].as_str().unwrap_or_default();
+        if runtime == "runsc" {
+            assert!(unavailable.contains("gVisor"), "{result}");
+            assert_eq!(result["llm"]["source"], "static");
+        } else {
+            assert_eq!(unavailable, "", "{result}");
+        }
         let m = &result["metrics"];
         judged.push((
             m["test_count"].clone(),
