@@ -1,7 +1,7 @@
 //! Environments (contract §2a): how long building one takes, and what an
 //! experiment that reuses one costs next to the same experiment without an
 //! environment, side by side (baselines cached, python image, the bundled
-//! calc example).
+//! calc example's arithmetic half).
 //!
 //! Run with `cargo bench --bench environment`. Needs the Docker engine, the
 //! python image (`genesis images build python`) and PyPI through the host's
@@ -49,6 +49,37 @@ fn git_copy(from: &Path, to: &Path) {
         ],
         to,
     );
+}
+
+/// Removes the example's assistant and its tests, in a commit of its own.
+fn drop_assistant(repo: &Path) {
+    for args in [
+        &[
+            "git",
+            "rm",
+            "-q",
+            "calc/assistant.py",
+            "tests/test_assistant.py",
+        ][..],
+        &[
+            "git",
+            "-c",
+            "user.name=b",
+            "-c",
+            "user.email=b@localhost",
+            "commit",
+            "-q",
+            "-m",
+            "ops only",
+        ],
+    ] {
+        assert!(std::process::Command::new(args[0])
+            .args(&args[1..])
+            .current_dir(repo)
+            .status()
+            .unwrap()
+            .success());
+    }
 }
 
 fn runner(rt: &tokio::runtime::Runtime, home: &Path, repo_keys: &str) -> Runner {
@@ -120,6 +151,9 @@ fn bench(c: &mut Criterion) {
     // 2. The same experiment with and without an environment.
     let dir = tempfile::tempdir().unwrap();
     git_copy(&root.join("examples/calc"), &dir.path().join("app"));
+    // Only the arithmetic half: the assistant's tests need the openai SDK,
+    // which only an environment has.
+    drop_assistant(&dir.path().join("app"));
     let plain = runner(&rt, &dir.path().join("home-plain"), "");
     let with_env = runner(
         &rt,

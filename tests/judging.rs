@@ -1,6 +1,9 @@
-//! Judging, end to end on a real pytest suite in the python image: every
-//! number of a breaking change checked against values worked out by hand,
-//! and one shared baseline run for several experiments on one commit.
+//! Judging, end to end on the bundled example (a real pytest suite in the
+//! python image, whose assistant asks a model through the official openai
+//! SDK, installed into an environment): every number of a breaking change
+//! checked against values worked out by hand, the benign change merged on
+//! the LLM calls it saves, and one shared baseline run for several
+//! experiments on one commit.
 
 mod support;
 
@@ -17,8 +20,11 @@ default_repo = "calc"
 [repos.calc]
 path = "{root}/calc"
 image = "genesis/python:bookworm"
+install_command = "pip install -r requirements.txt"
+install_inputs = ["requirements.txt"]
 test_command = "python3 -m pytest -q -p no:cacheprovider --junitxml=/genesis/out/junit.xml"
 report = "junit:/genesis/out/junit.xml"
+llm_answers = "llm_answers.jsonl"
 "#;
 
 /// The bundled example repo, committed fresh in the test's temp dir.
@@ -48,30 +54,32 @@ fn a_breaking_patch_is_measured_exactly() {
         String::from_utf8_lossy(&out.stderr)
     );
     let m = &r["metrics"];
-    // 13 tests: 10 in test_ops (3 parametrized), 3 in test_assistant; none skipped.
-    assert_eq!(m["test_count"], 13, "{r}");
-    // div(1, 0) now returns 0 instead of raising; mean([]) raises ZeroDivisionError, not ValueError.
-    assert_eq!(m["failures"], 2, "{r}");
+    // 21 tests: 10 in test_ops (3 parametrized), 11 in test_assistant (10
+    // questions, one rule); none skipped.
+    assert_eq!(m["test_count"], 21, "{r}");
+    // div(1, 0) now returns 0 instead of raising; mean([]) raises
+    // ZeroDivisionError, not ValueError; the 6 questions that are not
+    // arithmetic are now routed "other" instead of asking the model.
+    assert_eq!(m["failures"], 8, "{r}");
     let regressions: Vec<&str> = r["regressions"]
         .as_array()
         .unwrap()
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    assert_eq!(
-        regressions,
-        [
-            "tests.test_ops::test_div_by_zero",
-            "tests.test_ops::test_mean_of_nothing"
-        ]
-    );
-    assert_eq!(m["success_rate"].as_f64().unwrap(), 11.0 / 13.0);
-    // All 13 passed on the baseline; 2 of them fail now.
-    assert_eq!(m["regression"].as_f64().unwrap(), 2.0 / 13.0);
-    // llm.complete( appears twice before (classify, explain) and once after; the
-    // comment "the model is no longer asked" and the prompt strings do not count.
-    assert_eq!(m["llm_reduction"].as_f64().unwrap(), 0.5);
-    assert_eq!(r["baseline"]["test_count"], 13);
+    assert_eq!(regressions.len(), 8, "{r}");
+    assert!(regressions.contains(&"tests.test_ops::test_div_by_zero"));
+    assert!(regressions.contains(&"tests.test_ops::test_mean_of_nothing"));
+    assert!(regressions.contains(&"tests.test_assistant::test_route[Who wrote Hamlet?-literature]"));
+    assert_eq!(m["success_rate"].as_f64().unwrap(), 13.0 / 21.0);
+    // All 21 passed on the baseline; 8 of them fail now.
+    assert_eq!(m["regression"].as_f64().unwrap(), 8.0 / 21.0);
+    // The model is no longer asked at all: 10 calls observed, then none.
+    assert_eq!(r["llm"]["source"], "observed");
+    assert_eq!(r["llm"]["calls"]["before"], 10);
+    assert_eq!(r["llm"]["calls"]["after"], 0);
+    assert_eq!(m["llm_reduction"].as_f64().unwrap(), 1.0);
+    assert_eq!(r["baseline"]["test_count"], 21);
     assert_eq!(r["baseline"]["failures"], 0);
     let base_ms = r["baseline"]["runtime_ms"].as_f64().unwrap();
     let cand_ms = m["runtime_ms"].as_f64().unwrap();
@@ -85,7 +93,7 @@ fn a_breaking_patch_is_measured_exactly() {
         reasons[0]
             .as_str()
             .unwrap()
-            .starts_with("rule 1 rollback: regression 0.1538 > 0.05"),
+            .starts_with("rule 1 rollback: regression 0.381 > 0.05"),
         "{r}"
     );
     // `genesis show` tells the same story.
@@ -103,12 +111,25 @@ fn a_benign_patch_merges() {
     let home = calc_home();
     let r = result_json(&home.run_request(&example_request("benign")));
     assert_eq!(r["status"], "success", "{r}");
-    assert_eq!(r["metrics"]["test_count"], 13);
+    assert_eq!(r["metrics"]["test_count"], 21);
     assert_eq!(r["metrics"]["failures"], 0);
     assert_eq!(r["metrics"]["regression"], 0.0);
-    // The call is guarded, not removed: still 2 call sites.
-    assert_eq!(r["metrics"]["llm_reduction"], 0.0);
+    // The call is guarded, not removed: still 1 call site, but the 4
+    // arithmetic questions no longer reach the model: 10 calls, then 6.
+    assert_eq!(r["analysis"]["llm_call_sites"]["before"], 1);
+    assert_eq!(r["analysis"]["llm_call_sites"]["after"], 1);
+    assert_eq!(r["llm"]["source"], "observed");
+    assert_eq!(r["llm"]["calls"]["before"], 10);
+    assert_eq!(r["llm"]["calls"]["after"], 6);
+    assert_eq!(r["metrics"]["llm_reduction"], 0.4);
     assert_eq!(r["recommendation"], "merge");
+    assert!(
+        r["reasons"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("rule 2 merge: llm_reduction 0.4 > 0.3"),
+        "{r}"
+    );
 }
 
 #[test]
