@@ -59,6 +59,7 @@ pub async fn checks(config: &Config) -> Vec<Check> {
         archives(config).await,
     ];
     out.push(runtime(config).await);
+    out.push(llm_endpoint(config));
     out.push(disk_cap(config).await);
     out.extend(images(config).await);
     out.extend(environments(config).await);
@@ -360,6 +361,29 @@ fn suite_check(name: &str, repo: &crate::config::RepoConfig, git: &git2::Reposit
 }
 
 /// The OCI runtime of `[sandbox] runtime` must be registered with the engine.
+/// Whether runs get the LLM endpoint (contract §2b). Where they cannot
+/// (runsc, a remote engine) this passes with the reason: results then say
+/// so and fall back to the static count, which is a choice, not a fault.
+fn llm_endpoint(config: &Config) -> Check {
+    let stubbed: Vec<&str> = config
+        .repos
+        .iter()
+        .filter(|(_, repo)| repo.llm_stub)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let local = crate::sandbox::engine_is_local();
+    let detail = match crate::sandbox::llm::unavailable_reason(&config.sandbox.runtime, local) {
+        Some(reason) => format!("unavailable: {reason}; results fall back to the static count"),
+        None if stubbed.is_empty() => "off: llm_stub = false for every repo".to_string(),
+        None => format!(
+            "http://127.0.0.1:{} in every run's sandbox ([llm] port) for repos {}",
+            config.llm.port,
+            stubbed.join(", ")
+        ),
+    };
+    Check::pass("llm", detail)
+}
+
 async fn runtime(config: &Config) -> Check {
     let wanted = config.sandbox.runtime.as_str();
     let Ok(docker) = crate::sandbox::connect().await else {

@@ -101,6 +101,10 @@ fn doctor_is_all_green_with_nats_and_names_the_fix_without() {
             "no ✓ {check}:\n{report}"
         );
     }
+    assert!(
+        report.contains("llm      http://127.0.0.1:80 in every run's sandbox"),
+        "{report}"
+    );
     drop(nats);
 
     let url = format!("nats://127.0.0.1:{}", free_port());

@@ -377,18 +377,12 @@ impl Sandbox {
         let Some(setup) = &self.spec.llm else {
             return Ok(None);
         };
-        if self.spec.runtime == "runsc" {
-            return Err(
-                "under runsc the sandbox's loopback is gVisor's own network stack, \
-                        which a socket of the host cannot join"
-                    .into(),
-            );
+        if let Some(reason) = super::llm::unavailable_reason(&self.spec.runtime, pid.is_some()) {
+            return Err(reason.into());
         }
-        let pid = pid.ok_or_else(|| {
-            "the Docker engine is not on this host (DOCKER_HOST), so genesis cannot \
-             listen inside its sandboxes"
-                .to_string()
-        })?;
+        let Some(pid) = pid else {
+            return Err("the container's process could not be found on this host".into());
+        };
         let port = setup.policy.port;
         // The PID must still be this container's when the namespace is
         // joined: its cgroup names the container.

@@ -95,6 +95,21 @@ impl LlmRecord {
     }
 }
 
+/// Why a run under `runtime` cannot have an endpoint, if it cannot: the
+/// same words in a result's `llm.unavailable` and in `genesis doctor`.
+pub fn unavailable_reason(runtime: &str, engine_is_local: bool) -> Option<&'static str> {
+    if runtime == "runsc" {
+        return Some(
+            "under runsc the sandbox's loopback is gVisor's own network stack, \
+             which a socket of the host cannot join",
+        );
+    }
+    (!engine_is_local).then_some(
+        "the Docker engine is not on this host (DOCKER_HOST), so genesis cannot \
+         listen inside its sandboxes",
+    )
+}
+
 /// The `KEY=VALUE` variables that point a suite's SDKs at an endpoint on `port`.
 pub fn suite_env(port: u16) -> Vec<String> {
     let url = format!("http://127.0.0.1:{port}");
@@ -344,4 +359,29 @@ pub fn count_tokens(texts: &[String]) -> u64 {
         .iter()
         .map(|t| bpe.encode_ordinary(t).len() as u64)
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_runc_on_a_local_engine_has_an_endpoint() {
+        assert_eq!(unavailable_reason("runc", true), None);
+        assert_eq!(unavailable_reason("", true), None);
+        assert!(unavailable_reason("runsc", true)
+            .unwrap()
+            .contains("gVisor"));
+        assert!(unavailable_reason("runc", false)
+            .unwrap()
+            .contains("DOCKER_HOST"));
+    }
+
+    #[test]
+    fn the_suite_is_pointed_at_the_port() {
+        let env = suite_env(8080);
+        assert!(env.contains(&"OPENAI_BASE_URL=http://127.0.0.1:8080/v1".to_string()));
+        assert!(env.contains(&"ANTHROPIC_BASE_URL=http://127.0.0.1:8080".to_string()));
+        assert!(env.contains(&"OLLAMA_HOST=http://127.0.0.1:8080".to_string()));
+    }
 }
