@@ -237,22 +237,54 @@ async fn the_same_id_twice_runs_once_and_is_answered_twice() {
         })
         .count();
     assert_eq!(creates, 1, "{view}");
-    // The same id with other content is refused, not answered with the stale result.
+    // The same id with other content is refused, not answered with the
+    // stale result, and so is a malformed request naming the id: both on
+    // the sender's `rejected` subject, never on the victim's own subjects
+    // and never as a rollback event.
     let mut other = req.clone();
     other["description"] = "something else".into();
     send(&client, &other).await;
+    client
+        .publish(
+            "agent.events.experiment.request.test-instance",
+            r#"{"experiment_id": "twice", "instance_id": "test-instance"}"#.into(),
+        )
+        .await
+        .unwrap();
+    let rejected = "agent.events.experiment.rejected.test-instance";
     listener
-        .until(Duration::from_secs(30), "the conflict", |seen| {
-            seen.iter()
-                .any(|(s, _, _)| s == "agent.events.experiment.failed.twice")
+        .until(Duration::from_secs(30), "two refusals", |seen| {
+            seen.iter().filter(|(s, _, _)| s == rejected).count() >= 2
         })
         .await;
-    let (_, _, conflict) = listener
+    // A later request's answer: anything about `twice` would be out by now.
+    send(&client, &sleepy_request("after-twice", 0.0)).await;
+    listener
+        .until(Duration::from_secs(60), "the next answer", |seen| {
+            seen.iter()
+                .any(|(s, _, _)| s == "agent.events.experiment.completed.after-twice")
+        })
+        .await;
+    let refusals: Vec<_> = listener
         .seen
         .iter()
-        .find(|(s, _, _)| s == "agent.events.experiment.failed.twice")
-        .unwrap();
-    assert_eq!(conflict["error_kind"], "invalid_request");
+        .filter(|(s, _, _)| s == rejected)
+        .map(|(_, _, j)| j)
+        .collect();
+    for refusal in &refusals {
+        assert_eq!(refusal["experiment_id"], "twice");
+        assert_eq!(refusal["error_kind"], "invalid_request");
+        assert!(refusal["error"].as_str().unwrap().len() > 10, "{refusal}");
+    }
+    assert!(
+        !listener
+            .seen
+            .iter()
+            .any(|(s, _, j)| s == "agent.events.experiment.failed.twice"
+                || (s == "genesis.rollback.event" && j["experiment_id"] == "twice")),
+        "the victim's subjects were used: {:?}",
+        listener.seen
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -486,6 +486,20 @@ pub struct Progress {
     pub timestamp: DateTime<Utc>,
 }
 
+/// `agent.events.experiment.rejected.{instance_id}` (§3): a request refused
+/// before it ran because its id is already known with other content. It
+/// goes to the sender's subject, never to the experiment's own, so nobody
+/// can publish a failure or a rollback under another's experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rejected {
+    pub experiment_id: String,
+    pub instance_id: String,
+    pub error_kind: ErrorKind,
+    pub error: String,
+    #[serde(with = "timestamp")]
+    pub timestamp: DateTime<Utc>,
+}
+
 /// `genesis.rollback.event`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RollbackEvent {

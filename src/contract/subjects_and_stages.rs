@@ -34,6 +34,17 @@ pub mod subjects {
     pub fn progress(id: &str) -> String {
         format!("agent.events.experiment.progress.{id}")
     }
+    /// Where a refused request is answered: the sender's instance. An
+    /// instance id that is not one subject token (empty, dots, wildcards,
+    /// spaces) is answered on `…rejected._`, never on a wildcard.
+    pub fn rejected(instance_id: &str) -> String {
+        let token_ok = !instance_id.is_empty()
+            && instance_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        let token = if token_ok { instance_id } else { "_" };
+        format!("agent.events.experiment.rejected.{token}")
+    }
 
     /// Header carrying W3C trace context, copied onto every message about an experiment.
     pub const TRACEPARENT: &str = "traceparent";

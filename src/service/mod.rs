@@ -52,7 +52,9 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::contract::subjects::{self};
-use crate::contract::{ErrorKind, ExperimentResult, Recommendation, Request, RollbackEvent};
+use crate::contract::{
+    ErrorKind, ExperimentResult, Recommendation, Rejected, Request, RollbackEvent,
+};
 use crate::errors::{GenesisError, Result};
 use crate::runner::{Admission, Runner};
 use crate::store::{Status, Store};
@@ -246,13 +248,19 @@ impl Service {
                     ErrorKind::InvalidRequest,
                     invalid.message.clone(),
                 );
-                self.answer(
-                    &result,
-                    trace.as_deref(),
-                    incoming.reply.as_deref(),
-                    !id.is_empty(),
-                )
-                .await;
+                if self.is_known(&id).await {
+                    // Someone else's experiment: not its subjects to answer on.
+                    self.reject(&result, trace.as_deref(), incoming.reply.as_deref())
+                        .await;
+                } else {
+                    self.answer(
+                        &result,
+                        trace.as_deref(),
+                        incoming.reply.as_deref(),
+                        !id.is_empty(),
+                    )
+                    .await;
+                }
                 ack(&incoming, jetstream::AckKind::Ack).await;
                 return;
             }
@@ -312,7 +320,12 @@ impl Service {
                     return;
                 }
             },
-            Admission::Conflict(result) => *result,
+            Admission::Conflict(result) => {
+                tracing::warn!("refused: the id is known with other content");
+                self.reject(&result, trace, incoming.reply.as_deref()).await;
+                ack(incoming, jetstream::AckKind::Ack).await;
+                return;
+            }
         };
         self.answer(&result, trace, incoming.reply.as_deref(), true)
             .await;
@@ -450,6 +463,47 @@ impl Service {
                 continue;
             }
             notified.await;
+        }
+    }
+
+    /// Whether an experiment with this id is in the store.
+    async fn is_known(&self, id: &str) -> bool {
+        if id.is_empty() {
+            return false;
+        }
+        let key = id.to_owned();
+        matches!(
+            self.runner.store.call(move |s| s.get(&key)).await,
+            Ok(Some(_))
+        )
+    }
+
+    /// Answers a refused request on the sender's `rejected` subject (and its
+    /// reply subject), never on the experiment's own subjects and never as
+    /// a rollback event: the id belongs to someone else's experiment.
+    async fn reject(&self, result: &ExperimentResult, trace: Option<&str>, reply: Option<&str>) {
+        let ExperimentResult::Failed(failed) = result else {
+            return;
+        };
+        let doc = Rejected {
+            experiment_id: failed.experiment_id.clone(),
+            instance_id: failed.instance_id.clone(),
+            error_kind: failed.error_kind,
+            error: failed.error.clone(),
+            timestamp: failed.timestamp,
+        };
+        let body = bytes::Bytes::from(serde_json::to_vec(&doc).unwrap_or_default());
+        let mut targets = vec![subjects::rejected(&failed.instance_id)];
+        targets.extend(reply.map(str::to_owned));
+        for subject in targets {
+            publish_until_sent(
+                &self.client,
+                &self.config.nats,
+                subject,
+                headers(trace, None),
+                body.clone(),
+            )
+            .await;
         }
     }
 
