@@ -84,7 +84,19 @@ fn populate_as(store: &Store, prefix: &str) {
         t0,
     );
     plain.recommendation = Some("merge".into());
-    plain.result_json = Some(json!({"status": "success", "n": 1}).to_string());
+    plain.result_json = Some(
+        json!({
+            "status": "success",
+            "n": 1,
+            "llm": {
+                "source": "observed",
+                "calls": {"before": 9, "after": 4},
+                "tokens": {"before": 12_345, "after": 6_789},
+                "by_api": {"openai.chat": {"before": 9, "after": 4}}
+            }
+        })
+        .to_string(),
+    );
     let mut nasty = ExperimentRecord::new(
         &request(&id("nasty"), NASTY, NASTY),
         Status::Completed,
@@ -195,19 +207,21 @@ fn assert_matches_stores(pg: &PgCluster, db: &str, stores: &[&Store]) {
         assert_eq!(ms(&row["updated_at"]), r.updated_at);
     }
 
+    // Each metrics row with the `llm` of its experiment's result.
     let mut metrics = Vec::new();
     for store in stores {
         store
             .for_each_metrics(|m| {
-                metrics.push(m);
+                let llm = store.get(&m.experiment_id)?.and_then(|r| r.llm());
+                metrics.push((m, llm));
                 Ok(())
             })
             .unwrap();
     }
-    metrics.sort_by(|a, b| a.experiment_id.cmp(&b.experiment_id));
+    metrics.sort_by(|a, b| a.0.experiment_id.cmp(&b.0.experiment_id));
     let rows = pg.rows(db, "experiment_metrics", "experiment_id");
     assert_eq!(rows.len(), metrics.len());
-    for (row, m) in rows.iter().zip(&metrics) {
+    for (row, (m, llm)) in rows.iter().zip(&metrics) {
         let x = &m.metrics;
         let f = |col: &str| row[col].as_f64();
         let u = |col: &str| row[col].as_u64();
@@ -236,6 +250,28 @@ fn assert_matches_stores(pg: &PgCluster, db: &str, stores: &[&Store]) {
         assert_eq!(row["regressions"], Value::Array(regressions));
         assert_eq!(row["flaky"], json!(m.flaky));
         assert_eq!(ms(&row["inserted_at"]), m.inserted_at);
+        assert_eq!(row["llm_source"], json!(llm.as_ref().map(|l| l.source)));
+        assert_eq!(u("llm_calls_before"), llm.as_ref().map(|l| l.calls.before));
+        assert_eq!(u("llm_calls_after"), llm.as_ref().map(|l| l.calls.after));
+        assert_eq!(
+            u("llm_tokens_before"),
+            llm.as_ref().map(|l| l.tokens.before)
+        );
+        assert_eq!(u("llm_tokens_after"), llm.as_ref().map(|l| l.tokens.after));
+    }
+    // The fixture's values, so a store-side mistake cannot hide: the plain
+    // experiment observed 9 → 4 calls; the nasty one has no result.
+    for row in &rows {
+        let picked = (
+            row["llm_source"].clone(),
+            row["llm_calls_before"].clone(),
+            row["llm_tokens_after"].clone(),
+        );
+        if row["experiment_id"].as_str().unwrap().ends_with("-plain") {
+            assert_eq!(picked, (json!("observed"), json!(9), json!(6789)));
+        } else {
+            assert_eq!(picked, (Value::Null, Value::Null, Value::Null));
+        }
     }
 
     let mut history = Vec::new();

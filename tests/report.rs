@@ -20,8 +20,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 use genesis::config::{Config, Env};
 use genesis::contract::{
-    AnalysisSummary, BaselineSummary, BeforeAfter, CandidateRef, Completed, EnvironmentRef,
-    ErrorKind, ExperimentResult, FrameworkRef, Metrics, Recommendation, Request,
+    AnalysisSummary, BaselineSummary, BeforeAfter, CallSites, CandidateRef, Completed,
+    EnvironmentRef, ErrorKind, ExperimentResult, FrameworkRef, LlmApi, LlmSource, LlmSummary,
+    Metrics, Recommendation, Request, Side,
 };
 use genesis::errors::GenesisError;
 use genesis::report;
@@ -118,8 +119,9 @@ fn store_completed(
                 before: 42,
                 after: 37,
             },
+            sites: vec![],
         }),
-        llm: None,
+        llm: Some(observed_llm()),
         host: "worker-7".into(),
         timestamp: DateTime::from_timestamp_millis(at).unwrap(),
     };
@@ -141,6 +143,59 @@ fn store_completed(
     store
         .write_final(&record, Some(&row), outcomes.as_ref())
         .unwrap();
+}
+
+fn pair(before: u64, after: u64) -> BeforeAfter {
+    BeforeAfter { before, after }
+}
+
+/// What the runs' endpoint saw in a judged experiment: 13 calls down to 8.
+fn observed_llm() -> LlmSummary {
+    LlmSummary {
+        source: LlmSource::Observed,
+        calls: pair(13, 8),
+        tokens: pair(52_000, 31_500),
+        by_api: [
+            (LlmApi::OpenAiChat, pair(12, 7)),
+            (LlmApi::AnthropicMessages, pair(1, 1)),
+        ]
+        .into(),
+        refused: pair(0, 0),
+        unavailable: None,
+    }
+}
+
+/// Rewrites a stored result as one whose baseline made no call (no
+/// endpoint in the sandbox): `llm_reduction` then rests on the call sites
+/// the local analysis found, which the result lists by file and line.
+fn make_static(store: &Store, id: &str) {
+    let mut record = store.get(id).unwrap().unwrap();
+    let Some(ExperimentResult::Success(mut c)) = record.result() else {
+        panic!("{id} is not a completed experiment")
+    };
+    c.llm = Some(LlmSummary {
+        source: LlmSource::Static,
+        calls: pair(0, 0),
+        tokens: pair(0, 0),
+        by_api: Default::default(),
+        refused: pair(0, 0),
+        unavailable: Some("the engine runs the sandbox with runsc".into()),
+    });
+    let analysis = c.analysis.as_mut().unwrap();
+    analysis.sites = vec![
+        CallSites {
+            path: "src/app.py".into(),
+            side: Side::Before,
+            lines: vec![12, 40],
+        },
+        CallSites {
+            path: "src/app.py".into(),
+            side: Side::After,
+            lines: vec![12],
+        },
+    ];
+    record.result_json = Some(ExperimentResult::Success(c).to_json());
+    store.put_record(&record).unwrap();
 }
 
 fn store_failed(store: &Store, id: &str, kind: &str, risk: &str, at: i64) {
@@ -541,6 +596,8 @@ fn experiment_page_renders_in_chromium_with_hostile_text_as_text() {
         "genesis-env/app:3f2a9c",
         "built for it in 12.4 s",
         "llm_call_sites",
+        "LLM calls",
+        "anthropic.messages",
         "Log tail",
         "Sandbox history",
         "3.3 MiB",
@@ -572,6 +629,70 @@ fn experiment_page_renders_in_chromium_with_hostile_text_as_text() {
     assert!(dom.contains("600000 ms limit &lt;/div&gt;&lt;h1&gt;owned&lt;/h1&gt;"));
     assert!(dom.contains("The result carries no analysis."));
     assert!(dom.contains("No candidate log is kept"));
+}
+
+/// The LLM calls section: per-API calls of both runs with the totals and
+/// tokens, and the definition of `llm_reduction` that fits the source; for
+/// a static source, the call sites by file and line. Checked in the page's
+/// text, so without Chromium too.
+#[test]
+fn experiment_page_shows_llm_calls_per_api_and_static_sites() {
+    let now = Utc::now();
+    let (_home, config) = filled_home(now);
+    let store = Store::open(&config.store_path()).unwrap();
+    // `head` is the row's first cell: an API (`td`) or a total (`th`).
+    let row = |head: &str, before: u64, after: u64, change: &str| {
+        format!(
+            "<tr>{head}<td class=\"num\">{before}</td><td class=\"num\">{after}</td><td class=\"num\">{change}</td></tr>"
+        )
+    };
+    let observed = report::experiment(&store, &config, "exp-1f3a").unwrap();
+    assert_self_contained(&observed);
+    for expected in [
+        "<h2>LLM calls</h2>".to_owned(),
+        "Source: <strong>observed</strong>".to_owned(),
+        "(LLM calls observed before − after) / before".to_owned(),
+        row("<td class=\"mono\">openai.chat</td>", 12, 7, "-5"),
+        row("<td class=\"mono\">anthropic.messages</td>", 1, 1, "+0"),
+        row("<th>calls</th>", 13, 8, "-5"),
+        row("<th>prompt tokens</th>", 52000, 31500, "-20500"),
+    ] {
+        assert!(observed.contains(&expected), "{expected:?} missing");
+    }
+    assert!(
+        !observed.contains("Static call sites"),
+        "observed: no sites"
+    );
+    assert!(!observed.contains("LLM call sites before"));
+
+    make_static(&store, "exp-a");
+    let page = report::experiment(&store, &config, "exp-a").unwrap();
+    assert_self_contained(&page);
+    for expected in [
+        "Source: <strong>static</strong>",
+        "(LLM call sites before − after) / before",
+        "the engine runs the sandbox with runsc",
+        "No call reached the endpoint in either run.",
+        "Static call sites (3)",
+        "<td class=\"mono name\">src/app.py:12</td><td>baseline</td>",
+        "<td class=\"mono name\">src/app.py:40</td><td>baseline</td>",
+        "<td class=\"mono name\">src/app.py:12</td><td>candidate</td>",
+    ] {
+        assert!(
+            page.contains(expected),
+            "{expected:?} missing from the static page"
+        );
+    }
+    assert!(
+        !page.contains("<td>sites</td>"),
+        "sites are not dumped in the analysis table"
+    );
+
+    let Some(browser) = Browser::find("experiment_page_shows_llm_calls") else {
+        return;
+    };
+    let dom = browser.dom(&write("exp-a-static.html", &page));
+    assert!(dom.contains("src/app.py:40"), "the sites rendered");
 }
 
 /// `count` experiments over the last 30 days whose numbers wander a little

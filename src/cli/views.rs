@@ -2,7 +2,7 @@
 //! text for people and as JSON.
 
 use crate::config::Config;
-use crate::contract::ExperimentResult;
+use crate::contract::{BeforeAfter, ExperimentResult, LlmSummary};
 use crate::errors::{GenesisError, Result};
 use crate::store::{open_store, ExperimentRecord, MetricsRow, SandboxEvent, Status, TestOutcomes};
 use serde::Serialize;
@@ -228,7 +228,11 @@ fn render_show(
             record.error_kind.as_deref().unwrap_or("?")
         );
     }
-    if let Some(ExperimentResult::Success(c)) = record.result() {
+    let completed = match record.result() {
+        Some(ExperimentResult::Success(c)) => Some(c),
+        _ => None,
+    };
+    if let Some(c) = &completed {
         for r in &c.reasons {
             let _ = writeln!(s, "  because    {r}");
         }
@@ -274,6 +278,9 @@ fn render_show(
             }
         }
     }
+    if let Some(llm) = completed.as_ref().and_then(|c| c.llm.as_ref()) {
+        s.push_str(&render_llm(llm));
+    }
     if !history.is_empty() {
         let _ = writeln!(s, "sandbox history");
         for h in history {
@@ -285,4 +292,113 @@ fn render_show(
         }
     }
     s
+}
+
+/// The "LLM calls" block of `show`: what the runs' endpoint counted,
+/// baseline → candidate, and whether `llm_reduction` came from it.
+fn render_llm(llm: &LlmSummary) -> String {
+    use std::fmt::Write as _;
+    let arrow = |c: BeforeAfter| format!("{} → {}", c.before, c.after);
+    let mut s = String::new();
+    let _ = writeln!(s, "LLM calls    baseline → candidate");
+    let _ = writeln!(s, "  source       {}", llm.source);
+    let _ = writeln!(s, "  calls        {}", arrow(llm.calls));
+    let _ = writeln!(s, "  tokens       {}", arrow(llm.tokens));
+    for (api, counts) in &llm.by_api {
+        let _ = writeln!(s, "  {:<20} {}", api.as_str(), arrow(*counts));
+    }
+    if llm.refused != BeforeAfter::default() {
+        let _ = writeln!(s, "  refused      {}", arrow(llm.refused));
+    }
+    if let Some(why) = &llm.unavailable {
+        let _ = writeln!(s, "  unavailable  {why}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::contract::{LlmApi, LlmSource, Request};
+    use crate::store::Status;
+
+    fn record(llm: Option<serde_json::Value>) -> ExperimentRecord {
+        let request = Request::parse(
+            br#"{"experiment_id":"e","instance_id":"i","experiment_type":"t","risk_level":"low","changes":{}}"#,
+        )
+        .unwrap();
+        let mut r = ExperimentRecord::new(&request, Status::Completed, "h:1", 0);
+        let mut result = serde_json::json!({
+            "status": "success", "experiment_id": "e", "instance_id": "i",
+            "metrics": crate::contract::Metrics::default(),
+            "baseline": {"test_count": 1, "failures": 0, "runtime_ms": 1},
+            "regressions": [], "recommendation": "merge", "reasons": [],
+            "candidate": {"repo": "r", "base_commit": "a", "commit": "b"},
+            "timestamp": "2026-12-01T00:00:00.000Z"
+        });
+        if let Some(llm) = llm {
+            result["llm"] = llm;
+        }
+        r.result_json = Some(result.to_string());
+        r
+    }
+
+    #[test]
+    fn show_has_an_llm_block_when_the_result_has_llm() {
+        let pair = |before, after| BeforeAfter { before, after };
+        let llm = LlmSummary {
+            source: LlmSource::Observed,
+            calls: pair(5, 2),
+            tokens: pair(1200, 480),
+            by_api: BTreeMap::from([
+                (LlmApi::OpenAiChat, pair(4, 2)),
+                (LlmApi::AnthropicMessages, pair(1, 0)),
+            ]),
+            refused: pair(0, 3),
+            unavailable: Some("runsc".into()),
+        };
+        let text = render_show(
+            &record(Some(serde_json::to_value(&llm).unwrap())),
+            None,
+            &[],
+        );
+        for line in [
+            "LLM calls    baseline → candidate",
+            "  source       observed",
+            "  calls        5 → 2",
+            "  tokens       1200 → 480",
+            "  openai.chat          4 → 2",
+            "  anthropic.messages   1 → 0",
+            "  refused      0 → 3",
+            "  unavailable  runsc",
+        ] {
+            assert!(
+                text.contains(&format!("{line}\n")),
+                "{line:?} missing from\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn show_says_nothing_new_for_a_result_without_llm() {
+        let text = render_show(&record(None), None, &[]);
+        assert!(text.contains("candidate    r b (base a)"), "{text}");
+        assert!(!text.contains("LLM"), "{text}");
+        let quiet = LlmSummary {
+            source: LlmSource::Static,
+            calls: BeforeAfter::default(),
+            tokens: BeforeAfter::default(),
+            by_api: BTreeMap::new(),
+            refused: BeforeAfter::default(),
+            unavailable: None,
+        };
+        let block = render_llm(&quiet);
+        assert!(block.contains("  source       static\n"), "{block}");
+        assert!(
+            !block.contains("refused") && !block.contains("unavailable"),
+            "{block}"
+        );
+    }
 }

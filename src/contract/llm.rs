@@ -115,6 +115,22 @@ pub enum LlmSource {
     Static,
 }
 
+impl LlmSource {
+    /// The serialised name (`observed`, `static`), for views and exports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LlmSource::Observed => "observed",
+            LlmSource::Static => "static",
+        }
+    }
+}
+
+impl fmt::Display for LlmSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A result's `llm` (contract §5): calls and prompt tokens, baseline
 /// (`before`) against candidate (`after`), in all and per API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -209,6 +225,10 @@ mod tests {
         assert_eq!(LlmApi::from_path("/v1/messages"), LlmApi::AnthropicMessages);
         assert_eq!(LlmApi::from_path("/api/embed"), LlmApi::OllamaEmbed);
         assert_eq!(LlmApi::from_path("/v2/whatever"), LlmApi::Other);
+        for source in [LlmSource::Observed, LlmSource::Static] {
+            let json = serde_json::to_string(&source).unwrap();
+            assert_eq!(json, format!("\"{source}\""));
+        }
         for api in LlmApi::ALL {
             let json = serde_json::to_string(&api).unwrap();
             assert_eq!(json, format!("\"{}\"", api.as_str()));

@@ -346,6 +346,46 @@ pub struct AnalysisSummary {
     pub analyzer: String,
     pub llm_call_sites: BeforeAfter,
     pub complexity: BeforeAfter,
+    /// Where the counted call sites are, per touched file and side, so a
+    /// reader of a `static` `llm_reduction` can find them. Filled by the
+    /// local analysis only (a peer's reply has counts, no lines); absent in
+    /// results stored before it existed and for files without a site.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<CallSites>,
+}
+
+/// Which text of a touched file: the baseline's or the candidate's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    Before,
+    After,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Before => "before",
+            Side::After => "after",
+        }
+    }
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The LLM call sites the analyzer found in one side of one touched file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallSites {
+    /// As in the analysis request (prefixed by the repo's name when the
+    /// experiment spans several repos).
+    pub path: String,
+    pub side: Side,
+    /// 1-based line of each site's argument `(`, sorted, one per site.
+    pub lines: Vec<u32>,
 }
 
 /// A judged experiment (`status: "success"`).
@@ -530,7 +570,16 @@ pub struct GroupStats {
     pub failed: u64,
     pub success_rate: f64,
     pub avg_regression: f64,
+    /// Over every completed experiment, whatever its `llm.source`.
     pub avg_llm_reduction: f64,
+    /// Average `llm_reduction` of the completed experiments whose calls
+    /// were observed (`llm.source` is `observed`): the measured share,
+    /// apart from the static counts of call sites. 0 when there were none.
+    #[serde(default)]
+    pub avg_observed_llm_reduction: f64,
+    /// How many completed experiments had observed calls.
+    #[serde(default)]
+    pub observed_llm_experiments: u64,
 }
 
 /// Counts by outcome over the report's period.
@@ -560,6 +609,12 @@ pub struct MetricsReport {
     pub success_rate: f64,
     pub avg_regression: f64,
     pub avg_llm_reduction: f64,
+    /// As [`GroupStats::avg_observed_llm_reduction`], over all experiments.
+    #[serde(default)]
+    pub avg_observed_llm_reduction: f64,
+    /// As [`GroupStats::observed_llm_experiments`], over all experiments.
+    #[serde(default)]
+    pub observed_llm_experiments: u64,
     pub by_type: BTreeMap<String, GroupStats>,
     pub by_risk_level: BTreeMap<String, GroupStats>,
     pub period: Period,

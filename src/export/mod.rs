@@ -21,6 +21,13 @@
 //! Streaming: rows go from a redb read transaction straight to a buffered
 //! writer, one at a time; memory does not grow with the number of rows.
 //!
+//! `experiment_metrics` carries, besides the metrics row, the observed LLM
+//! calls of the experiment's result (`llm_source`, `llm_calls_*`,
+//! `llm_tokens_*`; NULL for a result stored before runs had an LLM
+//! endpoint). Columns added after a table's first release go at the end of
+//! its list: `ADD COLUMN` appends them there on an older table, and a CSV
+//! `\copy` without a column list fills columns by position.
+//!
 //! `--since` keeps rows whose own time is at or after the instant: a
 //! record's `updated_at`, a metrics row's and a history row's `inserted_at`.
 //!
@@ -38,6 +45,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
+use crate::contract::LlmSummary;
 use crate::errors::{GenesisError, Result};
 use crate::store::{ExperimentRecord, MetricsRow, SandboxEvent, Store};
 
@@ -71,7 +79,7 @@ fn stream_rows(
     match table.source {
         Source::Records => store.for_each_record(since_ms, |r| emit(&record_fields(&r))),
         Source::Metrics => store.for_each_metrics(|m| match keep(m.inserted_at) {
-            true => emit(&metrics_fields(&m)),
+            true => emit(&metrics_fields(&m, result_llm(store, &m)?.as_ref())),
             false => Ok(()),
         }),
         Source::History => store.for_each_history(|h| match keep(h.inserted_at) {
@@ -161,6 +169,11 @@ const METRICS: Table = Table {
         col("regressions", "jsonb"),
         col("flaky", "jsonb"),
         col("inserted_at", "timestamptz"),
+        col("llm_source", "text"),
+        col("llm_calls_before", "bigint"),
+        col("llm_calls_after", "bigint"),
+        col("llm_tokens_before", "bigint"),
+        col("llm_tokens_after", "bigint"),
     ],
     update_when: None,
 };
@@ -222,9 +235,17 @@ fn record_fields(r: &ExperimentRecord) -> Vec<Field<'_>> {
     ]
 }
 
-fn metrics_fields(m: &MetricsRow) -> Vec<Field<'_>> {
+/// The `llm` of the result a metrics row belongs to (the row itself has
+/// only `llm_reduction`); None when the record or its `llm` is absent.
+fn result_llm(store: &Store, m: &MetricsRow) -> Result<Option<LlmSummary>> {
+    Ok(store.get(&m.experiment_id)?.and_then(|r| r.llm()))
+}
+
+/// A metrics row's fields, with `llm` (its result's) in the last columns.
+fn metrics_fields<'a>(m: &'a MetricsRow, llm: Option<&LlmSummary>) -> Vec<Field<'a>> {
     use Field::*;
     let x = &m.metrics;
+    let count = |pick: fn(&LlmSummary) -> u64| llm.map_or(Null, |l| Int(pick(l)));
     vec![
         Text(&m.experiment_id),
         Text(&m.host),
@@ -246,6 +267,11 @@ fn metrics_fields(m: &MetricsRow) -> Vec<Field<'_>> {
         Json(Cow::Owned(json_list(&m.regressions))),
         Json(Cow::Owned(json_list(&m.flaky))),
         Time(m.inserted_at),
+        llm.map_or(Null, |l| Text(l.source.as_str())),
+        count(|l| l.calls.before),
+        count(|l| l.calls.after),
+        count(|l| l.tokens.before),
+        count(|l| l.tokens.after),
     ]
 }
 

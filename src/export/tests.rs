@@ -85,7 +85,66 @@ fn every_row_has_one_field_per_column() {
         flaky: vec![],
         inserted_at: 0,
     };
-    assert_eq!(metrics_fields(&m).len(), METRICS.columns.len());
+    assert_eq!(metrics_fields(&m, None).len(), METRICS.columns.len());
+}
+
+#[test]
+fn metrics_rows_carry_the_observed_calls_or_null() {
+    use crate::contract::{BeforeAfter, LlmSource};
+    let m = crate::store::MetricsRow {
+        experiment_id: "e".into(),
+        host: "h".into(),
+        metrics: Default::default(),
+        baseline: Default::default(),
+        regressions: vec![],
+        flaky: vec![],
+        inserted_at: 0,
+    };
+    let llm = LlmSummary {
+        source: LlmSource::Observed,
+        calls: BeforeAfter {
+            before: 7,
+            after: 3,
+        },
+        tokens: BeforeAfter {
+            before: 700,
+            after: 310,
+        },
+        by_api: Default::default(),
+        refused: BeforeAfter::default(),
+        unavailable: None,
+    };
+    let names: Vec<&str> = METRICS.columns.iter().map(|c| c.name).collect();
+    let tail = &names[names.len() - 6..];
+    assert_eq!(
+        tail,
+        [
+            "inserted_at",
+            "llm_source",
+            "llm_calls_before",
+            "llm_calls_after",
+            "llm_tokens_before",
+            "llm_tokens_after"
+        ],
+        "new columns go last (CSV loads by position)"
+    );
+    let fields = metrics_fields(&m, Some(&llm));
+    let n = fields.len();
+    assert_eq!(
+        fields[n - 5..],
+        [
+            Field::Text("observed"),
+            Field::Int(7),
+            Field::Int(3),
+            Field::Int(700),
+            Field::Int(310)
+        ]
+    );
+    let old = metrics_fields(&m, None);
+    assert!(old[n - 5..].iter().all(|f| *f == Field::Null));
+    assert!(ddl(&METRICS).contains(
+        "ALTER TABLE experiment_metrics ADD COLUMN IF NOT EXISTS llm_calls_before bigint;"
+    ));
 }
 
 #[test]

@@ -50,6 +50,8 @@ pub async fn daily_report(ctx: &JobContext) -> Result<MetricsReport> {
         success_rate: trend.overall.success_rate,
         avg_regression: trend.overall.avg_regression,
         avg_llm_reduction: trend.overall.avg_llm_reduction,
+        avg_observed_llm_reduction: trend.overall.avg_observed_llm_reduction,
+        observed_llm_experiments: trend.overall.observed_llm_experiments,
         by_type: trend.by_type,
         by_risk_level: trend.by_risk_level,
         period: Period { from, to },

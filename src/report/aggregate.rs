@@ -49,6 +49,9 @@ struct Acc {
     llm_reduction: f64,
     /// Completed experiments with metrics: the averages' denominator.
     measured: u64,
+    /// Sum of the observed reductions, and how many there were.
+    observed_llm_reduction: f64,
+    observed: u64,
 }
 
 /// The parts of a record (and its metrics) the aggregates use.
@@ -59,6 +62,9 @@ struct Row {
     recommendation: Option<String>,
     /// (regression, llm_reduction) of a completed experiment.
     metrics: Option<(f64, f64)>,
+    /// The reduction of the calls the runs made, when the result's
+    /// `llm.source` is observed.
+    observed_llm_reduction: Option<f64>,
     updated_at: i64,
 }
 
@@ -75,6 +81,10 @@ impl Acc {
             self.llm_reduction += llm;
             self.measured += 1;
         }
+        if let Some(reduction) = row.observed_llm_reduction {
+            self.observed_llm_reduction += reduction;
+            self.observed += 1;
+        }
     }
 
     /// `success_rate` is completed / (completed + failed); 0 with neither.
@@ -86,6 +96,8 @@ impl Acc {
             success_rate: ratio(self.completed as f64, (self.completed + self.failed) as f64),
             avg_regression: ratio(self.regression, self.measured as f64),
             avg_llm_reduction: ratio(self.llm_reduction, self.measured as f64),
+            avg_observed_llm_reduction: ratio(self.observed_llm_reduction, self.observed as f64),
+            observed_llm_experiments: self.observed,
         }
     }
 }
@@ -109,7 +121,11 @@ fn rows(store: &Store, from_ms: i64, to_ms: i64) -> Result<Vec<Row>> {
             } else {
                 None
             };
+            let observed_llm_reduction = metrics
+                .and_then(|_| r.llm())
+                .and_then(|llm| llm.observed_reduction());
             Ok(Row {
+                observed_llm_reduction,
                 experiment_type: r.experiment_type,
                 risk_level: r.risk_level,
                 status: r.status,
@@ -220,6 +236,16 @@ mod tests {
     }
 
     fn add(store: &Store, id: &str, status: Status, rec: &str, regression: f64, at: &str) {
+        add_with_llm(store, id, (status, rec, regression, at), None)
+    }
+
+    /// As [`add`], the result carrying `llm` when given.
+    fn add_with_llm(
+        store: &Store,
+        id: &str,
+        (status, rec, regression, at): (Status, &str, f64, &str),
+        llm: Option<serde_json::Value>,
+    ) {
         let body = serde_json::json!({
             "experiment_id": id, "instance_id": "i", "experiment_type": "refactor",
             "risk_level": "low", "changes": {}
@@ -228,6 +254,8 @@ mod tests {
         let at = t(at).timestamp_millis();
         let mut record = ExperimentRecord::new(&request, status, "test:1", at);
         record.recommendation = Some(rec.into());
+        record.result_json =
+            llm.map(|llm| serde_json::json!({"status": "success", "llm": llm}).to_string());
         let metrics = (status == Status::Completed).then(|| MetricsRow {
             experiment_id: id.into(),
             host: String::new(),
@@ -303,6 +331,44 @@ mod tests {
         assert_eq!(
             days[2].trend.to_ms,
             t("2024-03-03T12:00:00Z").timestamp_millis()
+        );
+    }
+
+    fn llm(source: &str, before: u64, after: u64) -> serde_json::Value {
+        let calls = serde_json::json!({"before": before, "after": after});
+        serde_json::json!({"source": source, "calls": calls, "tokens": calls, "by_api": {}})
+    }
+
+    #[test]
+    fn observed_reductions_are_averaged_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let at = "2024-03-01T10:00:00Z";
+        let done = (Status::Completed, "merge", 0.0, at);
+        add_with_llm(&store, "half", done, Some(llm("observed", 4, 2)));
+        add_with_llm(&store, "all", done, Some(llm("observed", 5, 0)));
+        add_with_llm(&store, "static", done, Some(llm("static", 0, 3)));
+        add_with_llm(&store, "old", done, None);
+        let failed = (Status::Failed, "rollback", 0.0, at);
+        add_with_llm(&store, "failed", failed, Some(llm("observed", 1, 0)));
+        let trend =
+            summarize(&store, t("2024-03-01T00:00:00Z"), t("2024-03-02T00:00:00Z")).unwrap();
+        assert_eq!(trend.overall.observed_llm_experiments, 2);
+        assert_eq!(trend.overall.avg_observed_llm_reduction, 0.75);
+        assert_eq!(trend.by_type["refactor"].observed_llm_experiments, 2);
+        assert_eq!(
+            trend.overall.avg_llm_reduction, 0.0,
+            "the metrics rows say 0"
+        );
+        let json = serde_json::to_value(&trend.overall).unwrap();
+        assert_eq!(json["avg_observed_llm_reduction"], 0.75);
+        let mut older = json.as_object().unwrap().clone();
+        older.remove("avg_observed_llm_reduction");
+        older.remove("observed_llm_experiments");
+        let read: GroupStats = serde_json::from_value(older.into()).unwrap();
+        assert_eq!(
+            read.observed_llm_experiments, 0,
+            "an older document still reads"
         );
     }
 }

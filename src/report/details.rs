@@ -243,6 +243,10 @@ pub(super) fn environment(c: &Completed) -> Vec<(&'static str, String)> {
     out
 }
 
+/// Fields of `analysis` the table leaves out: the call sites are listed,
+/// by file and line, in the LLM calls section.
+const SHOWN_ELSEWHERE: [&str; 1] = ["sites"];
+
 /// The result's `analysis` object, whatever its exact fields: a
 /// `{before, after}` pair becomes one row with both, anything else one row.
 pub(super) fn analysis(raw: &serde_json::Value) -> Option<Vec<AnalysisRow>> {
@@ -254,6 +258,7 @@ pub(super) fn analysis(raw: &serde_json::Value) -> Option<Vec<AnalysisRow>> {
     };
     Some(
         obj.iter()
+            .filter(|(k, _)| !SHOWN_ELSEWHERE.contains(&k.as_str()))
             .map(|(k, v)| match (v.get("before"), v.get("after")) {
                 (Some(b), Some(a)) => AnalysisRow {
                     name: k.clone(),

@@ -9,10 +9,11 @@ use super::details::{
     analysis, counts, environment, log_tail, resources, runtime_chart, test_lists, AnalysisRow,
     CountRow, LogTail, TestList,
 };
+use super::llm::{llm_view, reduction_definition, LlmView};
 use super::svg::{self, gauge, num, Mark, Svg, Zone};
 use super::{bytes, fmt_ms, generated_at, verdict_class};
 use crate::config::{Config, ThresholdTable, Thresholds};
-use crate::contract::{Completed, ExperimentResult, Metrics, RiskLevel};
+use crate::contract::{Completed, ExperimentResult, LlmSource, Metrics, RiskLevel};
 use crate::errors::{GenesisError, Result};
 use crate::store::{ExperimentRecord, MetricsRow, SandboxEvent, Store, TestOutcomes};
 
@@ -36,6 +37,7 @@ pub(super) struct Page {
     runtime: Option<Svg>,
     environment: Vec<(&'static str, String)>,
     analysis: Option<Vec<AnalysisRow>>,
+    llm: Option<LlmView>,
     log: Option<LogTail>,
     history: Vec<HistoryRow>,
 }
@@ -129,6 +131,8 @@ fn page(
         .map(|c| c.flaky.clone())
         .or(metrics_row.map(|m| m.flaky.clone()))
         .unwrap_or_default();
+    let llm = completed.and_then(|c| c.llm.as_ref());
+    let llm_source = llm.map(|l| l.source);
     Page {
         generated: generated_at(),
         id: record.experiment_id.clone(),
@@ -144,7 +148,9 @@ fn page(
         rules: rules(&thresholds, if failure.is_some() { None } else { decided }),
         risk: record.risk_level.clone(),
         failure,
-        gauges: metrics.map(|m| gauges(m, &thresholds)).unwrap_or_default(),
+        gauges: metrics
+            .map(|m| gauges(m, &thresholds, llm_source))
+            .unwrap_or_default(),
         counts: outcomes.map(counts).unwrap_or_default(),
         tests: test_lists(outcomes, &regressions, &flaky),
         resources: metrics
@@ -153,6 +159,7 @@ fn page(
         runtime: metrics.map(|m| runtime_chart(m, completed, metrics_row)),
         environment: completed.map(environment).unwrap_or_default(),
         analysis: raw.as_ref().and_then(analysis),
+        llm: llm_view(llm, completed.and_then(|c| c.analysis.as_ref())),
         log,
         history: history
             .iter()
@@ -257,7 +264,9 @@ fn marks(list: &[(&str, f64)]) -> Vec<Mark> {
     out
 }
 
-fn gauges(m: &Metrics, t: &Thresholds) -> Vec<GaugeView> {
+/// `llm_source` is the result's `llm.source` (None for a result stored
+/// before the endpoint): it decides what `llm_reduction` is said to count.
+fn gauges(m: &Metrics, t: &Thresholds, llm_source: Option<LlmSource>) -> Vec<GaugeView> {
     let sr = gauge(
         "success_rate against its thresholds",
         m.success_rate,
@@ -346,7 +355,7 @@ fn gauges(m: &Metrics, t: &Thresholds) -> Vec<GaugeView> {
         GaugeView {
             name: "llm_reduction",
             value: num(m.llm_reduction),
-            definition: "(LLM call sites before − after) / before",
+            definition: reduction_definition(llm_source),
             svg: llm,
         },
     ]

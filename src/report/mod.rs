@@ -41,6 +41,7 @@ use crate::store::Store;
 pub mod aggregate;
 mod details;
 mod experiment;
+mod llm;
 pub mod svg;
 mod trends;
 

@@ -47,6 +47,9 @@ struct GroupRow {
     success_rate: String,
     avg_regression: String,
     avg_llm_reduction: String,
+    /// Average over the experiments with observed calls, "—" with none.
+    avg_observed_llm_reduction: String,
+    observed_llm_experiments: u64,
 }
 
 struct DayRow {
@@ -91,6 +94,15 @@ pub(super) fn build(
             ("failed", totals.failed.to_string()),
             ("success rate", pct(period.overall.success_rate)),
             ("avg regression", num(period.overall.avg_regression)),
+            ("avg llm_reduction", num(period.overall.avg_llm_reduction)),
+            (
+                "avg observed llm_reduction",
+                observed_average(&period.overall),
+            ),
+            (
+                "with observed LLM calls",
+                period.overall.observed_llm_experiments.to_string(),
+            ),
             ("merge", totals.merge.to_string()),
             (
                 "merge with adaptations",
@@ -240,8 +252,20 @@ fn group_rows(
             success_rate: pct(g.success_rate),
             avg_regression: num(g.avg_regression),
             avg_llm_reduction: num(g.avg_llm_reduction),
+            avg_observed_llm_reduction: observed_average(g),
+            observed_llm_experiments: g.observed_llm_experiments,
         })
         .collect()
+}
+
+/// The observed average, or "—" when no experiment had observed calls (a
+/// 0 there would read as "no reduction").
+fn observed_average(g: &GroupStats) -> String {
+    if g.observed_llm_experiments > 0 {
+        num(g.avg_observed_llm_reduction)
+    } else {
+        "—".into()
+    }
 }
 
 fn day_row(d: &Day) -> DayRow {

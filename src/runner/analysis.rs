@@ -7,10 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::analysis::Analyzer;
+use crate::analysis::{Analyzer, FileAnalysis};
 use crate::contract::{
     AnalysisReply, AnalysisReplyFile, AnalysisRequest, AnalysisRequestFile, AnalysisSummary,
-    BeforeAfter,
+    BeforeAfter, CallSites, Side,
 };
 use crate::judgement::metrics::ChangeFigures;
 
@@ -25,16 +25,17 @@ impl Runner {
     ) -> (AnalysisSummary, ChangeFigures) {
         let request = self.analysis_request(id, plan);
         if let Some(figures) = self.ask_peer(&request).await {
-            return (summary("nats", figures), figures);
+            return (summary("nats", figures, Vec::new()), figures);
         }
         let analyzer = self.analyzer.clone();
-        let figures = tokio::task::spawn_blocking(move || analyze_locally(&analyzer, &request))
-            .await
-            .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "local analysis task failed; counting nothing");
-                ChangeFigures::default()
-            });
-        (summary("local", figures), figures)
+        let (figures, sites) =
+            tokio::task::spawn_blocking(move || analyze_locally(&analyzer, &request))
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "local analysis task failed; counting nothing");
+                    (ChangeFigures::default(), Vec::new())
+                });
+        (summary("local", figures, sites), figures)
     }
 
     /// Every touched file whose language is known, with both texts.
@@ -101,7 +102,7 @@ impl Runner {
     }
 }
 
-fn summary(analyzer: &str, f: ChangeFigures) -> AnalysisSummary {
+fn summary(analyzer: &str, f: ChangeFigures, sites: Vec<CallSites>) -> AnalysisSummary {
     AnalysisSummary {
         analyzer: analyzer.into(),
         llm_call_sites: BeforeAfter {
@@ -112,6 +113,7 @@ fn summary(analyzer: &str, f: ChangeFigures) -> AnalysisSummary {
             before: f.complexity_before,
             after: f.complexity_after,
         },
+        sites,
     }
 }
 
@@ -128,20 +130,27 @@ fn total(reply: &AnalysisReply) -> ChangeFigures {
         })
 }
 
-/// Counts with the built-in analyzer, answering as a peer would; a side
-/// that cannot be parsed counts 0.
-fn analyze_locally(analyzer: &Arc<Analyzer>, request: &AnalysisRequest) -> ChangeFigures {
-    let count = |path: &str, text: &Option<String>| -> (u64, u64) {
-        text.as_deref()
-            .and_then(|t| analyzer.analyze(path, t, None).ok())
-            .map_or((0, 0), |a| (a.llm_call_sites.into(), a.complexity.into()))
+/// Counts with the built-in analyzer, answering as a peer would (a side
+/// that cannot be parsed counts 0), and keeps where each side's call sites
+/// are, which a peer's reply cannot tell.
+fn analyze_locally(
+    analyzer: &Arc<Analyzer>,
+    request: &AnalysisRequest,
+) -> (ChangeFigures, Vec<CallSites>) {
+    let analyze = |path: &str, text: &Option<String>| -> Option<FileAnalysis> {
+        analyzer.analyze(path, text.as_deref()?, None).ok()
     };
+    let mut sites = Vec::new();
     let files = request
         .files
         .iter()
         .map(|file| {
-            let (llm_before, complexity_before) = count(&file.path, &file.before);
-            let (llm_after, complexity_after) = count(&file.path, &file.after);
+            let before = analyze(&file.path, &file.before);
+            let after = analyze(&file.path, &file.after);
+            sites.extend(call_sites(Side::Before, before.as_ref()));
+            sites.extend(call_sites(Side::After, after.as_ref()));
+            let (llm_before, complexity_before) = counts(before.as_ref());
+            let (llm_after, complexity_after) = counts(after.as_ref());
             AnalysisReplyFile {
                 path: file.path.clone(),
                 llm_call_sites_before: llm_before,
@@ -151,5 +160,72 @@ fn analyze_locally(analyzer: &Arc<Analyzer>, request: &AnalysisRequest) -> Chang
             }
         })
         .collect();
-    total(&AnalysisReply { files })
+    (total(&AnalysisReply { files }), sites)
+}
+
+/// (LLM call sites, complexity) of one side; 0 for a side that is absent
+/// or could not be parsed.
+fn counts(side: Option<&FileAnalysis>) -> (u64, u64) {
+    side.map_or((0, 0), |a| (a.llm_call_sites.into(), a.complexity.into()))
+}
+
+/// One side's call sites, or None when it has none (nothing to point at).
+fn call_sites(side: Side, analysis: Option<&FileAnalysis>) -> Option<CallSites> {
+    let analysis = analysis.filter(|a| !a.llm_call_lines.is_empty())?;
+    Some(CallSites {
+        path: analysis.path.clone(),
+        side,
+        lines: analysis.llm_call_lines.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::Shapes;
+
+    fn file(path: &str, before: Option<&str>, after: Option<&str>) -> AnalysisRequestFile {
+        AnalysisRequestFile {
+            path: path.into(),
+            language: "python".into(),
+            before: before.map(str::to_owned),
+            after: after.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn local_analysis_keeps_each_sides_call_lines() {
+        let analyzer = Arc::new(Analyzer::new(Shapes::builtin()).unwrap());
+        let two = "def ask(llm, q):\n    a = llm.complete(q)\n\n    return llm.complete(a)\n";
+        let one = "def ask(llm, q):\n    return llm.complete(q)\n";
+        let request = AnalysisRequest {
+            experiment_id: "e".into(),
+            files: vec![
+                file("agent.py", Some(two), Some(one)),
+                file("new.py", None, Some(one)),
+                file("plain.py", Some("x = 1\n"), Some("x = 2\n")),
+            ],
+        };
+        let (figures, sites) = analyze_locally(&analyzer, &request);
+        assert_eq!((figures.llm_before, figures.llm_after), (2, 2));
+        let site = |path: &str, side, lines: &[u32]| CallSites {
+            path: path.into(),
+            side,
+            lines: lines.to_vec(),
+        };
+        assert_eq!(
+            sites,
+            [
+                site("agent.py", Side::Before, &[2, 4]),
+                site("agent.py", Side::After, &[2]),
+                site("new.py", Side::After, &[2]),
+            ]
+        );
+        let summary = summary("local", figures, sites);
+        let json = serde_json::to_value(&summary).unwrap();
+        assert_eq!(json["sites"][0]["side"], "before");
+        assert_eq!(json["sites"][0]["lines"], serde_json::json!([2, 4]));
+        let peer = serde_json::to_value(super::summary("nats", figures, Vec::new())).unwrap();
+        assert!(peer.get("sites").is_none(), "a peer's reply has no lines");
+    }
 }

@@ -7,7 +7,7 @@
 //! its own host on rows that name none, both when writing them and when
 //! reading rows written before hosts were recorded (schema version 1).
 
-use crate::contract::{BaselineSummary, ExperimentResult, Metrics, Request};
+use crate::contract::{BaselineSummary, ExperimentResult, LlmSummary, Metrics, Request};
 use crate::errors::{GenesisError, Result};
 use serde::{Deserialize, Serialize};
 
@@ -125,6 +125,20 @@ impl ExperimentRecord {
             .as_deref()
             .and_then(|json| serde_json::from_str::<ExperimentResult>(json).ok())
             .map(|result| result.or_host(&self.host))
+    }
+
+    /// The result's `llm`, reading only that field of the stored document
+    /// (the aggregates and the export read it for every record). None for
+    /// a failed result, one stored before the endpoint, or no result yet.
+    pub fn llm(&self) -> Option<LlmSummary> {
+        /// The one field wanted; serde skips the rest without building it.
+        #[derive(Deserialize)]
+        struct LlmOnly {
+            #[serde(default)]
+            llm: Option<LlmSummary>,
+        }
+        let json = self.result_json.as_deref()?;
+        serde_json::from_str::<LlmOnly>(json).ok()?.llm
     }
 
     pub fn request(&self) -> Result<Request> {
