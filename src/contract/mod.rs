@@ -137,7 +137,11 @@ impl Request {
             let (experiment_id, instance_id) = identity_of(body);
             let path = err.path().to_string();
             let inner = err.into_inner();
-            let message = if path.is_empty() || path == "." {
+            // Broken JSON has no field to name (serde_path_to_error says
+            // `?`): say it is not JSON, with serde's line and column.
+            let message = if inner.is_syntax() || inner.is_eof() {
+                format!("the request is not JSON: {inner}")
+            } else if path.is_empty() || path == "." || path == "?" {
                 format!("request is not valid: {inner}")
             } else {
                 format!("request field `{path}` is not valid: {inner}")

@@ -53,6 +53,20 @@ fn bad_ids_are_refused() {
 }
 
 #[test]
+fn broken_json_is_called_not_json_with_line_and_column() {
+    for body in [&b"{x"[..], b"not json", b"{\"experiment_id\": "] {
+        let err = Request::parse(body).unwrap_err();
+        assert!(
+            err.message.starts_with("the request is not JSON: "),
+            "{}",
+            err.message
+        );
+        assert!(err.message.contains("line 1 column"), "{}", err.message);
+        assert!(!err.message.contains('`'), "{}", err.message);
+    }
+}
+
+#[test]
 fn oversized_body_is_refused_before_parsing() {
     let body = vec![b' '; MAX_REQUEST_BYTES + 1];
     let err = Request::parse(&body).unwrap_err();
