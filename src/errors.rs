@@ -60,6 +60,11 @@ pub enum GenesisError {
     #[error("{0}")]
     NoTests(String),
 
+    /// The suite's report claims more than genesis holds (`[limits]
+    /// max_tests`, the 4 KiB test-id cap).
+    #[error("{0}")]
+    BadReport(String),
+
     /// The redb store failed.
     #[error("store {path}: {message}")]
     Store { path: PathBuf, message: String },
@@ -184,6 +189,7 @@ impl GenesisError {
                 ErrorKind::SandboxError
             }
             GenesisError::NoTests(_) => ErrorKind::NoTests,
+            GenesisError::BadReport(_) => ErrorKind::BadReport,
             GenesisError::EnvironmentFailed(_) => ErrorKind::EnvironmentFailed,
             GenesisError::EnvironmentChanged(_) => ErrorKind::EnvironmentChanged,
             GenesisError::Baseline { kind, .. } => *kind,

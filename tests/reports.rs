@@ -4,7 +4,7 @@
 //! hand-written ExUnit, jest-junit and surefire files where this machine
 //! has no such tool. Each expected list was read off the tool's own output.
 
-use genesis::results::{parse_report, Outcome, ReportInput, ReportSpec, TestReport};
+use genesis::results::{parse_report, Bounds, Outcome, ReportInput, ReportSpec, TestReport};
 use Outcome::*;
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -23,6 +23,7 @@ fn from_file(spec: &str, file: &str) -> TestReport {
         &ReportInput {
             out_files: &files,
             log: "",
+            bounds: Bounds::default(),
         },
     )
     .unwrap()
@@ -35,6 +36,7 @@ fn from_log(spec: ReportSpec, file: &str) -> TestReport {
         &ReportInput {
             out_files: &[],
             log: &log,
+            bounds: Bounds::default(),
         },
     )
     .unwrap()

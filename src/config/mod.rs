@@ -93,6 +93,17 @@ fn yes() -> bool {
     true
 }
 
+/// `[limits]`: a resource profile per risk level, and the bounds on what a
+/// suite's report can make genesis hold, which are the same for all.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsSection {
+    low: Limits,
+    medium: Limits,
+    high: Limits,
+    max_tests: u64,
+}
+
 /// The merged document, as the files spell it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -111,7 +122,7 @@ struct FileConfig {
     llm_patterns: Option<PathBuf>,
     host: host::HostConfig,
     nats: NatsConfig,
-    limits: BTreeMap<RiskLevel, Limits>,
+    limits: LimitsSection,
     thresholds: ThresholdTable,
     judging: Judging,
     schedule: Schedule,
@@ -145,6 +156,8 @@ pub struct Config {
     pub host: String,
     pub nats: NatsConfig,
     pub limits: BTreeMap<RiskLevel, Limits>,
+    /// `[limits] max_tests`: the most tests a report may claim or list.
+    pub max_tests: u64,
     pub thresholds: ThresholdTable,
     pub judging: Judging,
     pub schedule: Schedule,
@@ -275,7 +288,12 @@ impl Config {
             store_cache_mb: parsed.store_cache_mb,
             host: parsed.host.resolve(),
             nats,
-            limits: parsed.limits,
+            limits: BTreeMap::from([
+                (RiskLevel::Low, parsed.limits.low),
+                (RiskLevel::Medium, parsed.limits.medium),
+                (RiskLevel::High, parsed.limits.high),
+            ]),
+            max_tests: parsed.limits.max_tests,
             thresholds: parsed.thresholds,
             judging: parsed.judging,
             schedule: parsed.schedule,

@@ -245,6 +245,9 @@ pub enum ErrorKind {
     DiskLimit,
     SandboxError,
     NoTests,
+    /// The suite's report claims more tests, or longer ids, than genesis
+    /// holds (`[limits] max_tests`, 4 KiB per id).
+    BadReport,
     /// The install command of the repo's environment failed or timed out.
     EnvironmentFailed,
     /// The patch changes an `install_inputs` file and the risk level's
@@ -263,6 +266,7 @@ impl ErrorKind {
             ErrorKind::DiskLimit => "disk_limit",
             ErrorKind::SandboxError => "sandbox_error",
             ErrorKind::NoTests => "no_tests",
+            ErrorKind::BadReport => "bad_report",
             ErrorKind::EnvironmentFailed => "environment_failed",
             ErrorKind::EnvironmentChanged => "environment_changed",
             ErrorKind::Internal => "internal",

@@ -20,13 +20,14 @@
 use quick_xml::events::{BytesRef, BytesStart, Event};
 use quick_xml::{Reader, XmlVersion};
 
-use super::{bounded_message, with_unique_ids, Outcome, ReportError, TestCase, TestReport};
+use super::{bounded_message, with_unique_ids, Bounds, Outcome, ReportError, TestCase, TestReport};
 
 /// Parses one or more JUnit files (e.g. one per test module) into one report.
-pub fn parse_files(files: &[(&str, &[u8])]) -> Result<TestReport, ReportError> {
+/// At most `bounds.max_tests` cases are built, whatever the files hold.
+pub fn parse_files(files: &[(&str, &[u8])], bounds: &Bounds) -> Result<TestReport, ReportError> {
     let mut cases = Vec::new();
     for (name, bytes) in files {
-        cases.extend(parse_cases(name, bytes)?);
+        parse_cases(name, bytes, bounds, &mut cases)?;
     }
     Ok(with_unique_ids("junit", cases))
 }
@@ -42,8 +43,13 @@ struct OpenCase {
     text: String,
 }
 
-/// Parses one JUnit file.
-pub fn parse_cases(file: &str, bytes: &[u8]) -> Result<Vec<TestCase>, ReportError> {
+/// Parses one JUnit file onto `cases`, refusing past the bounds.
+pub fn parse_cases(
+    file: &str,
+    bytes: &[u8],
+    bounds: &Bounds,
+    cases: &mut Vec<TestCase>,
+) -> Result<(), ReportError> {
     let text = String::from_utf8_lossy(bytes);
     let mut reader = Reader::from_str(&text);
     let malformed = |reader: &Reader<&[u8]>, detail: String| ReportError::Malformed {
@@ -53,7 +59,12 @@ pub fn parse_cases(file: &str, bytes: &[u8]) -> Result<Vec<TestCase>, ReportErro
     };
     let mut suites: Vec<String> = Vec::new();
     let mut open: Option<OpenCase> = None;
-    let mut cases = Vec::new();
+    let push = |cases: &mut Vec<TestCase>, case: TestCase| {
+        bounds.count("junit", cases.len() as u64 + 1, "lists")?;
+        bounds.id("junit", &case.id)?;
+        cases.push(case);
+        Ok::<(), ReportError>(())
+    };
     loop {
         let event = reader
             .read_event()
@@ -75,7 +86,7 @@ pub fn parse_cases(file: &str, bytes: &[u8]) -> Result<Vec<TestCase>, ReportErro
                 let tag = local_name(&e);
                 match tag.as_str() {
                     "testsuite" => {}
-                    "testcase" => cases.push(open_case(&e, &suites).case),
+                    "testcase" => push(cases, open_case(&e, &suites).case)?,
                     other => {
                         if let Some(case) = open.as_mut() {
                             apply_child(case, other, &e);
@@ -92,7 +103,7 @@ pub fn parse_cases(file: &str, bytes: &[u8]) -> Result<Vec<TestCase>, ReportErro
                     }
                     "testcase" => {
                         if let Some(done) = open.take() {
-                            cases.push(close_case(done));
+                            push(cases, close_case(done))?;
                         }
                     }
                     "failure" | "error" | "skipped" => {
@@ -113,7 +124,7 @@ pub fn parse_cases(file: &str, bytes: &[u8]) -> Result<Vec<TestCase>, ReportErro
     if open.is_some() {
         return Err(malformed(&reader, "a <testcase> is never closed".into()));
     }
-    Ok(cases)
+    Ok(())
 }
 
 fn open_case(e: &BytesStart, suites: &[String]) -> OpenCase {
@@ -224,7 +235,18 @@ mod tests {
     use crate::results::outcomes;
 
     fn parse(xml: &str) -> TestReport {
-        parse_files(&[("r.xml", xml.as_bytes())]).unwrap()
+        parse_files(&[("r.xml", xml.as_bytes())], &Bounds::default()).unwrap()
+    }
+
+    #[test]
+    fn a_file_listing_more_than_max_tests_is_refused() {
+        let many: String = (0..1001)
+            .map(|n| format!("<testcase name=\"t{n}\"/>"))
+            .collect();
+        let xml = format!("<testsuite name=\"s\">{many}</testsuite>");
+        let err =
+            parse_files(&[("r.xml", xml.as_bytes())], &Bounds::with_max_tests(1000)).unwrap_err();
+        assert!(err.to_string().contains("max_tests (1000)"), "{err}");
     }
 
     #[test]
@@ -301,20 +323,30 @@ mod tests {
 
     #[test]
     fn malformed_xml_is_named_with_its_file() {
-        let e = parse_files(&[("bad.xml", b"<testsuite><testcase name=\"a\"></testsuite>")])
-            .unwrap_err();
+        let e = parse_files(
+            &[("bad.xml", b"<testsuite><testcase name=\"a\"></testsuite>")],
+            &Bounds::default(),
+        )
+        .unwrap_err();
         let text = e.to_string();
         assert!(text.contains("bad.xml"), "{text}");
-        let e = parse_files(&[("cut.xml", b"<testsuite><testcase name=\"a\">")]).unwrap_err();
+        let e = parse_files(
+            &[("cut.xml", b"<testsuite><testcase name=\"a\">")],
+            &Bounds::default(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("cut.xml"), "{e}");
     }
 
     #[test]
     fn invalid_utf8_does_not_fail_the_report() {
-        let r = parse_files(&[(
-            "latin1.xml",
-            b"<testsuite><testcase classname=\"c\" name=\"caf\xe9\"/></testsuite>",
-        )])
+        let r = parse_files(
+            &[(
+                "latin1.xml",
+                b"<testsuite><testcase classname=\"c\" name=\"caf\xe9\"/></testsuite>",
+            )],
+            &Bounds::default(),
+        )
         .unwrap();
         assert_eq!(r.cases[0].id, "c::caf\u{FFFD}");
     }

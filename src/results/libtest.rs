@@ -17,14 +17,17 @@
 
 use std::collections::HashMap;
 
-use super::{case, with_unique_ids, Outcome, TestCase, TestReport};
+use super::{case, with_unique_ids, Bounds, Outcome, ReportError, TestCase, TestReport};
 
-pub fn parse(log: &str) -> TestReport {
+/// libtest's or nextest's lines. Each case comes from a line of the
+/// (capped) log, so what is built is bounded by the log; the bounds are
+/// checked on the result, as for every format.
+pub fn parse(log: &str, _bounds: &Bounds) -> Result<TestReport, ReportError> {
     let libtest = parse_libtest(log);
     if !libtest.cases.is_empty() {
-        return libtest;
+        return Ok(libtest);
     }
-    parse_nextest(log)
+    Ok(parse_nextest(log))
 }
 
 fn parse_libtest(log: &str) -> TestReport {
@@ -157,6 +160,10 @@ fn nextest_line(line: &str) -> Option<TestCase> {
 mod tests {
     use super::*;
     use crate::results::outcomes;
+
+    fn parse(log: &str) -> TestReport {
+        super::parse(log, &Bounds::default()).unwrap()
+    }
 
     #[test]
     fn plain_libtest_without_cargo_headers() {

@@ -186,6 +186,69 @@ pub struct ReportInput<'a> {
     pub out_files: &'a [(String, Vec<u8>)],
     /// The captured (possibly capped) stdout and stderr.
     pub log: &'a str,
+    /// How much a report may make genesis hold.
+    pub bounds: Bounds,
+}
+
+/// What a suite reports never decides how much genesis holds (contract
+/// §5): a report claiming more tests than `max_tests` (a TAP plan, a
+/// summary's counts, or cases actually listed) or a test id longer than
+/// `max_id_bytes` is refused before it is built, as `bad_report`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// `[limits] max_tests`.
+    pub max_tests: u64,
+    pub max_id_bytes: usize,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds {
+            max_tests: 100_000,
+            max_id_bytes: MAX_ID_BYTES,
+        }
+    }
+}
+
+/// Longest test id kept (contract §5).
+pub const MAX_ID_BYTES: usize = 4096;
+
+impl Bounds {
+    pub fn with_max_tests(max_tests: u64) -> Bounds {
+        Bounds {
+            max_tests,
+            ..Bounds::default()
+        }
+    }
+
+    /// Refuses a report that would hold `n` tests, past `max_tests`.
+    pub fn count(&self, format: &str, n: u64, what: &str) -> Result<(), ReportError> {
+        if n <= self.max_tests {
+            return Ok(());
+        }
+        Err(ReportError::TooLarge {
+            format: format.to_owned(),
+            detail: format!(
+                "{what} {n} tests, more than [limits] max_tests ({})",
+                self.max_tests
+            ),
+        })
+    }
+
+    /// Refuses a test id longer than `max_id_bytes`.
+    pub fn id(&self, format: &str, id: &str) -> Result<(), ReportError> {
+        if id.len() <= self.max_id_bytes {
+            return Ok(());
+        }
+        Err(ReportError::TooLarge {
+            format: format.to_owned(),
+            detail: format!(
+                "a test id of {} bytes, longer than the {} byte limit",
+                id.len(),
+                self.max_id_bytes
+            ),
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -202,6 +265,8 @@ pub enum ReportError {
     },
     #[error("no tests found in the {format} report")]
     NoTests { format: String },
+    #[error("the {format} report claims {detail}; genesis holds no more than that")]
+    TooLarge { format: String, detail: String },
 }
 
 /// Longest message kept per test: enough to see the assertion, bounded so
@@ -211,17 +276,25 @@ pub const MAX_MESSAGE: usize = 4096;
 /// Parses what a suite left behind according to `spec`.
 pub fn parse_report(spec: &ReportSpec, input: &ReportInput) -> Result<TestReport, ReportError> {
     let report = match spec {
-        ReportSpec::Junit { path } => junit::parse_files(&select_junit_files(path, input)?)?,
-        ReportSpec::Tap => tap::parse(input.log),
-        ReportSpec::Libtest => libtest::parse(input.log),
-        ReportSpec::Pytest => summary::parse_pytest(input.log),
-        ReportSpec::Exunit => summary::parse_exunit(input.log),
+        ReportSpec::Junit { path } => {
+            junit::parse_files(&select_junit_files(path, input)?, &input.bounds)?
+        }
+        ReportSpec::Tap => tap::parse(input.log, &input.bounds)?,
+        ReportSpec::Libtest => libtest::parse(input.log, &input.bounds)?,
+        ReportSpec::Pytest => summary::parse_pytest(input.log, &input.bounds)?,
+        ReportSpec::Exunit => summary::parse_exunit(input.log, &input.bounds)?,
         ReportSpec::Auto => parse_auto(input)?,
     };
     if report.cases.is_empty() {
         return Err(ReportError::NoTests {
             format: report.format,
         });
+    }
+    input
+        .bounds
+        .count(&report.format, report.cases.len() as u64, "lists")?;
+    for case in &report.cases {
+        input.bounds.id(&report.format, &case.id)?;
     }
     Ok(report)
 }
@@ -259,22 +332,28 @@ fn parse_auto(input: &ReportInput) -> Result<TestReport, ReportError> {
         .map(|(name, bytes)| (name.as_str(), bytes.as_slice()))
         .collect();
     if !xml.is_empty() {
-        return junit::parse_files(&xml);
+        return junit::parse_files(&xml, &input.bounds);
     }
-    let candidates = [
-        tap::parse(input.log),
-        libtest::parse(input.log),
-        summary::parse_pytest(input.log),
-        summary::parse_exunit(input.log),
+    let parsers: [TextParser; 4] = [
+        tap::parse,
+        libtest::parse,
+        summary::parse_pytest,
+        summary::parse_exunit,
     ];
-    Ok(candidates
-        .into_iter()
-        .find(|r| !r.cases.is_empty())
-        .unwrap_or_else(|| TestReport {
-            format: "auto".into(),
-            cases: Vec::new(),
-        }))
+    for parse in parsers {
+        let report = parse(input.log, &input.bounds)?;
+        if !report.cases.is_empty() {
+            return Ok(report);
+        }
+    }
+    Ok(TestReport {
+        format: "auto".into(),
+        cases: Vec::new(),
+    })
 }
+
+/// A parser of the log's text formats.
+type TextParser = fn(&str, &Bounds) -> Result<TestReport, ReportError>;
 
 /// Builds a report, giving repeated ids a `#2`, `#3`… suffix in order of
 /// appearance so that both runs of a suite number them the same way.
@@ -340,6 +419,7 @@ mod tests {
         ReportInput {
             out_files: files,
             log,
+            bounds: Bounds::default(),
         }
     }
 

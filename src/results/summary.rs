@@ -15,18 +15,44 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use super::{bounded_message, case, Outcome, TestCase, TestReport};
+use super::{bounded_message, case, Bounds, Outcome, ReportError, TestCase, TestReport};
 
 /// Per-test results in order of first appearance; a later line about the
 /// same test (the short summary after the `-v` line) refines it.
-#[derive(Default)]
 struct Named {
     order: Vec<String>,
     cases: BTreeMap<String, TestCase>,
+    bounds: Bounds,
+    format: &'static str,
+    /// Set when a line names more tests, or a longer id, than `bounds` allow.
+    refused: Option<ReportError>,
 }
 
 impl Named {
+    fn new(format: &'static str, bounds: &Bounds) -> Named {
+        Named {
+            order: Vec::new(),
+            cases: BTreeMap::new(),
+            bounds: *bounds,
+            format,
+            refused: None,
+        }
+    }
+
     fn set(&mut self, id: &str, outcome: Outcome, message: Option<String>) {
+        if self.refused.is_some() {
+            return;
+        }
+        if !self.cases.contains_key(id) {
+            let checked = self
+                .bounds
+                .count(self.format, self.order.len() as u64 + 1, "lists")
+                .and_then(|()| self.bounds.id(self.format, id));
+            if let Err(e) = checked {
+                self.refused = Some(e);
+                return;
+            }
+        }
         let entry = self.cases.entry(id.to_owned()).or_insert_with(|| {
             self.order.push(id.to_owned());
             case(id, outcome)
@@ -37,8 +63,17 @@ impl Named {
         }
     }
 
-    /// Adds placeholders until each outcome reaches the summary's total.
-    fn into_report(mut self, format: &str, totals: &BTreeMap<Outcome, usize>) -> TestReport {
+    /// Adds placeholders until each outcome reaches the summary's total;
+    /// a summary claiming more than `max_tests` is refused first.
+    fn into_report(mut self, totals: &BTreeMap<Outcome, usize>) -> Result<TestReport, ReportError> {
+        if let Some(e) = self.refused.take() {
+            return Err(e);
+        }
+        let claimed = totals
+            .values()
+            .fold(0u64, |sum, n| sum.saturating_add(*n as u64));
+        self.bounds.count(self.format, claimed, "counts")?;
+        let format = self.format;
         let mut cases: Vec<TestCase> = std::mem::take(&mut self.order)
             .into_iter()
             .filter_map(|id| self.cases.remove(&id))
@@ -52,10 +87,10 @@ impl Named {
                 cases.push(placeholder);
             }
         }
-        TestReport {
+        Ok(TestReport {
             format: format.to_owned(),
             cases,
-        }
+        })
     }
 }
 
@@ -79,8 +114,8 @@ fn pytest_outcome(word: &str) -> Option<Outcome> {
 }
 
 /// pytest's console output (`-q`, default or `-v`).
-pub fn parse_pytest(log: &str) -> TestReport {
-    let mut named = Named::default();
+pub fn parse_pytest(log: &str, bounds: &Bounds) -> Result<TestReport, ReportError> {
+    let mut named = Named::new("pytest", bounds);
     let mut totals: Option<BTreeMap<Outcome, usize>> = None;
     for line in log.lines().map(|l| l.trim_end_matches('\r')) {
         if let Some(c) = PYTEST_VERBOSE.captures(line) {
@@ -97,10 +132,10 @@ pub fn parse_pytest(log: &str) -> TestReport {
         }
     }
     match totals {
-        Some(totals) => named.into_report("pytest", &totals),
+        Some(totals) => named.into_report(&totals),
         // No summary line: the run did not finish; per-test lines alone
         // would under-count, so only report them if that is all there is.
-        None => named.into_report("pytest", &BTreeMap::new()),
+        None => named.into_report(&BTreeMap::new()),
     }
 }
 
@@ -141,8 +176,8 @@ fn shown_text(line: &str) -> &str {
 }
 
 /// ExUnit's console output (`mix test`, optionally `--trace`).
-pub fn parse_exunit(log: &str) -> TestReport {
-    let mut named = Named::default();
+pub fn parse_exunit(log: &str, bounds: &Bounds) -> Result<TestReport, ReportError> {
+    let mut named = Named::new("exunit", bounds);
     let mut module = String::new();
     let mut totals = None;
     for line in log.lines().map(shown_text) {
@@ -160,7 +195,7 @@ pub fn parse_exunit(log: &str) -> TestReport {
             totals = Some(exunit_totals(&c[1], &c[2], &c[3]));
         }
     }
-    named.into_report("exunit", &totals.unwrap_or_default())
+    named.into_report(&totals.unwrap_or_default())
 }
 
 /// ExUnit counts excluded, skipped and invalid tests in its total, and
@@ -190,6 +225,34 @@ fn exunit_totals(kinds: &str, failures: &str, extras: &str) -> BTreeMap<Outcome,
 mod tests {
     use super::*;
     use crate::results::outcomes;
+
+    fn parse_pytest(log: &str) -> TestReport {
+        super::parse_pytest(log, &Bounds::default()).unwrap()
+    }
+
+    fn parse_exunit(log: &str) -> TestReport {
+        super::parse_exunit(log, &Bounds::default()).unwrap()
+    }
+
+    #[test]
+    fn summaries_claiming_more_than_max_tests_are_refused_unbuilt() {
+        let bounds = Bounds::with_max_tests(1000);
+        let err =
+            super::parse_pytest("4000000000 failed, 1 passed in 0.01s\n", &bounds).unwrap_err();
+        assert!(err.to_string().contains("counts 4000000001 tests"), "{err}");
+        let err = super::parse_exunit(
+            "Finished in 0.1 seconds\n4000000000 tests, 4000000000 failures\n",
+            &bounds,
+        );
+        assert!(err.is_err() || err.unwrap().cases.len() <= 1000);
+        assert_eq!(
+            super::parse_pytest("1000 passed in 0.01s\n", &bounds)
+                .unwrap()
+                .cases
+                .len(),
+            1000
+        );
+    }
 
     #[test]
     fn pytest_quiet_output_counts_exactly_and_names_failures() {

@@ -15,12 +15,20 @@
 //! Identity: the description when there is one (stable when tests are
 //! added or renumbered), else `test N`.
 
-use super::{bounded_message, case, with_unique_ids, Outcome, TestCase, TestReport};
+use super::{
+    bounded_message, case, with_unique_ids, Bounds, Outcome, ReportError, TestCase, TestReport,
+};
 
-pub fn parse(log: &str) -> TestReport {
-    let mut state = State::default();
+pub fn parse(log: &str, bounds: &Bounds) -> Result<TestReport, ReportError> {
+    let mut state = State {
+        bounds: *bounds,
+        ..State::default()
+    };
     for line in log.lines() {
         state.line(line.trim_end_matches('\r'));
+        if let Some(e) = state.refused.take() {
+            return Err(e);
+        }
     }
     state.finish()
 }
@@ -32,6 +40,9 @@ struct State {
     numbers: Vec<u64>,
     plan: Option<u64>,
     bail_out: Option<String>,
+    bounds: Bounds,
+    /// Set when the log claims more than `bounds` allow.
+    refused: Option<ReportError>,
     /// Lines of a YAML block being read for the last failing test.
     yaml: Option<Vec<String>>,
 }
@@ -69,22 +80,36 @@ impl State {
         if let Some(reason) = line.strip_prefix("Bail out!") {
             self.bail_out = Some(reason.trim().to_owned());
         } else if let Some(plan) = parse_plan(line) {
+            // A plan is a claim: checked before anything is built for it.
+            if let Err(e) = self.bounds.count("tap", plan, "plans") {
+                self.refused = Some(e);
+                return;
+            }
             self.plan.get_or_insert(plan);
         } else if let Some((number, test)) = parse_test_line(line, self.cases.len() as u64 + 1) {
+            let checked = self
+                .bounds
+                .count("tap", self.cases.len() as u64 + 1, "lists")
+                .and_then(|()| self.bounds.id("tap", &test.id));
+            if let Err(e) = checked {
+                self.refused = Some(e);
+                return;
+            }
             self.numbers.push(number);
             self.cases.push(test);
         }
     }
 
-    fn finish(mut self) -> TestReport {
+    fn finish(mut self) -> Result<TestReport, ReportError> {
         if let Some(plan) = self.plan {
+            let reported: std::collections::HashSet<u64> = self.numbers.iter().copied().collect();
             let why = match &self.bail_out {
                 Some(reason) if !reason.is_empty() => format!("not run: Bail out! {reason}"),
                 Some(_) => "not run: Bail out!".to_owned(),
                 None => "planned but never reported".to_owned(),
             };
             for n in 1..=plan {
-                if !self.numbers.contains(&n) {
+                if !reported.contains(&n) {
                     let mut missing = case(format!("test {n}"), Outcome::Errored);
                     missing.message = Some(why.clone());
                     self.cases.push(missing);
@@ -95,7 +120,7 @@ impl State {
             bailed.message = bounded_message(&reason);
             self.cases.push(bailed);
         }
-        with_unique_ids("tap", self.cases)
+        Ok(with_unique_ids("tap", self.cases))
     }
 }
 
@@ -185,6 +210,32 @@ fn split_directive(text: &str) -> (&str, Option<(Directive, String)>) {
 mod tests {
     use super::*;
     use crate::results::outcomes;
+
+    fn parse(log: &str) -> TestReport {
+        super::parse(log, &Bounds::default()).unwrap()
+    }
+
+    #[test]
+    fn a_plan_or_an_id_past_the_bounds_is_refused_before_it_is_built() {
+        let bounds = Bounds::with_max_tests(1000);
+        let err = super::parse("1..4000000000\nok 1 - a\n", &bounds).unwrap_err();
+        assert!(matches!(err, ReportError::TooLarge { .. }), "{err}");
+        assert!(err.to_string().contains("max_tests (1000)"), "{err}");
+        let many: String = (1..=1001).map(|n| format!("ok {n} - t{n}\n")).collect();
+        assert!(super::parse(&many, &bounds).is_err());
+        let long = format!("ok 1 - {}\n", "x".repeat(5000));
+        assert!(super::parse(&long, &bounds)
+            .unwrap_err()
+            .to_string()
+            .contains("test id"));
+        assert_eq!(
+            super::parse("1..1000\nok 1 - a\n", &bounds)
+                .unwrap()
+                .cases
+                .len(),
+            1000
+        );
+    }
 
     #[test]
     fn tap13_with_directives_and_yaml() {

@@ -5,7 +5,7 @@
 
 use crate::contract::{hex_digest, stage, Request};
 use crate::errors::{GenesisError, Result};
-use crate::results::{parse_report, ReportError, ReportInput, TestReport};
+use crate::results::{parse_report, Bounds, ReportError, ReportInput, TestReport};
 use crate::sandbox::{self, tail, CappedLog, Role, RunOutcome, SandboxBuilder};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -310,9 +310,13 @@ impl Runner {
         let input = ReportInput {
             out_files,
             log: &run.log.text,
+            bounds: Bounds::with_max_tests(self.config.max_tests),
         };
         let (report, report_error) = match parse_report(&plan.report, &input) {
             Ok(r) => (Some(r), None),
+            Err(e @ ReportError::TooLarge { .. }) => {
+                return Err(GenesisError::BadReport(describe_report_error(&e, &run)))
+            }
             Err(e) => (None, Some(describe_report_error(&e, &run))),
         };
         Ok(SuiteRun {
