@@ -320,63 +320,6 @@ pub struct EnvironmentRef {
     pub build_ms: u64,
 }
 
-/// How the suite was chosen when the repo's config names none: what the
-/// snapshot contains (or a framework peer) decides the command and the
-/// report format.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(from = "FrameworkRefStored")]
-pub struct FrameworkRef {
-    /// `pytest`, `cargo`, `mix` or `npm`; `configured`; `peer`.
-    pub name: String,
-    pub test_command: String,
-    pub report: String,
-    /// Whether it was detected (true) or configured (false).
-    pub detected: bool,
-    /// Who chose it: `config`, `local` detection, or the framework `peer`.
-    pub detected_by: DetectedBy,
-}
-
-/// Who chose an experiment's suite (`framework.detected_by`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DetectedBy {
-    /// The request's or the repo's `test_command`.
-    Config,
-    /// The snapshot's top-level files.
-    Local,
-    /// The peer on `[framework] nats_subject`.
-    Peer,
-}
-
-/// A [`FrameworkRef`] as stored: results from before `detected_by` existed
-/// say only `detected`, which tells config from local.
-#[derive(Deserialize)]
-struct FrameworkRefStored {
-    name: String,
-    test_command: String,
-    report: String,
-    detected: bool,
-    #[serde(default)]
-    detected_by: Option<DetectedBy>,
-}
-
-impl From<FrameworkRefStored> for FrameworkRef {
-    fn from(stored: FrameworkRefStored) -> FrameworkRef {
-        let by_flag = if stored.detected {
-            DetectedBy::Local
-        } else {
-            DetectedBy::Config
-        };
-        FrameworkRef {
-            name: stored.name,
-            test_command: stored.test_command,
-            report: stored.report,
-            detected: stored.detected,
-            detected_by: stored.detected_by.unwrap_or(by_flag),
-        }
-    }
-}
-
 /// A count before and after the change.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BeforeAfter {
@@ -618,8 +561,10 @@ pub mod timestamp {
 
 mod analysis_peer;
 pub use analysis_peer::*;
-mod ops_peers;
-pub use ops_peers::*;
+mod framework;
+pub use framework::*;
+mod metrics_record;
+pub use metrics_record::*;
 mod llm;
 pub use llm::*;
 mod subjects_and_stages;

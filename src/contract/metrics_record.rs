@@ -1,9 +1,6 @@
-//! The documents of the integrations that run beside an experiment: the
-//! `metrics.record` message genesis publishes after each stored result (the
-//! shared metrics store), and the framework advice it asks a peer for
-//! before it detects a repo's suite itself (`[framework] nats_subject`).
-
-use std::collections::BTreeMap;
+//! `metrics.record`: the message genesis publishes after each stored
+//! result (`[nats] metrics_subject`), for the store the agents' own
+//! metrics live in.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -44,27 +41,4 @@ impl MetricsRecord {
             timestamp,
         }
     }
-}
-
-/// What genesis asks the framework peer about a repo at the base commit.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FrameworkQuery {
-    /// The repo's name in genesis's config.
-    pub repo: String,
-    /// Names at the top level of the tree, sorted (directories too).
-    pub files: Vec<String>,
-    /// Text of the top-level manifests the tree has (`Cargo.toml`,
-    /// `package.json`, `pyproject.toml`, …) up to `[framework]
-    /// max_manifest_bytes` each.
-    pub manifests: BTreeMap<String, String>,
-}
-
-/// The peer's answer: the suite to run, and optionally the image to run it in.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FrameworkAdvice {
-    pub test_command: String,
-    /// A report spec, as `[repos.NAME] report` takes it (`tap`, `junit:PATH`, …).
-    pub report: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
 }
