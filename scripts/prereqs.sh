@@ -8,6 +8,8 @@ say() { echo "==> $*" >&2; }
 ensure_packages() {
   local missing=()
   command -v nats-server >/dev/null || missing+=(nats-server)
+  # The server the metrics test scrapes genesis with (tests/operations.rs).
+  command -v prometheus >/dev/null || missing+=(prometheus)
   command -v debootstrap >/dev/null || missing+=(debootstrap)
   dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)

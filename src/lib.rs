@@ -10,6 +10,8 @@
 //! - [`errors`]: the error types and their exit codes.
 //! - [`contract`]: every JSON document and NATS subject of the external contract.
 //! - [`config`]: policy files + genesis.toml + environment, validated on load.
+//! - [`telemetry`]: the metrics registry that `/metrics` exports, fed by the
+//!   runner and the service where things happen.
 //!
 //! Pure libraries (no I/O beyond what they are given):
 //! - [`results`]: test report parsers (JUnit, TAP, libtest, pytest, ExUnit).
@@ -35,6 +37,7 @@ pub mod errors;
 
 pub mod config;
 pub mod contract;
+pub mod telemetry;
 
 pub mod analysis;
 pub mod results;

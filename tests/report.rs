@@ -108,6 +108,7 @@ fn store_completed(
             test_command: "python3 -m pytest -q --junitxml=/genesis/out/junit.xml".into(),
             report: "junit:/genesis/out/junit.xml".into(),
             detected: true,
+            detected_by: genesis::contract::DetectedBy::Local,
         }),
         analysis: Some(AnalysisSummary {
             analyzer: "local".into(),

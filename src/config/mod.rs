@@ -131,6 +131,8 @@ struct FileConfig {
     cleanup: CleanupPolicy,
     environments: EnvironmentPolicy,
     analysis: AnalysisPolicy,
+    framework: FrameworkPolicy,
+    http: HttpPolicy,
     llm: LlmPolicy,
 }
 
@@ -166,6 +168,10 @@ pub struct Config {
     pub cleanup: CleanupPolicy,
     pub environments: EnvironmentPolicy,
     pub analysis: AnalysisPolicy,
+    /// `[framework]`: the suite of a repo without a test command.
+    pub framework: FrameworkPolicy,
+    /// `[http]`: metrics and health endpoints.
+    pub http: HttpPolicy,
     /// `[llm]`: the LLM endpoint of every test run (contract §2b).
     pub llm: LlmPolicy,
     /// LLM call shapes per language (`policies/llm_patterns.toml`, or the
@@ -302,6 +308,8 @@ impl Config {
             cleanup: parsed.cleanup,
             environments: parsed.environments,
             analysis: parsed.analysis,
+            framework: parsed.framework,
+            http: parsed.http,
             llm: parsed.llm,
             llm_shapes,
         })
@@ -365,9 +373,40 @@ impl Config {
             globs::InputGlobs::new(&repo.install_inputs)
                 .map_err(|e| bad(&format!("repos.{name}.install_inputs"), e.to_string()))?;
         }
+        self.validate_http()
+            .map_err(|(key, message)| bad(key, message))?;
         for (key, expr) in self.schedule.entries() {
             schedule::parse_schedule(expr)
                 .map_err(|e| bad(&format!("schedule.{key}"), e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// `[http]`: an address to bind, and buckets a histogram accepts.
+    fn validate_http(&self) -> std::result::Result<(), (&'static str, String)> {
+        let http = &self.http;
+        if !http.listen.is_empty() && http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err((
+                "http.listen",
+                format!(
+                    "{:?} is not HOST:PORT (e.g. \"127.0.0.1:9464\"; \"\" = off)",
+                    http.listen
+                ),
+            ));
+        }
+        let buckets = [
+            ("http.run_seconds_buckets", &http.run_seconds_buckets),
+            ("http.queue_seconds_buckets", &http.queue_seconds_buckets),
+            ("http.suite_seconds_buckets", &http.suite_seconds_buckets),
+        ];
+        for (key, bounds) in buckets {
+            let rising = bounds.windows(2).all(|w| w[0] < w[1]);
+            if bounds.is_empty() || !rising || bounds.iter().any(|b| !b.is_finite()) {
+                return Err((
+                    key,
+                    "expected a non-empty list of finite, strictly increasing numbers".into(),
+                ));
+            }
         }
         Ok(())
     }

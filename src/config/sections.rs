@@ -1,4 +1,5 @@
-//! The policy sections of the configuration (`[analysis]`,
+//! The policy sections of the configuration (`[analysis]`, `[framework]`,
+//! `[http]`,
 //! `[environments]`, `[thresholds]`, `[nats]`, `[judging]`, `[schedule]`,
 //! `[jobs]`, `[sandbox]`, `[cleanup]`), as `policies/default.toml` and the
 //! config file spell them. Every field's meaning is in the default policy
@@ -19,6 +20,37 @@ pub struct AnalysisPolicy {
     pub timeout_ms: u64,
     /// Touched files larger than this are not analysed.
     pub max_file_bytes: u64,
+}
+
+/// `[framework]`: which suite a repo without a configured test command
+/// runs. A peer that knows the repo (the agents' pattern store) is asked
+/// first; local detection from the snapshot's files is the fallback.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FrameworkPolicy {
+    /// Ask a peer on this NATS subject (e.g. `genesis.framework.query`);
+    /// empty: always detect locally.
+    pub nats_subject: String,
+    /// How long to wait for the peer before detecting locally.
+    pub timeout_ms: u64,
+    /// Manifests larger than this are sent to the peer by name only.
+    pub max_manifest_bytes: u64,
+}
+
+/// `[http]`: the endpoints supervisors and Prometheus use.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpPolicy {
+    /// `HOST:PORT` of `/metrics`, `/healthz` and `/readyz`; empty: no server.
+    pub listen: String,
+    /// How long `/readyz` waits for the engine's ping.
+    pub ready_timeout_ms: u64,
+    /// How often the disk use of `GENESIS_HOME` is measured (a walk of it).
+    pub disk_interval_ms: u64,
+    /// Upper bounds (seconds) of the duration histograms' buckets.
+    pub run_seconds_buckets: Vec<f64>,
+    pub queue_seconds_buckets: Vec<f64>,
+    pub suite_seconds_buckets: Vec<f64>,
 }
 
 /// `[environments]`: how environments are built and kept (contract §2a).
@@ -129,6 +161,9 @@ pub struct NatsConfig {
     pub retry_max_ms: u64,
     /// How long one JetStream pull waits for a request before it is renewed.
     pub pull_expires_ms: u64,
+    /// `metrics.record`: after each stored result, one experiment record on
+    /// this subject for the shared metrics store; empty: none.
+    pub metrics_subject: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -113,3 +113,24 @@ fn host_name_defaults_to_the_machine_and_is_checked() {
     assert!(err.contains("host.name"), "{err}");
     assert!(err.contains("' '"), "{err}");
 }
+
+#[test]
+fn operations_are_off_by_default_and_bad_http_settings_are_named() {
+    let c = Config::from_layers(PathBuf::from("/h"), None, &Env::default()).unwrap();
+    assert_eq!(c.http.listen, "");
+    assert_eq!(c.nats.metrics_subject, "");
+    assert_eq!(c.framework.nats_subject, "");
+    assert!(load("[http]\nlisten = \"127.0.0.1:9464\"\n").is_ok());
+    let err = load("[http]\nlisten = \"localhost\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("http.listen"), "{err}");
+    let err = load("[http]\nrun_seconds_buckets = [5, 1]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("http.run_seconds_buckets"), "{err}");
+    let err = load("[framework]\nsubject = \"x\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("framework"), "{err}");
+}

@@ -328,18 +328,6 @@ pub struct EnvironmentRef {
     pub build_ms: u64,
 }
 
-/// How the suite was chosen when the repo's config names none: what the
-/// snapshot contains decides the command and the report format.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FrameworkRef {
-    /// `pytest`, `cargo`, `mix` or `npm`.
-    pub name: String,
-    pub test_command: String,
-    pub report: String,
-    /// Whether it was detected (true) or configured (false).
-    pub detected: bool,
-}
-
 /// A count before and after the change.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BeforeAfter {
@@ -650,6 +638,10 @@ pub mod timestamp {
 
 mod analysis_peer;
 pub use analysis_peer::*;
+mod framework;
+pub use framework::*;
+mod metrics_record;
+pub use metrics_record::*;
 mod llm;
 pub use llm::*;
 mod subjects_and_stages;

@@ -78,6 +78,10 @@ impl Runner {
                 )
                 .await?
         };
+        self.telemetry.environment_ready(&base);
+        if candidate != base {
+            self.telemetry.environment_ready(&candidate);
+        }
         plan.base_image = base.image.clone();
         plan.candidate_image = candidate.image.clone();
         plan.environment = Some(candidate);

@@ -120,8 +120,11 @@ pub struct Runner {
     pub environments: Environments,
     /// Counts LLM call sites and complexity of touched files (tree-sitter).
     analyzer: Arc<Analyzer>,
-    /// A NATS connection for `[analysis] nats_subject`, set by the service.
+    /// A NATS connection for the peers of `[analysis] nats_subject` and
+    /// `[framework] nats_subject`, set by the service.
     analysis_peer: std::sync::OnceLock<async_nats::Client>,
+    /// The metrics `/metrics` exports, fed as experiments run.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
     owner: Owner,
     /// Single-flight baseline runs by cache key.
     baselines: Mutex<HashMap<String, BaselineSlot>>,
@@ -165,6 +168,7 @@ impl Runner {
             ),
             home_label: home_label(&config.home),
             instance: instance_name(&config.host),
+            telemetry: Arc::new(crate::telemetry::Telemetry::new(&config.http)),
             config,
             store,
             docker,
@@ -176,8 +180,9 @@ impl Runner {
         })
     }
 
-    /// Lets the analysis ask a peer on `[analysis] nats_subject` (the
-    /// service sets its connection; the CLI has none and counts locally).
+    /// Lets the analysis and the framework choice ask their peers on
+    /// `[analysis] nats_subject` and `[framework] nats_subject` (the
+    /// service sets its connection; the CLI has none and works locally).
     pub fn set_analysis_peer(&self, client: async_nats::Client) {
         let _ = self.analysis_peer.set(client);
     }
@@ -185,6 +190,7 @@ impl Runner {
     /// Runs an accepted experiment to its result and stores it.
     pub async fn run(&self, request: &Request, progress: &dyn Progress) -> ExperimentResult {
         let id = request.experiment_id.clone();
+        let started = std::time::Instant::now();
         progress.stage(&id, stage::START, &request.description);
         if let Err(e) = self.mark(&id, Status::Running).await {
             tracing::warn!(experiment_id = %id, error = %e, "could not mark experiment running");
@@ -222,8 +228,16 @@ impl Runner {
             let e = home_full_or(e, &self.config.home);
             tracing::error!(experiment_id = %id, error = %e, "storing the result failed");
             progress.stage(&id, stage::FAILED, &e.to_string());
-            return self.unstored(request, &result, &e);
+            let unstored = self.unstored(request, &result, &e);
+            self.telemetry.run_finished("failed", started.elapsed());
+            return unstored;
         }
+        let status = if result.is_success() {
+            "success"
+        } else {
+            "failed"
+        };
+        self.telemetry.run_finished(status, started.elapsed());
         if result.is_success() {
             progress.stage(&id, stage::COMPLETE, result.recommendation().as_str());
         }
@@ -284,6 +298,8 @@ impl Runner {
         if std::fs::create_dir_all(&dir).is_ok() {
             let _ = std::fs::write(dir.join("result.json"), &json);
         }
+        let risk_level = request.risk_level;
+        let stored_result = result;
         let request = request.clone();
         let result = result.clone();
         let instance = self.instance.clone();
@@ -306,7 +322,9 @@ impl Runner {
                 rec.updated_at = now_ms();
                 s.write_final(&rec, metrics.as_ref(), outcomes.as_ref())
             })
-            .await
+            .await?;
+        self.telemetry.experiment_stored(risk_level, stored_result);
+        Ok(())
     }
 
     /// `GENESIS_HOME/sandboxes/ID`: logs, reports, patch, result of one experiment.

@@ -123,8 +123,15 @@ impl Runner {
         let timeout_ms = request
             .timeout_ms
             .map_or(limits.timeout_ms, |t| t.min(limits.timeout_ms));
-        let detected = prepared.first().and_then(|p| p.framework.clone());
-        let framework = choose_framework(&primary, &repo, request, detected)?;
+        let found = self
+            .find_framework(&primary, &repo, request, prepared.first())
+            .await;
+        let (found, advised_image) = match found {
+            Some(f) => (Some(f.framework), f.image),
+            None => (None, None),
+        };
+        let framework = choose_framework(&primary, &repo, request, found)?;
+        let image = advised_image.unwrap_or_else(|| repo.image.clone());
         let report = framework
             .report
             .parse::<ReportSpec>()
@@ -149,8 +156,8 @@ impl Runner {
             llm,
             coverage,
             primary,
-            base_image: repo.image.clone(),
-            candidate_image: repo.image.clone(),
+            base_image: image.clone(),
+            candidate_image: image,
             environment: None,
             repo,
             prepared,

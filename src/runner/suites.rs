@@ -204,6 +204,7 @@ impl Runner {
             .command(&plan.primary, &plan.repo.setup_command, &plan.test_command)
             .create(&self.docker)
             .await?;
+        let alive = self.telemetry.sandbox_alive(role.as_str());
         // The create row also says how the workspace came in and how many
         // bytes that moved (one store write per step, not two).
         self.history(
@@ -233,9 +234,12 @@ impl Runner {
             &format!("container removed ({})", role.as_str()),
         )
         .await;
+        drop(alive);
         removed?;
         let (run, out_files) = outcome?;
-        self.interpret(run, &out_files, plan)
+        let run = self.interpret(run, &out_files, plan)?;
+        self.telemetry.suite_ran(role.as_str(), run.runtime_ms);
+        Ok(run)
     }
 
     /// Uploads, runs and collects; the caller removes the container whatever happens.

@@ -96,6 +96,9 @@ pub(super) async fn intake_jetstream(
             .await
             .map_err(|_| GenesisError::Internal("queue closed".into()))?;
         let msg = next_request(service, &mut consumer, &mut connected).await;
+        if msg.info().is_ok_and(|info| info.delivered > 1) {
+            service.runner.telemetry.redelivered();
+        }
         let headers = msg.headers.clone();
         let reply = headers
             .as_ref()

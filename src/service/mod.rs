@@ -59,8 +59,10 @@ use crate::errors::{GenesisError, Result};
 use crate::runner::{Admission, Runner};
 use crate::store::{Status, Store};
 
+mod http;
 mod intake;
 use intake::*;
+mod metrics_record;
 mod publish;
 pub use publish::*;
 mod recovery;
@@ -99,7 +101,8 @@ struct Service {
 pub async fn serve(config: Arc<Config>) -> Result<()> {
     let store = crate::store::open_store(&config).await?;
     let runner = Arc::new(Runner::new(config.clone(), store.clone()).await?);
-    let (client, connected) = connect(&config).await?;
+    let (client, connected) = connect(&config, &runner.telemetry).await?;
+    let http = http::start(&runner, &client).await?;
     tokio::select! {
         _ = wait_for_nats(&client, connected.clone(), &config.nats.url) => {}
         _ = shutdown_signal() => {
@@ -151,6 +154,9 @@ pub async fn serve(config: Arc<Config>) -> Result<()> {
         service.abort_in_flight().await;
     }
     let _ = scheduler.await;
+    if let Some(http) = http {
+        http.abort();
+    }
     let _ = client.flush().await;
     tracing::info!("genesis stopped");
     Ok(())
@@ -175,23 +181,31 @@ fn start_jobs(
 
 /// A client that connects (and reconnects) for as long as it takes, and
 /// the watch its connection events feed.
-async fn connect(config: &Config) -> Result<(Client, Connected)> {
+async fn connect(
+    config: &Config,
+    telemetry: &Arc<crate::telemetry::Telemetry>,
+) -> Result<(Client, Connected)> {
     let url = config.nats.url.clone();
     let (tx, rx) = watch::channel(false);
     let tx = Arc::new(tx);
+    let telemetry = telemetry.clone();
+    telemetry.nats_connected(false);
     let client = async_nats::ConnectOptions::new()
         .name("genesis")
         .retry_on_initial_connect()
         .max_reconnects(None)
         .event_callback(move |event| {
             let tx = tx.clone();
+            let telemetry = telemetry.clone();
             async move {
                 match event {
                     async_nats::Event::Connected => {
                         tx.send_replace(true);
+                        telemetry.nats_connected(true);
                     }
                     async_nats::Event::Disconnected => {
                         tx.send_replace(false);
+                        telemetry.nats_connected(false);
                     }
                     _ => {}
                 }
@@ -297,6 +311,7 @@ impl Service {
                 let result = self.run_new(request, trace).await;
                 self.answer(&result, trace, incoming.reply.as_deref(), true)
                     .await;
+                self.record_metrics(&result, trace).await;
                 self.mark_published(id, incoming.stream_seq()).await;
                 self.end_handling(id, handling).await;
                 ack(incoming, jetstream::AckKind::Ack).await;
@@ -428,7 +443,9 @@ impl Service {
 
     /// Runs an accepted experiment once a run slot is free.
     async fn run_new(&self, request: &Request, trace: Option<&str>) -> ExperimentResult {
+        let queued = std::time::Instant::now();
         let _slot = self.run_slots.acquire().await;
+        self.runner.telemetry.waited_for_slot(queued.elapsed());
         let progress = NatsProgress {
             client: self.client.clone(),
             traceparent: trace.map(str::to_owned),

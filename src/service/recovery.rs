@@ -81,6 +81,7 @@ impl Service {
             );
             self.runner.finish(&request, &result, None, None).await?;
             self.answer(&result, None, None, true).await;
+            self.record_metrics(&result, None).await;
         }
         Ok(resume)
     }
@@ -127,7 +128,14 @@ impl Service {
                         ErrorKind::Internal,
                         "interrupted by shutdown after the drain time",
                     );
-                    let _ = self.runner.finish(&request, &result, None, None).await;
+                    if self
+                        .runner
+                        .finish(&request, &result, None, None)
+                        .await
+                        .is_ok()
+                    {
+                        self.record_metrics(&result, None).await;
+                    }
                     self.answer(&result, None, None, true).await;
                 }
             }

@@ -4,7 +4,8 @@
 //!   (path, blob id) pairs: a blob id is the hash of the file's contents,
 //!   so equal pairs mean equal contents;
 //! - the test framework a repo without a configured `test_command` uses,
-//!   from the files at its top level;
+//!   from the files at its top level, and those files (names, manifests'
+//!   texts) for a framework peer to judge;
 //! - the contents before and after of the files a patch touches, for the
 //!   analysis (LLM call sites, complexity) of the change.
 
@@ -13,7 +14,7 @@ use std::path::Path;
 use git2::{ObjectType, Repository, Tree, TreeWalkMode, TreeWalkResult};
 
 use crate::config::globs::InputGlobs;
-use crate::contract::FrameworkRef;
+use crate::contract::{DetectedBy, FrameworkRef};
 use crate::errors::{GenesisError, Result};
 
 /// Files of `tree` matching `globs`, as sorted (path, blob id) pairs.
@@ -46,6 +47,7 @@ pub fn detect_framework(repo: &Repository, tree: &Tree) -> Option<FrameworkRef> 
         test_command: test_command.into(),
         report: report.into(),
         detected: true,
+        detected_by: DetectedBy::Local,
     };
     if has("mix.exs") {
         return Some(detected("mix", "mix test --trace", "exunit"));
@@ -76,6 +78,44 @@ pub fn detect_framework(repo: &Repository, tree: &Tree) -> Option<FrameworkRef> 
         ));
     }
     None
+}
+
+/// Top-level files whose text says how a repo is built and tested: what a
+/// framework peer is sent besides the names (see [`top_level`]).
+pub const MANIFESTS: &[&str] = &[
+    "Cargo.toml",
+    "package.json",
+    "mix.exs",
+    "pyproject.toml",
+    "setup.cfg",
+    "setup.py",
+    "pytest.ini",
+    "tox.ini",
+    "requirements.txt",
+    "go.mod",
+    "Gemfile",
+    "pom.xml",
+    "build.gradle",
+    "Makefile",
+];
+
+/// The names at the top level of `tree` (sorted), and the text of each
+/// [`MANIFESTS`] file among them of at most `cap_bytes`.
+pub fn top_level(
+    repo: &Repository,
+    tree: &Tree,
+    cap_bytes: u64,
+) -> (Vec<String>, std::collections::BTreeMap<String, String>) {
+    let mut names: Vec<String> = tree
+        .iter()
+        .map(|e| String::from_utf8_lossy(e.name_bytes()).into_owned())
+        .collect();
+    names.sort();
+    let manifests = MANIFESTS
+        .iter()
+        .filter_map(|name| Some((name.to_string(), blob_text(repo, tree, name, cap_bytes)?)))
+        .collect();
+    (names, manifests)
 }
 
 /// npm's placeholder script ("no test specified") is not a test suite.

@@ -283,6 +283,22 @@ impl Snapshotter {
         Ok(inputs::blob_text(&mirror, &tree, path, cap_bytes))
     }
 
+    /// The top-level names of one commit of repo `name` and its manifests'
+    /// texts (see [`inputs::top_level`]). Blocking.
+    pub fn top_level_at(
+        &self,
+        name: &str,
+        commit: &str,
+        cap_bytes: u64,
+    ) -> Result<(Vec<String>, std::collections::BTreeMap<String, String>)> {
+        let (mirror, oid) = self.mirror_commit(name, commit)?;
+        let tree = mirror
+            .find_commit(oid)
+            .and_then(|c| c.tree())
+            .map_err(|e| GenesisError::git("reading a tree to list its top level", e))?;
+        Ok(inputs::top_level(&mirror, &tree, cap_bytes))
+    }
+
     fn mirror_commit(&self, name: &str, commit: &str) -> Result<(Repository, Oid)> {
         let path = self.home.join("mirrors").join(format!("{name}.git"));
         let mirror = Repository::open_bare(&path)

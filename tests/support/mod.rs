@@ -11,6 +11,7 @@ use std::sync::Mutex;
 pub mod engine;
 pub mod nats;
 pub mod pg;
+pub mod prometheus;
 
 /// The binary under test.
 pub fn genesis_bin() -> &'static str {
