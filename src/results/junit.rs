@@ -60,7 +60,7 @@ pub fn parse_cases(
     let mut suites: Vec<String> = Vec::new();
     let mut open: Option<OpenCase> = None;
     let push = |cases: &mut Vec<TestCase>, case: TestCase| {
-        bounds.count("junit", cases.len() as u64 + 1, "lists")?;
+        bounds.count("junit", cases.len() as u64 + 1, "the cases it lists")?;
         bounds.id("junit", &case.id)?;
         cases.push(case);
         Ok::<(), ReportError>(())

@@ -229,7 +229,7 @@ impl Bounds {
         Err(ReportError::TooLarge {
             format: format.to_owned(),
             detail: format!(
-                "{what} {n} tests, more than [limits] max_tests ({})",
+                "{n} tests ({what}), more than [limits] max_tests ({})",
                 self.max_tests
             ),
         })
@@ -290,9 +290,11 @@ pub fn parse_report(spec: &ReportSpec, input: &ReportInput) -> Result<TestReport
             format: report.format,
         });
     }
-    input
-        .bounds
-        .count(&report.format, report.cases.len() as u64, "lists")?;
+    input.bounds.count(
+        &report.format,
+        report.cases.len() as u64,
+        "the cases it lists",
+    )?;
     for case in &report.cases {
         input.bounds.id(&report.format, &case.id)?;
     }

@@ -46,7 +46,11 @@ impl Named {
         if !self.cases.contains_key(id) {
             let checked = self
                 .bounds
-                .count(self.format, self.order.len() as u64 + 1, "lists")
+                .count(
+                    self.format,
+                    self.order.len() as u64 + 1,
+                    "the cases it lists",
+                )
                 .and_then(|()| self.bounds.id(self.format, id));
             if let Err(e) = checked {
                 self.refused = Some(e);
@@ -72,7 +76,8 @@ impl Named {
         let claimed = totals
             .values()
             .fold(0u64, |sum, n| sum.saturating_add(*n as u64));
-        self.bounds.count(self.format, claimed, "counts")?;
+        self.bounds
+            .count(self.format, claimed, "its summary's counts")?;
         let format = self.format;
         let mut cases: Vec<TestCase> = std::mem::take(&mut self.order)
             .into_iter()
@@ -239,7 +244,11 @@ mod tests {
         let bounds = Bounds::with_max_tests(1000);
         let err =
             super::parse_pytest("4000000000 failed, 1 passed in 0.01s\n", &bounds).unwrap_err();
-        assert!(err.to_string().contains("counts 4000000001 tests"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("4000000001 tests (its summary's counts)"),
+            "{err}"
+        );
         let err = super::parse_exunit(
             "Finished in 0.1 seconds\n4000000000 tests, 4000000000 failures\n",
             &bounds,

@@ -81,7 +81,7 @@ impl State {
             self.bail_out = Some(reason.trim().to_owned());
         } else if let Some(plan) = parse_plan(line) {
             // A plan is a claim: checked before anything is built for it.
-            if let Err(e) = self.bounds.count("tap", plan, "plans") {
+            if let Err(e) = self.bounds.count("tap", plan, "its plan") {
                 self.refused = Some(e);
                 return;
             }
@@ -89,7 +89,7 @@ impl State {
         } else if let Some((number, test)) = parse_test_line(line, self.cases.len() as u64 + 1) {
             let checked = self
                 .bounds
-                .count("tap", self.cases.len() as u64 + 1, "lists")
+                .count("tap", self.cases.len() as u64 + 1, "the cases it lists")
                 .and_then(|()| self.bounds.id("tap", &test.id));
             if let Err(e) = checked {
                 self.refused = Some(e);

@@ -237,7 +237,18 @@ impl Runner {
         drop(alive);
         removed?;
         let (run, out_files) = outcome?;
-        let run = self.interpret(run, &out_files, plan)?;
+        // Reading reports is CPU work on what a suite wrote (up to the
+        // log and /genesis/out caps): never on the async runtime's threads.
+        let reading = Reading {
+            report: plan.report.clone(),
+            coverage: plan.coverage.clone(),
+            limits: plan.limits,
+            timeout: plan.timeout,
+            bounds: Bounds::with_max_tests(self.config.max_tests),
+        };
+        let run = tokio::task::spawn_blocking(move || interpret(run, &out_files, &reading))
+            .await
+            .map_err(|e| GenesisError::Internal(format!("report task: {e}")))??;
         self.telemetry.suite_ran(role.as_str(), run.runtime_ms);
         Ok(run)
     }
@@ -278,63 +289,68 @@ impl Runner {
             .await?;
         Ok((run, files))
     }
+}
 
-    /// Turns a finished container run into a suite result or the right failure.
-    fn interpret(
-        &self,
-        run: RunOutcome,
-        out_files: &[(String, Vec<u8>)],
-        plan: &Plan,
-    ) -> Result<SuiteRun> {
-        if run.timed_out {
-            return Err(GenesisError::Timeout {
-                limit_ms: plan.timeout.as_millis() as u64,
-            });
-        }
-        if run.is_oom(plan.limits.memory_mb) {
-            return Err(GenesisError::Oom {
-                limit_mb: plan.limits.memory_mb,
-            });
-        }
-        if run.disk_full && run.exit_code != 0 {
-            return Err(GenesisError::DiskLimit {
-                limit_mb: plan.limits.disk_mb,
-            });
-        }
-        if run.setup_failed() {
-            return Err(GenesisError::sandbox(
-                "setup command",
-                format!(
-                    "failed with exit status {}; log tail:\n{}",
-                    run.exit_code,
-                    tail(&run.log.text, 2000)
-                ),
-            ));
-        }
-        let input = ReportInput {
-            out_files,
-            log: &run.log.text,
-            bounds: Bounds::with_max_tests(self.config.max_tests),
-        };
-        let (report, report_error) = match parse_report(&plan.report, &input) {
-            Ok(r) => (Some(r), None),
-            Err(e @ ReportError::TooLarge { .. }) => {
-                return Err(GenesisError::BadReport(describe_report_error(&e, &run)))
-            }
-            Err(e) => (None, Some(describe_report_error(&e, &run))),
-        };
-        Ok(SuiteRun {
-            report,
-            report_error,
-            runtime_ms: run.runtime_ms,
-            memory_peak_bytes: run.resources.memory_peak_bytes,
-            cpu_percent: run.resources.cpu_percent,
-            io_operations: run.resources.io_operations,
-            exit_code: run.exit_code,
-            coverage_percent: coverage_of(plan, out_files),
-            llm: run.llm.map(|record| record.tally),
-        })
+/// What turning a run into a [`SuiteRun`] needs from the plan (owned, to
+/// move onto the blocking pool).
+struct Reading {
+    report: crate::results::ReportSpec,
+    coverage: Option<crate::results::coverage::CoverageSpec>,
+    limits: crate::config::Limits,
+    timeout: Duration,
+    bounds: Bounds,
+}
+
+/// Turns a finished container run into a suite result or the right failure.
+fn interpret(run: RunOutcome, out_files: &[(String, Vec<u8>)], plan: &Reading) -> Result<SuiteRun> {
+    if run.timed_out {
+        return Err(GenesisError::Timeout {
+            limit_ms: plan.timeout.as_millis() as u64,
+        });
     }
+    if run.is_oom(plan.limits.memory_mb) {
+        return Err(GenesisError::Oom {
+            limit_mb: plan.limits.memory_mb,
+        });
+    }
+    if run.disk_full && run.exit_code != 0 {
+        return Err(GenesisError::DiskLimit {
+            limit_mb: plan.limits.disk_mb,
+        });
+    }
+    if run.setup_failed() {
+        return Err(GenesisError::sandbox(
+            "setup command",
+            format!(
+                "failed with exit status {}; log tail:\n{}",
+                run.exit_code,
+                tail(&run.log.text, 2000)
+            ),
+        ));
+    }
+    let input = ReportInput {
+        out_files,
+        log: &run.log.text,
+        bounds: plan.bounds,
+    };
+    let (report, report_error) = match parse_report(&plan.report, &input) {
+        Ok(r) => (Some(r), None),
+        Err(e @ ReportError::TooLarge { .. }) => {
+            return Err(GenesisError::BadReport(describe_report_error(&e, &run)))
+        }
+        Err(e) => (None, Some(describe_report_error(&e, &run))),
+    };
+    Ok(SuiteRun {
+        report,
+        report_error,
+        runtime_ms: run.runtime_ms,
+        memory_peak_bytes: run.resources.memory_peak_bytes,
+        cpu_percent: run.resources.cpu_percent,
+        io_operations: run.resources.io_operations,
+        exit_code: run.exit_code,
+        coverage_percent: coverage_of(plan.coverage.as_ref(), out_files),
+        llm: run.llm.map(|record| record.tally),
+    })
 }
 
 /// The run's LLM calls, one JSON object a line, written by genesis from
@@ -410,8 +426,11 @@ const ENV_WORKSPACE_COPY: &str =
 
 /// The run's line coverage; a configured report that is missing or
 /// unreadable gives None (and a warning), never a failed experiment.
-fn coverage_of(plan: &Plan, out_files: &[(String, Vec<u8>)]) -> Option<f64> {
-    let spec = plan.coverage.as_ref()?;
+fn coverage_of(
+    spec: Option<&crate::results::coverage::CoverageSpec>,
+    out_files: &[(String, Vec<u8>)],
+) -> Option<f64> {
+    let spec = spec?;
     let Some(bytes) = crate::results::coverage::find_report(spec, out_files) else {
         tracing::warn!(path = %spec.path, "the configured coverage report was not written");
         return None;
