@@ -40,6 +40,8 @@ const CEILING_MB: f64 = 512.0;
 
 /// Runs `genesis run -` on `request`; its result and its peak RSS in MB,
 /// from the kernel's accounting when the process is reaped.
+// Reaped with wait4 (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 fn run_measured(home: &TestHome, request: &Value) -> (Value, f64) {
     let mut child = home
         .command()
