@@ -141,3 +141,67 @@ fn a_test_id_over_four_kilobytes_is_bad_report() {
     );
     assert_bad_report(&r, peak, "4096 byte limit");
 }
+
+/// Git's base85 lines of `bytes` (at most 52 bytes a line), as `git diff
+/// --binary` writes them.
+fn git_base85(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 85] =
+        b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#$%&()*+-;<=>?@^_`{|}~";
+    let mut out = String::new();
+    for chunk in bytes.chunks(52) {
+        let n = chunk.len() as u8;
+        out.push(if n <= 26 { b'A' + n - 1 } else { b'a' + n - 27 } as char);
+        let mut padded = chunk.to_vec();
+        padded.resize(chunk.len().div_ceil(4) * 4, 0);
+        for word in padded.chunks(4) {
+            let mut v = u64::from(u32::from_be_bytes(word.try_into().unwrap()));
+            let mut group = [0u8; 5];
+            for slot in group.iter_mut().rev() {
+                *slot = ALPHABET[(v % 85) as usize];
+                v /= 85;
+            }
+            out.push_str(std::str::from_utf8(&group).unwrap());
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// A git binary patch adding `name`: `size` zero bytes, compressed.
+fn zero_bomb_patch(name: &str, size: usize) -> String {
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    let block = vec![0u8; 1 << 20];
+    for _ in 0..size / block.len() {
+        z.write_all(&block).unwrap();
+    }
+    let compressed = z.finish().unwrap();
+    format!(
+        "diff --git a/{name} b/{name}\nnew file mode 100644\nindex 0000000000000000000000000000000000000000..1111111111111111111111111111111111111111\nGIT binary patch\nliteral {size}\n{}\nliteral 0\nHcmV?d00001\n\n",
+        git_base85(&compressed)
+    )
+}
+
+#[test]
+fn a_megabyte_binary_patch_of_a_gigabyte_of_zeros_is_refused_before_it_inflates() {
+    ensure_image("busybox");
+    let home = TestHome::new(CONFIG);
+    git_repo(
+        &home.root().join("app"),
+        &[("run_tests.sh", "echo 1..1\necho ok 1\n")],
+    );
+    let patch = zero_bomb_patch("z.bin", 1 << 30);
+    eprintln!("patch of {} bytes for 1 GiB of zeros", patch.len());
+    assert!(patch.len() < 2 << 20);
+    let (r, peak) = run_measured(&home, &request("bomb-patch", "high", &["z.bin"], &patch));
+    eprintln!("peak {peak:.1} MB: {}", r["error"]);
+    assert_eq!(r["status"], "failed", "{r:#}");
+    assert_eq!(r["error_kind"], "invalid_request", "{r:#}");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("[limits.high] patch_mb (64)"),
+        "{r:#}"
+    );
+    assert!(peak < CEILING_MB, "genesis peaked at {peak:.1} MB");
+}

@@ -35,6 +35,7 @@ fn memory_peak_and_cpu_time_of_a_short_suite_are_exact() {
         network: false,
         install_changes: true,
         disk_mb: 0,
+        patch_mb: 64,
     };
     let outcome = run_script_in_sandbox("resources", "genesis/python:bookworm", limits, SUITE);
     let text = outcome.log.text.clone();

@@ -67,6 +67,8 @@ fn snapshots_are_deterministic_cached_and_keep_links() {
         install_inputs: None,
         analysis_cap_bytes: 1 << 20,
         layered: false,
+        patch_mb: 64,
+        risk_level: "high",
     };
     let first = snap.prepare(&input, "exp-1").unwrap();
     let bytes = std::fs::read(first.base.tarball.as_ref().unwrap()).unwrap();
@@ -140,6 +142,8 @@ fn a_missing_ref_or_repo_is_an_invalid_request() {
         install_inputs: None,
         analysis_cap_bytes: 1 << 20,
         layered: false,
+        patch_mb: 64,
+        risk_level: "high",
     };
     let err = snap.prepare(&input, "e").unwrap_err();
     assert_eq!(err.kind(), genesis::contract::ErrorKind::InvalidRequest);

@@ -87,6 +87,9 @@ pub struct Limits {
     /// and a `tmp_mb` tmpfs, as on an engine genesis cannot mount for).
     #[serde(default)]
     pub disk_mb: u64,
+    /// What a patch may write once applied, binary literals included, in
+    /// MB; checked before anything is inflated (contract §4).
+    pub patch_mb: u64,
 }
 
 fn yes() -> bool {

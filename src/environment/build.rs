@@ -69,6 +69,8 @@ pub(super) async fn build(
         // homes), so it runs on the container's writable layer; its own
         // time and memory limits bound it.
         disk_mb: 0,
+        // An install applies no patch.
+        patch_mb: 0,
     };
     let dir = envs.records_dir();
     std::fs::create_dir_all(&dir)

@@ -133,6 +133,9 @@ impl Runner {
                     analysis_cap_bytes,
                     // An install uploads a tarball (it has no disk cap).
                     layered: false,
+                    // No patch: nothing to bound.
+                    patch_mb: 0,
+                    risk_level: "none",
                 },
                 ENV_BUILD_ID,
             )

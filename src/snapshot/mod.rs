@@ -32,6 +32,8 @@ use crate::errors::{GenesisError, Result};
 
 mod checks;
 pub use checks::*;
+mod patch_size;
+pub use patch_size::check_patch_size;
 mod inputs;
 pub use inputs::*;
 mod pack;
@@ -119,6 +121,10 @@ pub struct RepoInput<'a> {
     /// Runs mount the base as a layer and apply the candidate as a delta,
     /// instead of uploading tarballs (needs the disk cap: see `layer.rs`).
     pub layered: bool,
+    /// `[limits.*] patch_mb` of the request's risk level, and that level's
+    /// name for the error: what the patch may write once applied.
+    pub patch_mb: u64,
+    pub risk_level: &'a str,
 }
 
 /// Turns off libgit2's "repository owned by another user" refusal: genesis
@@ -161,6 +167,8 @@ impl Snapshotter {
 
         let (candidate_oid, touched) = match input.patch.filter(|p| !p.trim().is_empty()) {
             Some(patch) => {
+                // Before libgit2 parses (and later inflates) anything.
+                check_patch_size(patch, input.patch_mb, input.risk_level)?;
                 let diff = Diff::from_buffer(patch.as_bytes()).map_err(|e| {
                     GenesisError::PatchFailed(format!(
                         "the patch for repo {:?} is not a unified diff: {}",

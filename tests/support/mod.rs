@@ -307,6 +307,7 @@ pub fn probe_limits(disk_mb: u64) -> genesis::config::Limits {
         network: false,
         install_changes: true,
         disk_mb,
+        patch_mb: 64,
     }
 }
 
