@@ -79,7 +79,7 @@ fn decode_line(line: &str, out: &mut Vec<u8>) -> Option<()> {
         _ => return None,
     };
     let data = &bytes[1..];
-    if data.len() % 5 != 0 || data.len() / 5 * 4 < len {
+    if !data.len().is_multiple_of(5) || data.len() / 5 * 4 < len {
         return None;
     }
     let mut decoded = Vec::with_capacity(data.len() / 5 * 4);
