@@ -4,7 +4,8 @@
 //! cases than `[limits] max_tests`) and a binary patch that inflates past
 //! `[limits.*] patch_mb` each end in a clean answer, with genesis's peak
 //! memory, read from the kernel when the process is reaped (`wait4`),
-//! under 512 MB.
+//! under 512 MB. And what kills genesis anyway cannot kill it forever: an
+//! experiment a process died in `[nats] max_deliver` times is answered.
 
 mod support;
 
@@ -204,4 +205,64 @@ fn a_megabyte_binary_patch_of_a_gigabyte_of_zeros_is_refused_before_it_inflates(
         "{r:#}"
     );
     assert!(peak < CEILING_MB, "genesis peaked at {peak:.1} MB");
+}
+
+/// A `genesis run` of `request`, killed with SIGKILL (as the kernel's OOM
+/// killer would) once it has started a container of its own.
+fn run_and_kill(home: &TestHome, request: &Value) {
+    let before = home.containers_left();
+    let mut child = home
+        .command()
+        .args(["run", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn genesis");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.to_string().as_bytes())
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while home.containers_left().iter().all(|c| before.contains(c)) {
+        assert!(std::time::Instant::now() < deadline, "no container started");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "genesis ended by itself"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn an_experiment_genesis_died_in_max_deliver_times_is_answered_and_never_run_again() {
+    ensure_image("busybox");
+    let home = TestHome::new(&format!("{CONFIG}\n[nats]\nmax_deliver = 2\n"));
+    git_repo(
+        &home.root().join("app"),
+        &[("run_tests.sh", "sleep 60\necho 1..1\necho ok 1\n")],
+    );
+    let req = request("crash-loop", "high", &[], "");
+    run_and_kill(&home, &req);
+    run_and_kill(&home, &req);
+    // The third process takes it over and answers at once, without a run.
+    let started = std::time::Instant::now();
+    let out = home.run_request(&req);
+    let r = result_json(&out);
+    assert_eq!(r["status"], "failed", "{r:#}");
+    assert_eq!(r["error_kind"], "internal", "{r:#}");
+    let error = r["error"].as_str().unwrap();
+    assert!(
+        error.contains("genesis died 2 times") && error.contains("max_deliver = 2"),
+        "{error}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    // Stored as the answer: asked again, it is the same result, and no
+    // container of the killed runs is left.
+    assert_eq!(result_json(&home.run_request(&req))["error"], r["error"]);
+    assert!(home.containers_left().is_empty());
 }

@@ -164,6 +164,10 @@ pub struct NatsConfig {
     /// `metrics.record`: after each stored result, one experiment record on
     /// this subject for the shared metrics store; empty: none.
     pub metrics_subject: String,
+    /// Runs of one experiment a process may die in (killed by the kernel,
+    /// say) before it is answered failed/internal and never resumed again;
+    /// JetStream's own delivery limit is set to the same.
+    pub max_deliver: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -192,6 +192,14 @@ impl Runner {
         let id = request.experiment_id.clone();
         let started = std::time::Instant::now();
         progress.stage(&id, stage::START, &request.description);
+        if let Some(result) = self.refuse_crash_loop(request).await {
+            if let ExperimentResult::Failed(f) = &result {
+                progress.stage(&id, stage::FAILED, &f.error);
+            }
+            // The dead processes' containers, if this one took it over.
+            self.sweep_if_taken_over(&id).await;
+            return result;
+        }
         if let Err(e) = self.mark(&id, Status::Running).await {
             tracing::warn!(experiment_id = %id, error = %e, "could not mark experiment running");
         }
@@ -268,11 +276,42 @@ impl Runner {
         )
     }
 
+    /// An experiment whose runs a process died in `[nats] max_deliver`
+    /// times is answered failed/internal and not run again: whatever
+    /// killed those processes (a report bomb, the kernel's OOM killer)
+    /// would kill this one too. Stored like any other result.
+    async fn refuse_crash_loop(&self, request: &Request) -> Option<ExperimentResult> {
+        let id = request.experiment_id.clone();
+        let limit = self.config.nats.max_deliver;
+        let attempts = self.store.call(move |s| s.run_attempts(&id)).await.ok()?;
+        if attempts < limit {
+            return None;
+        }
+        let result = ExperimentResult::failed(
+            &self.config.host,
+            &request.experiment_id,
+            &request.instance_id,
+            ErrorKind::Internal,
+            format!(
+                "genesis died {attempts} times while running this experiment (killed each \
+                 time, e.g. by the kernel's OOM killer); it is not run again ([nats] max_deliver = {limit})"
+            ),
+        );
+        tracing::error!(experiment_id = %request.experiment_id, attempts, "refusing to run an experiment a process died in {attempts} times");
+        if let Err(e) = self.finish(request, &result, None, None).await {
+            return Some(self.unstored(request, &result, &e));
+        }
+        Some(result)
+    }
+
     async fn mark(&self, id: &str, status: Status) -> Result<()> {
         let id = id.to_owned();
         let instance = self.instance.clone();
         self.store
             .call(move |s| {
+                if status == Status::Running {
+                    s.count_run_attempt(&id)?;
+                }
                 if let Some(mut rec) = s.get(&id)? {
                     rec.status = status;
                     rec.owner = instance;

@@ -152,6 +152,9 @@ async fn try_request_consumer(service: &Service) -> Result<jetstream::consumer::
                 durable_name: Some(nats.consumer.clone()),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
                 ack_wait: Duration::from_millis(nats.ack_wait_ms),
+                // The store counts runs a process died in and answers the
+                // experiment at this count; JetStream stops at the same.
+                max_deliver: i64::from(nats.max_deliver),
                 // Pull only what can be worked on; the rest waits in the stream.
                 max_ack_pending: (service.config.max_concurrent + service.config.queue_capacity)
                     as i64,

@@ -1,5 +1,5 @@
 //! Keyed blobs beside the experiments: cached baseline runs, scheduled
-//! jobs' state and analysis output.
+//! jobs' state, analysis output and the runs started per experiment.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -32,5 +32,19 @@ impl Store {
 
     pub fn put_trend<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
         self.put_into(TRENDS, key, value)
+    }
+
+    /// How many times a run of this experiment was started. A process that
+    /// dies mid-run (killed by the kernel) leaves the count behind, so the
+    /// next one can tell a crash loop from a first try.
+    pub fn run_attempts(&self, experiment_id: &str) -> Result<u32> {
+        Ok(self.get_from(ATTEMPTS, experiment_id)?.unwrap_or(0))
+    }
+
+    /// Counts one more started run; returns the new count.
+    pub fn count_run_attempt(&self, experiment_id: &str) -> Result<u32> {
+        let attempts = self.run_attempts(experiment_id)?.saturating_add(1);
+        self.put_into(ATTEMPTS, experiment_id, &attempts)?;
+        Ok(attempts)
     }
 }

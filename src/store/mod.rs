@@ -60,6 +60,8 @@ const BASELINES: TableDefinition<&str, &[u8]> = TableDefinition::new("baselines"
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const TRENDS: TableDefinition<&str, &[u8]> = TableDefinition::new("trends");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Runs started per experiment (see `Store::count_run_attempt`).
+const ATTEMPTS: TableDefinition<&str, &[u8]> = TableDefinition::new("run_attempts");
 
 /// How much of the file an open verifies.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -272,6 +274,7 @@ impl Store {
             txn.open_table(BASELINES).map_err(|e| self.err(e))?;
             txn.open_table(JOBS).map_err(|e| self.err(e))?;
             txn.open_table(TRENDS).map_err(|e| self.err(e))?;
+            txn.open_table(ATTEMPTS).map_err(|e| self.err(e))?;
             let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
             let stored = meta
                 .get("schema_version")
