@@ -185,10 +185,12 @@ impl Sandbox {
         self.prepare().await?;
         let pid = self.local_init_pid().await;
         let cgroup = pid.and_then(|pid| locate_cgroup(pid, &self.id));
-        let (endpoint, llm_unavailable) = match self.start_llm_endpoint(pid) {
-            Ok(endpoint) => (endpoint, None),
-            Err(reason) => (None, Some(reason)),
-        };
+        let llm = super::llm::RunEndpoint::start(
+            self.spec.llm.as_ref(),
+            &self.spec.runtime,
+            &self.id,
+            pid,
+        );
         let kernel_peak = cgroup
             .as_ref()
             .and_then(read_cgroup)
@@ -204,12 +206,7 @@ impl Sandbox {
         } else {
             None
         };
-
-        let llm_env = match (&endpoint, &self.spec.llm) {
-            (Some(_), Some(setup)) => super::llm::suite_env(setup.policy.port),
-            _ => Vec::new(),
-        };
-        let exec = self.start_suite(&llm_env).await?;
+        let exec = self.start_suite(&llm.suite_env()).await?;
         let started = Instant::now();
         let (stop_pump, pump_stopped) = tokio::sync::oneshot::channel();
         let mut log_task = tokio::spawn(pump_output(exec.output, log, pump_stopped));
@@ -271,11 +268,7 @@ impl Sandbox {
                 }
             }
         }
-        let llm = match (endpoint, llm_unavailable) {
-            (Some(endpoint), _) => Some(endpoint.finish().await),
-            (None, Some(reason)) => Some(super::llm::LlmRecord::unavailable(reason)),
-            (None, None) => None,
-        };
+        let llm = llm.finish().await;
         let alive = alive_since.elapsed();
         self.kill().await?;
         let oom_killed = self.inspect_oom().await?;
@@ -365,35 +358,6 @@ impl Sandbox {
         }
         let info = self.docker.inspect_container(&self.id, None).await.ok()?;
         info.state.and_then(|s| s.pid).filter(|pid| *pid > 0)
-    }
-
-    /// Starts the run's LLM endpoint inside the container's network
-    /// namespace: Ok(None) when the spec asks for none, Err with the reason
-    /// when it asks for one and cannot have it.
-    fn start_llm_endpoint(
-        &self,
-        pid: Option<i64>,
-    ) -> std::result::Result<Option<super::llm::LlmEndpoint>, String> {
-        let Some(setup) = &self.spec.llm else {
-            return Ok(None);
-        };
-        if let Some(reason) = super::llm::unavailable_reason(&self.spec.runtime, pid.is_some()) {
-            return Err(reason.into());
-        }
-        let Some(pid) = pid else {
-            return Err("the container's process could not be found on this host".into());
-        };
-        let port = setup.policy.port;
-        // The PID must still be this container's when the namespace is
-        // joined: its cgroup names the container.
-        let listener = super::llm::bind_in_namespace_of(pid, port)
-            .map_err(|e| format!("listening on 127.0.0.1:{port} in the sandbox failed: {e}"))?;
-        if !names_container(pid, &self.id) {
-            return Err("the container's process went away before its endpoint started".into());
-        }
-        super::llm::LlmEndpoint::serve(listener, setup.clone())
-            .map(Some)
-            .map_err(|e| format!("serving the LLM endpoint failed: {e}"))
     }
 
     /// Starts the wrapper (setup, then tests) as an attached exec.

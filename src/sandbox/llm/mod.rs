@@ -122,6 +122,82 @@ pub fn suite_env(port: u16) -> Vec<String> {
     ]
 }
 
+/// A run's endpoint as started: serving, or the reason it could not be,
+/// or none asked for (`llm_stub = false`, an install).
+pub struct RunEndpoint {
+    serving: Option<(LlmEndpoint, u16)>,
+    unavailable: Option<String>,
+}
+
+impl RunEndpoint {
+    /// Starts the endpoint inside the network namespace of the container's
+    /// process `pid` (None: not on this host), once the container runs
+    /// and before the suite's exec exists.
+    pub fn start(
+        setup: Option<&LlmSetup>,
+        runtime: &str,
+        container_id: &str,
+        pid: Option<i64>,
+    ) -> RunEndpoint {
+        let Some(setup) = setup else {
+            return RunEndpoint {
+                serving: None,
+                unavailable: None,
+            };
+        };
+        match serve_in_sandbox(setup, runtime, container_id, pid) {
+            Ok(endpoint) => RunEndpoint {
+                serving: Some((endpoint, setup.policy.port)),
+                unavailable: None,
+            },
+            Err(reason) => RunEndpoint {
+                serving: None,
+                unavailable: Some(reason),
+            },
+        }
+    }
+
+    /// The variables that point the suite at the endpoint (none without one).
+    pub fn suite_env(&self) -> Vec<String> {
+        self.serving
+            .as_ref()
+            .map(|(_, port)| suite_env(*port))
+            .unwrap_or_default()
+    }
+
+    /// Stops serving; the run's record, or None when no endpoint was asked for.
+    pub async fn finish(self) -> Option<LlmRecord> {
+        match (self.serving, self.unavailable) {
+            (Some((endpoint, _)), _) => Some(endpoint.finish().await),
+            (None, Some(reason)) => Some(LlmRecord::unavailable(reason)),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Binds and serves, or says why it cannot.
+fn serve_in_sandbox(
+    setup: &LlmSetup,
+    runtime: &str,
+    container_id: &str,
+    pid: Option<i64>,
+) -> Result<LlmEndpoint, String> {
+    if let Some(reason) = unavailable_reason(runtime, pid.is_some()) {
+        return Err(reason.into());
+    }
+    let pid = pid.ok_or("the container's process could not be found on this host")?;
+    let port = setup.policy.port;
+    let listener = bind_in_namespace_of(pid, port)
+        .map_err(|e| format!("listening on 127.0.0.1:{port} in the sandbox failed: {e}"))?;
+    // The PID must still have been this container's when its namespace
+    // was joined: its cgroup names the container.
+    if !super::names_container(pid, container_id) {
+        return Err("the container's process went away before its endpoint started".into());
+    }
+    LlmEndpoint::serve(listener, setup.clone())
+        .map_err(|e| format!("serving the LLM endpoint failed: {e}"))
+}
+
 /// What the calls of one run share.
 struct Shared {
     setup: LlmSetup,
