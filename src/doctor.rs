@@ -172,25 +172,31 @@ async fn docker(config: &Config) -> Check {
     }
 }
 
+/// Connects as `serve` would (same credentials and TLS), so a refusal
+/// shows here, named, with what to change.
 async fn nats(config: &Config) -> Check {
+    const START: &str = "start a server (nats-server -a 127.0.0.1 -p 4222 -js) or set GENESIS_NATS_URL / [nats] url";
     let url = &config.nats.url;
-    let attempt =
-        tokio::time::timeout(Duration::from_secs(3), async_nats::connect(url.as_str())).await;
+    let options = match crate::nats_auth::connect_options(&config.nats, "genesis-doctor") {
+        Ok(options) => options,
+        Err(e) => return Check::fail("nats", e.to_string(), "fix the [nats] file key it names"),
+    };
+    let attempt = tokio::time::timeout(Duration::from_secs(3), options.connect(url.as_str())).await;
     match attempt {
         Ok(Ok(client)) => {
             let info = client.server_info();
-            Check::pass("nats", format!("reachable at {url} (server {})", info.version))
+            Check::pass(
+                "nats",
+                format!("reachable at {url} (server {})", info.version),
+            )
         }
-        Ok(Err(e)) => Check::fail(
-            "nats",
-            format!("cannot reach {url}: {e}"),
-            "start a server (nats-server -a 127.0.0.1 -p 4222 -js) or set GENESIS_NATS_URL / [nats] url",
-        ),
-        Err(_) => Check::fail(
-            "nats",
-            format!("no answer from {url} within 3 s"),
-            "start a server (nats-server -a 127.0.0.1 -p 4222 -js) or set GENESIS_NATS_URL / [nats] url",
-        ),
+        Ok(Err(e)) => match crate::nats_auth::Refusal::of(&e) {
+            Some(refusal) => {
+                Check::fail("nats", crate::nats_auth::describe(url, &e), refusal.fix())
+            }
+            None => Check::fail("nats", crate::nats_auth::describe(url, &e), START),
+        },
+        Err(_) => Check::fail("nats", format!("no answer from {url} within 3 s"), START),
     }
 }
 

@@ -10,6 +10,8 @@
 //! - [`errors`]: the error types and their exit codes.
 //! - [`contract`]: every JSON document and NATS subject of the external contract.
 //! - [`config`]: policy files + genesis.toml + environment, validated on load.
+//! - [`nats_auth`]: the options (credentials, TLS) of every NATS client, and
+//!   which connect errors are refusals rather than a server not up yet.
 //! - [`telemetry`]: the metrics registry that `/metrics` exports, fed by the
 //!   runner and the service where things happen.
 //!
@@ -37,6 +39,7 @@ pub mod errors;
 
 pub mod config;
 pub mod contract;
+pub mod nats_auth;
 pub mod telemetry;
 
 pub mod analysis;

@@ -18,6 +18,7 @@ use crate::results::ReportSpec;
 
 pub mod globs;
 pub mod host;
+mod nats_keys;
 pub mod schedule;
 mod sections;
 pub use sections::*;
@@ -188,6 +189,10 @@ pub struct Config {
 pub struct Env {
     pub genesis_home: Option<PathBuf>,
     pub nats_url: Option<String>,
+    /// `GENESIS_NATS_PASSWORD`: wins over `[nats] password`.
+    pub nats_password: Option<String>,
+    /// `GENESIS_NATS_TOKEN`: wins over `[nats] token`.
+    pub nats_token: Option<String>,
     pub home_dir: Option<PathBuf>,
 }
 
@@ -196,6 +201,8 @@ impl Env {
         Env {
             genesis_home: std::env::var_os("GENESIS_HOME").map(PathBuf::from),
             nats_url: std::env::var("GENESIS_NATS_URL").ok(),
+            nats_password: std::env::var("GENESIS_NATS_PASSWORD").ok(),
+            nats_token: std::env::var("GENESIS_NATS_TOKEN").ok(),
             home_dir: std::env::var_os("HOME").map(PathBuf::from),
         }
     }
@@ -277,6 +284,8 @@ impl Config {
         if let Some(url) = &env.nats_url {
             nats.url = url.clone();
         }
+        nats_keys::apply_env(&mut nats, env);
+        nats_keys::resolve_paths(&mut nats, base_dir);
         let mut repos = parsed.repos;
         for repo in repos.values_mut() {
             // Relative repo paths are relative to the config file, not the cwd.
@@ -378,6 +387,7 @@ impl Config {
         }
         self.validate_http()
             .map_err(|(key, message)| bad(key, message))?;
+        nats_keys::validate(&self.nats).map_err(|(key, message)| bad(key, message))?;
         for (key, expr) in self.schedule.entries() {
             schedule::parse_schedule(expr)
                 .map_err(|e| bad(&format!("schedule.{key}"), e.to_string()))?;

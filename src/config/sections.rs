@@ -168,6 +168,55 @@ pub struct NatsConfig {
     /// say) before it is answered failed/internal and never resumed again;
     /// JetStream's own delivery limit is set to the same.
     pub max_deliver: u32,
+    /// Authentication: user + password, or token, or a `.creds` file, or an
+    /// nkey seed file; at most one of them (checked at load, see
+    /// `nats_keys`). Production servers require one, and without it anyone
+    /// who reaches the server could submit experiments or forge results.
+    pub user: String,
+    /// Also `GENESIS_NATS_PASSWORD`, so the secret need not sit in the file.
+    pub password: Secret,
+    /// Also `GENESIS_NATS_TOKEN`.
+    pub token: Secret,
+    pub creds_file: String,
+    pub nkey_seed_file: String,
+    /// CA that signed the server's certificate (a `tls://` URL, or a server
+    /// that requires TLS, is verified against it instead of the system's).
+    pub tls_ca_file: String,
+    /// Client certificate and key, for servers that verify clients.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
+}
+
+/// A credential from the config or the environment: compared and
+/// deserialized as the string it is, but never shown by `Debug`, so a
+/// config printed for debugging (or a panic message) cannot leak it.
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that hands it to the client.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"<redacted>\""
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

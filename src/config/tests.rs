@@ -134,3 +134,36 @@ fn operations_are_off_by_default_and_bad_http_settings_are_named() {
         .to_string();
     assert!(err.contains("framework"), "{err}");
 }
+
+#[test]
+fn nats_credentials_are_checked_at_load_and_never_shown() {
+    let err = load("[nats]\nuser = \"u\"\n").unwrap_err().to_string();
+    assert!(err.contains("nats.password"), "{err}");
+    let err = load("[nats]\ntoken = \"t\"\nuser = \"u\"\npassword = \"p\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nats.user") && err.contains("nats.token"),
+        "{err}"
+    );
+    let err = load("[nats]\ntls_ca_file = \"/nonexistent/ca.pem\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nats.tls_ca_file"), "{err}");
+
+    let env = Env {
+        nats_password: Some("from-env-secret".into()),
+        ..Env::default()
+    };
+    let c = Config::from_layers(
+        PathBuf::from("/h"),
+        Some((
+            PathBuf::from("/etc/g.toml"),
+            "[nats]\nuser = \"u\"\npassword = \"in-file\"\n".into(),
+        )),
+        &env,
+    )
+    .unwrap();
+    assert_eq!(c.nats.password.expose(), "from-env-secret");
+    assert!(!format!("{c:?}").contains("from-env-secret"));
+}

@@ -9,13 +9,12 @@ use super::*;
 
 async fn connect_briefly(config: &Config) -> Result<async_nats::Client> {
     let url = config.nats.url.clone();
-    let connecting = async_nats::ConnectOptions::new()
-        .name("genesis-jobs")
+    let connecting = crate::nats_auth::connect_options(&config.nats, "genesis-jobs")?
         .connection_timeout(CLI_CONNECT_TIMEOUT)
         .connect(url.as_str());
     match tokio::time::timeout(CLI_CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(client)) => Ok(client),
-        Ok(Err(e)) => Err(GenesisError::Nats(format!("connecting to {url}: {e}"))),
+        Ok(Err(e)) => Err(GenesisError::Nats(crate::nats_auth::describe(&url, &e))),
         Err(_) => Err(GenesisError::Nats(format!(
             "no answer from {url} within {} s",
             CLI_CONNECT_TIMEOUT.as_secs()

@@ -50,7 +50,7 @@ use async_nats::Client;
 use tokio::sync::{watch, Mutex, Notify, Semaphore};
 use tracing::Instrument;
 
-use crate::config::Config;
+use crate::config::{Config, NatsConfig};
 use crate::contract::subjects::{self};
 use crate::contract::{
     ErrorKind, ExperimentResult, Recommendation, Rejected, Request, RollbackEvent,
@@ -104,7 +104,7 @@ pub async fn serve(config: Arc<Config>) -> Result<()> {
     let (client, connected) = connect(&config, &runner.telemetry).await?;
     let http = http::start(&runner, &client).await?;
     tokio::select! {
-        _ = wait_for_nats(&client, connected.clone(), &config.nats.url) => {}
+        waited = wait_for_nats(&client, connected.clone(), &config.nats) => waited?,
         _ = shutdown_signal() => {
             tracing::info!("shutdown requested before NATS was reachable");
             return Ok(());
@@ -190,8 +190,7 @@ async fn connect(
     let tx = Arc::new(tx);
     let telemetry = telemetry.clone();
     telemetry.nats_connected(false);
-    let client = async_nats::ConnectOptions::new()
-        .name("genesis")
+    let client = crate::nats_auth::connect_options(&config.nats, "genesis")?
         .retry_on_initial_connect()
         .max_reconnects(None)
         .event_callback(move |event| {
@@ -219,16 +218,23 @@ async fn connect(
 }
 
 /// Returns once the client is connected; says so when it has to wait.
-async fn wait_for_nats(client: &Client, mut connected: Connected, url: &str) {
+/// Fails, instead of waiting forever, when the server refuses genesis's
+/// credentials or TLS: no retry with the same options can succeed.
+async fn wait_for_nats(client: &Client, mut connected: Connected, nats: &NatsConfig) -> Result<()> {
     if client.connection_state() == async_nats::connection::State::Connected {
-        return;
+        return Ok(());
     }
+    let url = &nats.url;
     tracing::warn!(
         %url,
         "waiting for NATS at {url}: not reachable yet; genesis connects as soon as it is"
     );
-    retry::until_connected(&mut connected).await;
+    tokio::select! {
+        _ = retry::until_connected(&mut connected) => {}
+        refused = retry::first_refusal(nats) => return Err(refused),
+    }
     tracing::info!(%url, "connected to NATS");
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -518,9 +518,16 @@ impl ServeProcess {
 
     /// Starts `genesis serve` without waiting for anything.
     pub fn spawn(home: &TestHome, nats_url: &str) -> ServeProcess {
+        ServeProcess::spawn_with_env(home, nats_url, &[])
+    }
+
+    /// As [`ServeProcess::spawn`], with more environment variables (e.g.
+    /// `GENESIS_NATS_PASSWORD`).
+    pub fn spawn_with_env(home: &TestHome, nats_url: &str, env: &[(&str, &str)]) -> ServeProcess {
         use std::io::BufRead;
         let mut child = home
             .command()
+            .envs(env.iter().copied())
             .env("GENESIS_NATS_URL", nats_url)
             .env("GENESIS_LOG", "info")
             .arg("serve")

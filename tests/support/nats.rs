@@ -4,7 +4,8 @@
 //! port with the same JetStream store directory, so streams, consumers and
 //! unacknowledged messages survive as they would on a real host; a server
 //! may also be reserved (port and store chosen) and started later, for a
-//! client that must wait for it.
+//! client that must wait for it. [`NatsServer::start_with`] adds lines of
+//! the test's own to the server's config file (authorization, TLS).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -19,6 +20,8 @@ pub struct NatsServer {
     pub port: u16,
     pub store_dir: tempfile::TempDir,
     jetstream: bool,
+    /// Lines appended to the server's config file.
+    extra_conf: String,
 }
 
 pub fn free_port() -> u16 {
@@ -36,6 +39,15 @@ impl NatsServer {
         server
     }
 
+    /// A core-NATS server whose config file also holds `extra_conf` (e.g.
+    /// an `authorization { … }` or `tls { … }` block).
+    pub fn start_with(extra_conf: &str) -> NatsServer {
+        let mut server = NatsServer::reserve(false);
+        server.extra_conf = extra_conf.to_owned();
+        server.launch();
+        server
+    }
+
     /// A port and a store directory, with no server yet: [`NatsServer::launch`]
     /// starts it.
     pub fn reserve(jetstream: bool) -> NatsServer {
@@ -44,6 +56,7 @@ impl NatsServer {
             port: free_port(),
             store_dir: tempfile::tempdir().unwrap(),
             jetstream,
+            extra_conf: String::new(),
         }
     }
 
@@ -68,6 +81,7 @@ impl NatsServer {
                 self.store_dir.path().display()
             ));
         }
+        conf.push_str(&self.extra_conf);
         let conf_path = self.store_dir.path().join("nats.conf");
         std::fs::write(&conf_path, conf).unwrap();
         let child = Command::new("nats-server")

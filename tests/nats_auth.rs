@@ -1,0 +1,246 @@
+//! `[nats]` authentication and TLS against a real nats-server that this
+//! test configures (users, a token, TLS with a CA made here by `openssl`):
+//! `genesis serve` serves through the right credentials, and stops with
+//! exit 1 and a message naming the refusal on wrong ones, never echoing a
+//! secret; `genesis doctor` names the refusal too.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use support::nats::NatsServer;
+use support::*;
+
+const USER: &str = "genesis";
+const PASSWORD: &str = "pw-9c41-right";
+const WRONG_PASSWORD: &str = "pw-77d0-wrong";
+const TOKEN: &str = "tok-5be2-right";
+const WRONG_TOKEN: &str = "tok-e013-wrong";
+
+/// A serve home whose `[nats]` table also holds `nats_lines`.
+fn home_with_nats(nats_lines: &str) -> TestHome {
+    let config = serve_config(1, false).replacen("[nats]\n", &format!("[nats]\n{nats_lines}\n"), 1);
+    serve_home_with(&config)
+}
+
+/// Sends one request through an already authenticated client and waits
+/// for its answer on `completed.{id}`.
+async fn round_trip(client: &async_nats::Client, id: &str) {
+    let mut answers = client
+        .subscribe(format!("agent.events.experiment.*.{id}"))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let body = request(id, "low", &[], "").to_string();
+    client
+        .publish("agent.events.experiment.request.test-instance", body.into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(120), answers.next())
+            .await
+            .expect("an answer within 120 s")
+            .expect("subscription open");
+        let subject = msg.subject.to_string();
+        if subject.contains(".progress.") {
+            continue;
+        }
+        let body: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+        assert_eq!(
+            subject,
+            format!("agent.events.experiment.completed.{id}"),
+            "{body}"
+        );
+        return;
+    }
+}
+
+/// Waits for `serve` to exit on its own; returns its exit code and log.
+fn wait_for_exit(serve: &mut ServeProcess, within: Duration) -> (i32, String) {
+    let deadline = Instant::now() + within;
+    while serve.is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "genesis serve still running after {within:?}; log:\n{}",
+            drain(serve)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = serve.wait();
+    // The reader thread ends with the pipe; give it a moment to hand over the rest.
+    std::thread::sleep(Duration::from_millis(100));
+    (status.code().unwrap_or(-1), drain(serve))
+}
+
+fn drain(serve: &ServeProcess) -> String {
+    let mut log = serve.history.lock().unwrap().clone();
+    log.extend(serve.lines.try_iter());
+    log.join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_and_password_serve_and_a_wrong_password_stops_serve() {
+    let server = NatsServer::start_with(&format!(
+        "authorization {{ user: \"{USER}\", password: \"{PASSWORD}\" }}\n"
+    ));
+    let home = home_with_nats(&format!("user = \"{USER}\""));
+
+    let serve =
+        ServeProcess::spawn_with_env(&home, &server.url(), &[("GENESIS_NATS_PASSWORD", PASSWORD)]);
+    serve.wait_for_line("genesis ready", Duration::from_secs(60));
+    let client = async_nats::ConnectOptions::with_user_and_password(USER.into(), PASSWORD.into())
+        .connect(server.url())
+        .await
+        .unwrap();
+    round_trip(&client, "auth-user-1").await;
+    drop(serve);
+
+    let mut serve = ServeProcess::spawn_with_env(
+        &home,
+        &server.url(),
+        &[("GENESIS_NATS_PASSWORD", WRONG_PASSWORD)],
+    );
+    let (code, log) = wait_for_exit(&mut serve, Duration::from_secs(10));
+    assert_eq!(code, 1, "{log}");
+    assert!(log.contains("authorization violation"), "{log}");
+    assert!(!log.contains(WRONG_PASSWORD), "the password leaked:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_serves_and_a_wrong_token_stops_serve_and_fails_doctor() {
+    let server = NatsServer::start_with(&format!("authorization {{ token: \"{TOKEN}\" }}\n"));
+    let home = home_with_nats("");
+
+    let serve =
+        ServeProcess::spawn_with_env(&home, &server.url(), &[("GENESIS_NATS_TOKEN", TOKEN)]);
+    serve.wait_for_line("genesis ready", Duration::from_secs(60));
+    drop(serve);
+
+    let mut serve =
+        ServeProcess::spawn_with_env(&home, &server.url(), &[("GENESIS_NATS_TOKEN", WRONG_TOKEN)]);
+    let (code, log) = wait_for_exit(&mut serve, Duration::from_secs(10));
+    assert_eq!(code, 1, "{log}");
+    assert!(log.contains("authorization violation"), "{log}");
+    assert!(!log.contains(WRONG_TOKEN), "the token leaked:\n{log}");
+
+    let doctor = home
+        .command()
+        .env("GENESIS_NATS_URL", server.url())
+        .env("GENESIS_NATS_TOKEN", WRONG_TOKEN)
+        .arg("doctor")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&doctor.stdout);
+    let nats_line = out
+        .lines()
+        .skip_while(|l| !l.contains(" nats "))
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(nats_line.starts_with('✗'), "{out}");
+    assert!(nats_line.contains("authorization violation"), "{out}");
+    assert!(nats_line.contains("fix:"), "{out}");
+    assert!(!out.contains(WRONG_TOKEN), "the token leaked:\n{out}");
+}
+
+/// A CA, and a server certificate it signed for 127.0.0.1, in `dir`.
+fn make_certificates(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=genesis test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        "server.pem",
+        "-extfile",
+        "server.ext",
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_the_test_ca_serves_and_without_it_stops_serve() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path());
+    let dir = certs.path().display();
+    let server = NatsServer::start_with(&format!(
+        "tls {{ cert_file: \"{dir}/server.pem\", key_file: \"{dir}/server.key\" }}\n"
+    ));
+    let url = format!("tls://127.0.0.1:{}", server.port);
+
+    let home = home_with_nats(&format!("tls_ca_file = \"{dir}/ca.pem\""));
+    let serve = ServeProcess::spawn_with_env(&home, &url, &[]);
+    serve.wait_for_line("genesis ready", Duration::from_secs(60));
+    let client = async_nats::ConnectOptions::new()
+        .add_root_certificates(certs.path().join("ca.pem"))
+        .connect(url.as_str())
+        .await
+        .unwrap();
+    round_trip(&client, "auth-tls-1").await;
+    drop(serve);
+
+    let without_ca = home_with_nats("");
+    let mut serve = ServeProcess::spawn_with_env(&without_ca, &url, &[]);
+    let (code, log) = wait_for_exit(&mut serve, Duration::from_secs(10));
+    assert_eq!(code, 1, "{log}");
+    assert!(log.contains("TLS"), "{log}");
+    assert!(log.contains("tls_ca_file"), "the fix is named:\n{log}");
+}
