@@ -265,4 +265,9 @@ fn an_experiment_genesis_died_in_max_deliver_times_is_answered_and_never_run_aga
     // container of the killed runs is left.
     assert_eq!(result_json(&home.run_request(&req))["error"], r["error"]);
     assert!(home.containers_left().is_empty());
+    // Nor any run disk of theirs: the process that took it over released them.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let home_path = home.home().display().to_string();
+    let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&home_path)).collect();
+    assert!(left.is_empty(), "mounts left: {left:#?}");
 }

@@ -75,6 +75,24 @@ impl Runner {
                 let _ = sandbox::remove_container(&self.docker, &container).await;
             }
         }
+        // Their run disks are free once the containers are gone.
+        let (scratch, experiment) = (self.scratch_dir(), id.to_owned());
+        match tokio::task::spawn_blocking(move || {
+            sandbox::release_left_by_others(&scratch, &experiment)
+        })
+        .await
+        {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(
+                experiment_id = id,
+                disks = n,
+                "released run disks the dead owner left"
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(experiment_id = id, error = %e, "could not release a run disk the dead owner left")
+            }
+            Err(e) => tracing::warn!(error = %e, "disk release task failed"),
+        }
     }
 }
 

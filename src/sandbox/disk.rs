@@ -318,6 +318,38 @@ pub fn release_all(scratch: &Path) -> Result<usize> {
     Ok(released)
 }
 
+/// Releases the disks another process of this home left for experiment
+/// `id` (a run disk's directory is its container's name,
+/// `genesis-ID-ROLE-PID-N`): for a process that took the experiment over
+/// from a dead owner, once that owner's containers are gone. Its own
+/// disks, and other experiments', are left alone.
+pub fn release_left_by_others(scratch: &Path, id: &str) -> Result<usize> {
+    let Ok(entries) = std::fs::read_dir(scratch) else {
+        return Ok(0);
+    };
+    let prefix = format!("genesis-{id}-");
+    let me = std::process::id().to_string();
+    let mut released = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        // ROLE-PID-N: roles have no dash, so the PID is the middle field.
+        let mut fields = rest.split('-');
+        let (Some(_role), Some(pid), Some(_n), None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        if pid != me && entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            release_at(&entry.path())?;
+            released += 1;
+        }
+    }
+    Ok(released)
+}
+
 /// Whether `path` is a mount point, read from /proc/self/mountinfo (a
 /// device comparison would miss a bind of the same file system).
 fn is_mount_point(path: &Path) -> bool {

@@ -54,7 +54,10 @@ use cgroup::names_container;
 use cgroup::{locate as locate_cgroup, read as read_cgroup};
 pub use cgroup::{CgroupFiles, CgroupReading};
 mod disk;
-pub use disk::{layer_in_use, release_all as release_scratch_disks, LayeredWorkspace, ScratchDisk};
+pub use disk::{
+    layer_in_use, release_all as release_scratch_disks, release_left_by_others, LayeredWorkspace,
+    ScratchDisk,
+};
 mod spec;
 pub use spec::*;
 mod stats;
