@@ -44,20 +44,7 @@ const CEILING_MB: f64 = 512.0;
 // Reaped with wait4 (for its rusage), which clippy cannot see.
 #[allow(clippy::zombie_processes)]
 fn run_measured(home: &TestHome, request: &Value) -> (Value, f64) {
-    let mut child = home
-        .command()
-        .args(["run", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn genesis");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.to_string().as_bytes())
-        .unwrap();
+    let mut child = spawn_run(home, request, Stdio::piped);
     let mut stdout = child.stdout.take().unwrap();
     let mut stderr = child.stderr.take().unwrap();
     let err_reader = std::thread::spawn(move || {
@@ -83,6 +70,26 @@ fn run_measured(home: &TestHome, request: &Value) -> (Value, f64) {
     });
     // ru_maxrss is in KiB on Linux.
     (result, usage.ru_maxrss as f64 / 1024.0)
+}
+
+/// `genesis run -` with `request` on its stdin; stdout and stderr go to
+/// `output` (piped or dropped).
+fn spawn_run(home: &TestHome, request: &Value, output: fn() -> Stdio) -> std::process::Child {
+    let mut child = home
+        .command()
+        .args(["run", "-"])
+        .stdin(Stdio::piped())
+        .stdout(output())
+        .stderr(output())
+        .spawn()
+        .expect("spawn genesis");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.to_string().as_bytes())
+        .unwrap();
+    child
 }
 
 fn bomb(repo: &str, id: &str, suite: &str) -> (Value, f64) {
@@ -211,20 +218,7 @@ fn a_megabyte_binary_patch_of_a_gigabyte_of_zeros_is_refused_before_it_inflates(
 /// killer would) once it has started a container of its own.
 fn run_and_kill(home: &TestHome, request: &Value) {
     let before = home.containers_left();
-    let mut child = home
-        .command()
-        .args(["run", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn genesis");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.to_string().as_bytes())
-        .unwrap();
+    let mut child = spawn_run(home, request, Stdio::null);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while home.containers_left().iter().all(|c| before.contains(c)) {
         assert!(std::time::Instant::now() < deadline, "no container started");
