@@ -10,6 +10,8 @@ ensure_packages() {
   command -v nats-server >/dev/null || missing+=(nats-server)
   # The server the metrics test scrapes genesis with (tests/operations.rs).
   command -v prometheus >/dev/null || missing+=(prometheus)
+  # systemd-analyze verifies the packaged unit (tests/packaging.rs).
+  command -v systemd-analyze >/dev/null || missing+=(systemd)
   command -v debootstrap >/dev/null || missing+=(debootstrap)
   dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
