@@ -20,66 +20,48 @@ use genesis::store::{Status, Store};
 
 const TEST: &str = "python3 -m pytest -q -p no:cacheprovider --junitxml=/genesis/out/junit.xml";
 
+/// Runs a command in `dir`; it must succeed.
+fn run(args: &[&str], dir: &Path) {
+    assert!(std::process::Command::new(args[0])
+        .args(&args[1..])
+        .current_dir(dir)
+        .status()
+        .unwrap()
+        .success());
+}
+
+const COMMIT: [&str; 6] = [
+    "git",
+    "-c",
+    "user.name=b",
+    "-c",
+    "user.email=b@localhost",
+    "commit",
+];
+
 fn git_copy(from: &Path, to: &Path) {
-    let run = |args: &[&str], dir: &Path| {
-        assert!(std::process::Command::new(args[0])
-            .args(&args[1..])
-            .current_dir(dir)
-            .status()
-            .unwrap()
-            .success());
-    };
     run(
         &["cp", "-R", from.to_str().unwrap(), to.to_str().unwrap()],
         Path::new("/"),
     );
     run(&["git", "init", "-q", "-b", "main"], to);
     run(&["git", "add", "-A"], to);
-    run(
-        &[
-            "git",
-            "-c",
-            "user.name=b",
-            "-c",
-            "user.email=b@localhost",
-            "commit",
-            "-q",
-            "-m",
-            "init",
-        ],
-        to,
-    );
+    run(&[&COMMIT[..], &["-q", "-m", "init"]].concat(), to);
 }
 
 /// Removes the example's assistant and its tests, in a commit of its own.
 fn drop_assistant(repo: &Path) {
-    for args in [
+    run(
         &[
             "git",
             "rm",
             "-q",
             "calc/assistant.py",
             "tests/test_assistant.py",
-        ][..],
-        &[
-            "git",
-            "-c",
-            "user.name=b",
-            "-c",
-            "user.email=b@localhost",
-            "commit",
-            "-q",
-            "-m",
-            "ops only",
         ],
-    ] {
-        assert!(std::process::Command::new(args[0])
-            .args(&args[1..])
-            .current_dir(repo)
-            .status()
-            .unwrap()
-            .success());
-    }
+        repo,
+    );
+    run(&[&COMMIT[..], &["-q", "-m", "ops only"]].concat(), repo);
 }
 
 fn runner(rt: &tokio::runtime::Runtime, home: &Path, repo_keys: &str) -> Runner {

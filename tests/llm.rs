@@ -40,7 +40,7 @@ fn recorded_calls(home: &TestHome, id: &str, role: &str) -> Vec<Value> {
 }
 
 fn tokens(text: &str) -> u64 {
-    genesis::sandbox::llm::count_tokens(&[text.to_owned()])
+    genesis::sandbox::llm::count_tokens(&[text])
 }
 
 #[test]

@@ -5,7 +5,6 @@
 //! responder, genesis counts locally. The result says which one answered.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::analysis::{Analyzer, FileAnalysis};
 use crate::contract::{
@@ -14,6 +13,7 @@ use crate::contract::{
 };
 use crate::judgement::metrics::ChangeFigures;
 
+use super::peer::Peer;
 use super::{Plan, Runner};
 
 impl Runner {
@@ -68,31 +68,16 @@ impl Runner {
     /// The peer's figures, or None (not configured, no connection, error,
     /// timeout, no responder, or an answer that is not the contract's).
     async fn ask_peer(&self, request: &AnalysisRequest) -> Option<ChangeFigures> {
-        let subject = &self.config.analysis.nats_subject;
-        if subject.is_empty() {
-            return None;
-        }
-        let client = self.analysis_peer.get()?;
-        let payload = serde_json::to_vec(request).ok()?;
-        let timeout = Duration::from_millis(self.config.analysis.timeout_ms);
-        let answer =
-            tokio::time::timeout(timeout, client.request(subject.clone(), payload.into())).await;
-        let message = match answer {
-            Ok(Ok(message)) => message,
-            Ok(Err(e)) => {
-                tracing::warn!(subject, error = %e, "analysis peer failed; analysing locally");
-                return None;
-            }
-            Err(_) => {
-                tracing::warn!(
-                    subject,
-                    timeout_ms = timeout.as_millis() as u64,
-                    "analysis peer timed out; analysing locally"
-                );
-                return None;
-            }
+        let policy = &self.config.analysis;
+        let peer = Peer {
+            name: "analysis",
+            subject: &policy.nats_subject,
+            timeout_ms: policy.timeout_ms,
+            fallback: "analysing locally",
         };
-        match serde_json::from_slice::<AnalysisReply>(&message.payload) {
+        let payload = self.ask(&peer, serde_json::to_vec(request).ok()?).await?;
+        let subject = peer.subject;
+        match serde_json::from_slice::<AnalysisReply>(&payload) {
             Ok(reply) => Some(total(&reply)),
             Err(e) => {
                 tracing::warn!(subject, error = %e, "analysis peer's reply is not the contract's; analysing locally");

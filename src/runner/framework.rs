@@ -9,14 +9,13 @@
 //! not usable, the snapshot's files decide locally. The result's
 //! `framework.detected_by` says which (`config`, `peer`, `local`).
 
-use std::time::Duration;
-
 use crate::config::RepoConfig;
 use crate::contract::{DetectedBy, FrameworkAdvice, FrameworkQuery, FrameworkRef, Request};
 use crate::errors::{GenesisError, Result};
 use crate::results::ReportSpec;
 use crate::snapshot::PreparedRepo;
 
+use super::peer::Peer;
 use super::Runner;
 
 /// A framework chosen without config, and the image the peer named for it.
@@ -110,34 +109,22 @@ impl Runner {
         base: &PreparedRepo,
     ) -> Option<FrameworkAdvice> {
         let policy = &self.config.framework;
-        let subject = &policy.nats_subject;
-        if subject.is_empty() {
+        let peer = Peer {
+            name: "framework",
+            subject: &policy.nats_subject,
+            timeout_ms: policy.timeout_ms,
+            fallback: "detecting locally",
+        };
+        // Not configured: spare reading the manifests for nobody.
+        if peer.subject.is_empty() {
             return None;
         }
-        let client = self.analysis_peer.get()?;
         let query = self
             .framework_query(primary, base, policy.max_manifest_bytes)
             .await?;
-        let payload = serde_json::to_vec(&query).ok()?;
-        let timeout = Duration::from_millis(policy.timeout_ms);
-        let answer =
-            tokio::time::timeout(timeout, client.request(subject.clone(), payload.into())).await;
-        let message = match answer {
-            Ok(Ok(message)) => message,
-            Ok(Err(e)) => {
-                tracing::warn!(subject, error = %e, "framework peer failed; detecting locally");
-                return None;
-            }
-            Err(_) => {
-                tracing::warn!(
-                    subject,
-                    timeout_ms = policy.timeout_ms,
-                    "framework peer timed out; detecting locally"
-                );
-                return None;
-            }
-        };
-        match usable_advice(&message.payload) {
+        let payload = self.ask(&peer, serde_json::to_vec(&query).ok()?).await?;
+        let subject = peer.subject;
+        match usable_advice(&payload) {
             Ok(advice) => Some(advice),
             Err(why) => {
                 tracing::warn!(subject, reason = %why, "framework peer's answer is not usable; detecting locally");

@@ -44,6 +44,7 @@ pub use admission::{instance_name, owner_is_dead};
 mod analysis;
 mod environments;
 mod framework;
+mod peer;
 mod plan;
 use plan::Plan;
 mod suites;

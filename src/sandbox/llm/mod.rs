@@ -397,7 +397,7 @@ impl Shared {
                     call,
                     text,
                     prompt_tokens,
-                    answer_tokens: count_tokens(std::slice::from_ref(&text.to_owned())),
+                    answer_tokens: count_tokens(&[text]),
                     embedding_dimensions: self.setup.policy.embedding_dimensions.max(1),
                 };
                 let reply = api::reply(api, &prompt, &answer);
@@ -426,14 +426,14 @@ impl Shared {
 /// Tokens of the texts as `o200k_base` counts them (special-token text
 /// in a prompt is ordinary text). The encoder loads on first use only,
 /// so a run whose suite makes no call never pays for it.
-pub fn count_tokens(texts: &[String]) -> u64 {
-    if texts.iter().all(String::is_empty) {
+pub fn count_tokens<S: AsRef<str>>(texts: &[S]) -> u64 {
+    if texts.iter().all(|t| t.as_ref().is_empty()) {
         return 0;
     }
     let bpe = tiktoken_rs::o200k_base_singleton();
     texts
         .iter()
-        .map(|t| bpe.encode_ordinary(t).len() as u64)
+        .map(|t| bpe.encode_ordinary(t.as_ref()).len() as u64)
         .sum()
 }
 
