@@ -121,6 +121,7 @@ struct FileConfig {
     max_concurrent: usize,
     queue_capacity: usize,
     drain_timeout_ms: u64,
+    full_home_wait_ms: u64,
     store_cache_mb: u64,
     #[serde(default)]
     llm_patterns: Option<PathBuf>,
@@ -154,6 +155,9 @@ pub struct Config {
     pub max_concurrent: usize,
     pub queue_capacity: usize,
     pub drain_timeout_ms: u64,
+    /// How long `serve` lets a full GENESIS_HOME stall an experiment (it
+    /// waits for space and runs it again) before answering it failed.
+    pub full_home_wait_ms: u64,
     /// redb page cache; bounds memory however large the store grows.
     pub store_cache_mb: u64,
     /// `[host] name`, resolved (the machine's hostname when unset): stamped
@@ -303,6 +307,7 @@ impl Config {
             max_concurrent: parsed.max_concurrent,
             queue_capacity: parsed.queue_capacity,
             drain_timeout_ms: parsed.drain_timeout_ms,
+            full_home_wait_ms: parsed.full_home_wait_ms,
             store_cache_mb: parsed.store_cache_mb,
             host: parsed.host.resolve(),
             nats,

@@ -152,6 +152,10 @@ pub struct NatsConfig {
     pub jetstream: bool,
     pub stream: String,
     pub consumer: String,
+    /// JetStream key-value bucket in which hosts sharing the consumer
+    /// claim experiment ids, so a duplicate or a reused id is recognised
+    /// whichever host it reaches (see `service/registry.rs`).
+    pub registry: String,
     pub ack_wait_ms: u64,
     pub progress_ack_ms: u64,
     /// What must wait for NATS (publishing an answer, setting up and

@@ -169,12 +169,14 @@ impl Environments {
 
     /// The environment key of a repo's tree (see the module doc).
     pub async fn key(&self, repo: &RepoConfig, inputs: &[(String, String)]) -> Result<String> {
-        let base = self.docker.inspect_image(&repo.image).await.map_err(|e| {
-            GenesisError::sandbox(
-                format!("image {}", repo.image),
-                format!("{e} (build it with `genesis images build`)"),
-            )
-        })?;
+        let limit = std::time::Duration::from_millis(self.config.sandbox.docker_timeout_ms);
+        let inspect = async {
+            self.docker
+                .inspect_image(&repo.image)
+                .await
+                .map_err(|e| GenesisError::image(&repo.image, e))
+        };
+        let base = crate::sandbox::within(limit, "looking up the image", inspect).await?;
         Ok(environment_key(
             &self.home_label,
             base.id.as_deref().unwrap_or_default(),

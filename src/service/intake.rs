@@ -23,6 +23,9 @@ pub(super) struct Incoming {
     pub(super) reply: Option<String>,
     /// The JetStream message to acknowledge, in JetStream mode.
     pub(super) jetstream: Option<jetstream::Message>,
+    /// A request resumed from the store: the stream sequence of the
+    /// message it first came in (its redeliveries are not new requests).
+    pub(super) resumed_seq: Option<u64>,
 }
 
 impl Incoming {
@@ -33,6 +36,7 @@ impl Incoming {
             .as_ref()
             .and_then(|m| m.info().ok())
             .map(|info| info.stream_sequence)
+            .or(self.resumed_seq)
     }
 
     pub(super) fn traceparent(&self) -> Option<String> {
@@ -67,6 +71,7 @@ pub(super) async fn intake_core(
             headers: msg.headers,
             reply: msg.reply.map(|r| r.to_string()),
             jetstream: None,
+            resumed_seq: None,
         };
         let service = service.clone();
         tasks.spawn(async move {
@@ -109,6 +114,7 @@ pub(super) async fn intake_jetstream(
             headers,
             reply,
             jetstream: Some(msg),
+            resumed_seq: None,
         };
         let service = service.clone();
         tasks.spawn(async move {
