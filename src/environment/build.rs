@@ -12,7 +12,7 @@ use crate::errors::{GenesisError, Result};
 use crate::sandbox::{tail, CappedLog, Role, RunOutcome, Sandbox, SandboxBuilder};
 
 use super::{record_path, write_record, EnvRecord, EnvRequest, Environments, IMAGE_REPO};
-use super::{LABEL_ENV_KEY, LABEL_ENV_REPO};
+use super::{LABEL_ENV_KEY, LABEL_ENV_PRIVATE, LABEL_ENV_REPO};
 
 /// Where the host's CA bundle goes, and the variables that point the usual
 /// tools at it (pip and requests, cargo, node, git, curl, hex, OpenSSL).
@@ -118,6 +118,7 @@ pub(super) async fn build(
             built_at_ms: now,
             build_ms,
             last_used_ms: now,
+            private_to: request.private.then(|| request.experiment_id.to_owned()),
         },
     )?;
     Ok(EnvironmentRef {
@@ -224,10 +225,16 @@ fn judge_install(request: &EnvRequest<'_>, run: &RunOutcome, timeout_ms: u64) ->
 
 async fn commit(sandbox: &Sandbox, request: &EnvRequest<'_>, key: &str) -> Result<String> {
     let repo = super::image_component(request.repo_name);
-    let labels = HashMap::from([
+    let mut labels = HashMap::from([
         (LABEL_ENV_REPO.to_string(), request.repo_name.to_string()),
         (LABEL_ENV_KEY.to_string(), key.to_string()),
     ]);
+    if request.private {
+        labels.insert(
+            LABEL_ENV_PRIVATE.to_string(),
+            request.experiment_id.to_string(),
+        );
+    }
     sandbox
         .commit(&format!("{IMAGE_REPO}/{repo}"), key, labels)
         .await

@@ -43,6 +43,7 @@ impl Runner {
                     inputs: &primary.base_inputs,
                     snapshot: &primary.base,
                     experiment_id: id,
+                    private: false,
                 },
                 &say,
             )
@@ -65,7 +66,8 @@ impl Runner {
                 stage::ENVIRONMENT_BUILDING,
                 "the patch changes install inputs",
             );
-            self.environments
+            let private = self
+                .environments
                 .ensure(
                     &EnvRequest {
                         repo_name: &plan.primary,
@@ -73,10 +75,13 @@ impl Runner {
                         inputs: &primary.candidate_inputs,
                         snapshot: &primary.candidate,
                         experiment_id: id,
+                        private: true,
                     },
                     &say,
                 )
-                .await?
+                .await?;
+            plan.private_environment = Some(private.clone());
+            private
         };
         self.telemetry.environment_ready(&base);
         if candidate != base {
@@ -86,6 +91,16 @@ impl Runner {
         plan.candidate_image = candidate.image.clone();
         plan.environment = Some(candidate);
         Ok(())
+    }
+}
+
+impl Runner {
+    /// Removes the candidate's private environment, if it had one: no
+    /// other experiment may use it (see `environment` "Private environments").
+    pub(super) async fn discard_private_environment(&self, plan: &Plan) {
+        if let Some(env) = &plan.private_environment {
+            self.environments.discard(&plan.primary, env).await;
+        }
     }
 }
 
@@ -151,6 +166,7 @@ impl Runner {
                     inputs: &prepared.base_inputs,
                     snapshot: &prepared.base,
                     experiment_id: ENV_BUILD_ID,
+                    private: false,
                 },
                 &say,
             )

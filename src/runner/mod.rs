@@ -35,7 +35,7 @@ use crate::errors::{GenesisError, Result};
 use crate::judgement::metrics::{judge, outcome_pairs, MeasuredRun};
 use crate::results::TestReport;
 use crate::sandbox::{self, home_label, Resources, Role};
-use crate::snapshot::{Owner, Snapshotter};
+use crate::snapshot::{Owner, PreparedRepo, Snapshotter};
 use crate::store::faults::home_full_or;
 use crate::store::{ExperimentRecord, MetricsRow, Status, Store, TestOutcomes};
 
@@ -406,9 +406,24 @@ impl Runner {
         );
 
         self.environments_for(request, &mut plan, progress).await?;
-        let baseline = self.baseline(request, &plan, progress).await?;
+        let measured = self.measure(request, &plan, &primary, progress).await;
+        self.discard_private_environment(&plan).await;
+        measured
+    }
+
+    /// Runs the baseline, the candidate and the flaky checks of a planned
+    /// experiment, then judges them.
+    async fn measure(
+        &self,
+        request: &Request,
+        plan: &Plan,
+        primary: &PreparedRepo,
+        progress: &dyn Progress,
+    ) -> Result<(Completed, MetricsRow, TestOutcomes)> {
+        let id = &request.experiment_id;
+        let baseline = self.baseline(request, plan, progress).await?;
         let candidate = self
-            .suite(id, Role::Candidate, &plan, false, progress)
+            .suite(id, Role::Candidate, plan, false, progress)
             .await?;
         let cand_report = candidate.report.clone().ok_or_else(|| {
             GenesisError::NoTests(candidate.report_error.clone().unwrap_or_default())
@@ -429,10 +444,10 @@ impl Runner {
         };
         let base_report = baseline.report.as_ref().unwrap_or(&empty);
         let flaky = self
-            .find_flaky(id, &plan, base_report, &cand_report, progress)
+            .find_flaky(id, plan, base_report, &cand_report, progress)
             .await?;
-        let (analysis, change) = self.analyze_change(id, &plan).await;
-        let llm = llm_summary(&plan, &baseline, &candidate);
+        let (analysis, change) = self.analyze_change(id, plan).await;
+        let llm = llm_summary(plan, &baseline, &candidate);
         let base_resources = baseline.resources();
         let cand_resources = candidate.resources();
         let judged = judge(

@@ -44,6 +44,9 @@ pub(super) struct Plan {
     pub(super) candidate_image: String,
     /// The candidate's environment, for the result.
     pub(super) environment: Option<EnvironmentRef>,
+    /// The candidate's own environment when its patch changed install
+    /// inputs: private to this experiment, discarded after its runs.
+    pub(super) private_environment: Option<EnvironmentRef>,
     /// Where each run's line coverage comes from, when configured.
     pub(super) coverage: Option<CoverageSpec>,
     /// Every run's LLM endpoint (contract §2b); None for `llm_stub = false`.
@@ -162,6 +165,7 @@ impl Runner {
             base_image: image.clone(),
             candidate_image: image,
             environment: None,
+            private_environment: None,
             repo,
             prepared,
             limits,
