@@ -304,6 +304,8 @@ pub struct CleanupPolicy {
     pub analysis_days: u64,
     /// Snapshot layers unused this long are removed (unless mounted).
     pub layer_keep_hours: u64,
+    /// Caches used this recently are never removed for the disk budget.
+    pub budget_grace_minutes: u64,
 }
 
 /// `[llm]`: the LLM endpoint every test run gets (contract §2b). Every

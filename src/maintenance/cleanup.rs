@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use super::*;
 
+mod budget;
+
 /// What cleanup should do with a sandbox directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SandboxAction {
@@ -77,8 +79,10 @@ pub struct CleanupReport {
     pub containers_removed: Vec<String>,
     /// Environment images removed (unused past keep_days, or over budget).
     pub environments_removed: Vec<String>,
-    /// Snapshot layers removed (unused past layer_keep_hours).
+    /// Snapshot layers removed (unused past layer_keep_hours, or over budget).
     pub layers_removed: Vec<String>,
+    /// Snapshot tarballs removed (over budget).
+    pub snapshots_removed: Vec<String>,
     /// Archives failing verification; kept for inspection.
     pub corrupt_archives: Vec<String>,
     pub freed_bytes: u64,
@@ -95,13 +99,14 @@ impl CleanupReport {
     /// One line for logs and the job state.
     pub fn summary(&self) -> String {
         format!(
-            "deleted {}, archived {}, pruned {}, containers removed {}, environments removed {}, layers removed {}, corrupt archives {}, freed {:.1} MB, home {:.1} of {:.0} MB{}",
+            "deleted {}, archived {}, pruned {}, containers removed {}, environments removed {}, layers removed {}, snapshots removed {}, corrupt archives {}, freed {:.1} MB, home {:.1} of {:.0} MB{}",
             self.deleted.len(),
             self.archived.len(),
             self.pruned.len(),
             self.containers_removed.len(),
             self.environments_removed.len(),
             self.layers_removed.len(),
+            self.snapshots_removed.len(),
             self.corrupt_archives.len(),
             self.freed_bytes as f64 / BYTES_PER_MB as f64,
             self.disk_used_bytes as f64 / BYTES_PER_MB as f64,
@@ -142,16 +147,25 @@ pub async fn cleanup(
     store: &Store,
     now: DateTime<Utc>,
 ) -> Result<CleanupReport> {
+    // Containers and environments first: a reaped container releases the
+    // layers it mounted, and environments go before any archive (see
+    // `budget`).
+    let mut early = CleanupReport::default();
+    reap_containers(config, store, &mut early).await;
+    prune_environments(config, now, &mut early).await;
     let (cfg, st) = (config.clone(), store.clone());
     let mut report = tokio::task::spawn_blocking(move || {
         let mut files = Cleaner::new(&cfg, &st, now.timestamp_millis());
+        files.report.containers_removed = early.containers_removed;
+        files.report.environments_removed = early.environments_removed;
+        files.report.freed_bytes = early.freed_bytes;
+        files.report.notes = early.notes;
+        files.report.errors = early.errors;
         files.run();
         files.report
     })
     .await
     .map_err(|e| GenesisError::Internal(format!("cleanup task: {e}")))?;
-    reap_containers(config, store, &mut report).await;
-    prune_environments(config, now, &mut report).await;
     report.disk_used_bytes = disk_usage_bytes(&config.home);
     Ok(report)
 }
@@ -356,55 +370,6 @@ impl<'a> Cleaner<'a> {
         let detail = format!("archived to {}", dest.display());
         self.history(id, "delete", dir, size, &detail);
         Ok(())
-    }
-
-    /// Prunes intact archives, oldest experiment first, while GENESIS_HOME
-    /// is over budget. Corrupt archives and those of unfinished experiments stay.
-    fn budget(&mut self, checks: &[ArchiveCheck]) {
-        let budget = self.report.disk_budget_bytes;
-        let mut used = disk_usage_bytes(&self.config.home);
-        if used <= budget {
-            return;
-        }
-        let mut candidates: Vec<(i64, &ArchiveCheck)> = Vec::new();
-        for check in checks.iter().filter(|c| c.report.is_ok()) {
-            match self.store.get(&check.id) {
-                Ok(Some(r)) if !r.status.is_final() => continue,
-                Ok(Some(r)) => candidates.push((r.updated_at, check)),
-                // An archive without a record: its file time is all we know.
-                Ok(None) => candidates.push((mtime_ms(&check.path), check)),
-                Err(e) => self.report.errors.push(format!("{}: {e}", check.id)),
-            }
-        }
-        candidates.sort_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
-        for (_, check) in candidates {
-            if used <= budget {
-                break;
-            }
-            if let Err(e) = fs::remove_file(&check.path) {
-                self.report.errors.push(format!(
-                    "{}: pruning {}: {e}",
-                    check.id,
-                    check.path.display()
-                ));
-                continue;
-            }
-            used = used.saturating_sub(check.size_bytes);
-            self.report.freed_bytes += check.size_bytes;
-            self.report.pruned.push(check.id.clone());
-            let detail = format!(
-                "archive pruned: GENESIS_HOME over its {} MB budget",
-                self.config.cleanup.disk_budget_mb
-            );
-            self.history(&check.id, "delete", &check.path, check.size_bytes, &detail);
-        }
-        if used > budget {
-            self.report.notes.push(format!(
-                "GENESIS_HOME still uses {:.1} MB of a {} MB budget; nothing else may be pruned (snapshots, mirrors and the store are not)",
-                used as f64 / BYTES_PER_MB as f64,
-                self.config.cleanup.disk_budget_mb
-            ));
-        }
     }
 
     /// Removes spool directories and half-written archives left by a crash,

@@ -125,6 +125,7 @@ mod tests {
             disk_budget_mb: 1,
             analysis_days: 30,
             layer_keep_hours: 72,
+            budget_grace_minutes: 30,
         }
     }
 

@@ -383,6 +383,11 @@ impl Snapshotter {
         let key = cache_key(name, self.owner, None);
         let tarball = dir.join(format!("{commit}-{key}.tar.gz"));
         if tarball.exists() {
+            // A use refreshes the mtime: the cleanup job's disk budget
+            // removes the least recently used tarballs first, and none used
+            // within `[cleanup] budget_grace_minutes`.
+            let now = fs::FileTimes::new().set_modified(std::time::SystemTime::now());
+            let _ = fs::File::open(&tarball).and_then(|f| f.set_times(now));
             return Ok(tarball);
         }
         let commit_obj = repo
