@@ -355,3 +355,150 @@ fn the_repos_of_a_multi_repo_experiment_are_layered_together() {
         "{candidate}"
     );
 }
+
+/// One workspace entry as a tar holds it: (type, mode, mtime, content or
+/// link target), by path below `workspace/`.
+type TreeListing = std::collections::BTreeMap<String, (char, u32, u64, Vec<u8>)>;
+
+/// The members of a tar (gzip'd or not) below `prefix`, pax headers left out.
+fn tar_listing(bytes: &[u8], prefix: &str) -> TreeListing {
+    use std::io::Read;
+    let reader: Box<dyn Read> = if bytes.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::GzDecoder::new(bytes))
+    } else {
+        Box::new(bytes)
+    };
+    let mut archive = tar::Archive::new(reader);
+    let mut out = TreeListing::new();
+    for entry in archive.entries().unwrap() {
+        let mut e = entry.unwrap();
+        let kind = e.header().entry_type();
+        let path = String::from_utf8(e.path_bytes().into_owned()).unwrap();
+        let Some(rel) = path.strip_prefix(prefix) else {
+            continue;
+        };
+        let rel = rel.trim_end_matches('/').to_owned();
+        if rel.is_empty() || kind.is_pax_global_extensions() {
+            continue;
+        }
+        let (tag, data) = if kind.is_dir() {
+            ('d', Vec::new())
+        } else if kind.is_symlink() {
+            ('l', e.link_name_bytes().unwrap().into_owned())
+        } else {
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            ('f', data)
+        };
+        let mode = e.header().mode().unwrap() & 0o7777;
+        out.insert(rel, (tag, mode, e.header().mtime().unwrap(), data));
+    }
+    out
+}
+
+/// What `git archive` makes of each repo's candidate commit (the mirror's
+/// `refs/genesis/ID`), with the modes a checkout under umask 022 has.
+fn git_archive_of(home: &TestHome, id: &str, repos: &[&str]) -> TreeListing {
+    let mut all = TreeListing::new();
+    for repo in repos {
+        let mirror = home.home().join("mirrors").join(format!("{repo}.git"));
+        let out = std::process::Command::new("git")
+            .args(["-c", "tar.umask=0022", "archive", "--format=tar"])
+            .arg(format!("--prefix={repo}/"))
+            .arg(format!("refs/genesis/{id}"))
+            .current_dir(&mirror)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        all.extend(tar_listing(&out.stdout, ""));
+    }
+    all
+}
+
+/// Exports `id` with the command line and returns its workspace.
+fn exported_workspace(home: &TestHome, id: &str, name: &str) -> (TreeListing, Vec<u8>) {
+    let path = home.root().join(name);
+    let out = home.run_args(&["sandbox", "export", id, "--output", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let bytes = std::fs::read(&path).unwrap();
+    (tar_listing(&bytes, &format!("{id}/workspace/")), bytes)
+}
+
+/// The first difference between two listings, said for a person.
+fn first_difference(got: &TreeListing, want: &TreeListing) -> Option<String> {
+    for (path, entry) in want {
+        match got.get(path) {
+            None => {
+                return Some(format!(
+                    "{path} is missing ({} entries instead of {})",
+                    got.len(),
+                    want.len()
+                ))
+            }
+            Some(g) if g != entry => {
+                return Some(format!(
+                    "{path}: (type, mode, mtime) {:?} instead of {:?}, content equal: {}",
+                    (g.0, format!("{:o}", g.1), g.2),
+                    (entry.0, format!("{:o}", entry.1), entry.2),
+                    g.3 == entry.3
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    got.keys()
+        .find(|p| !want.contains_key(*p))
+        .map(|p| format!("{p} is not in the candidate commit"))
+}
+
+#[test]
+fn an_export_holds_the_workspace_as_tested_layered_or_not_live_or_archived() {
+    ensure_image("busybox");
+    let scratch = tempfile::tempdir().unwrap();
+    let app = repo(scratch.path());
+    let lib = git_repo(
+        &scratch.path().join("lib"),
+        &[("lib.txt", "lib before\n"), ("old/gone.txt", "goes\n")],
+    );
+    let (app_path, lib_path) = (app.display().to_string(), lib.display().to_string());
+    let app_patch = patch(&app);
+    let lib_patch = diff_for(
+        &lib,
+        &[("lib.txt", Some("lib after\n")), ("old/gone.txt", None)],
+    );
+    for layers in [true, false] {
+        let mut config = two_repo_config(layers, &app_path, &lib_path);
+        // Merged experiments are archived by the next cleanup.
+        config.push_str("[cleanup]\narchive_after_hours = 0\n");
+        let home = TestHome::new(&config);
+        run(&home, "single", &app_patch);
+        let mut multi = request("multi", "low", &FILES, &app_patch);
+        multi["changes"]["patches"] = serde_json::json!({ "lib": lib_patch });
+        let r = result_json(&home.run_request(&multi));
+        assert_eq!(r["status"], "success", "{r}");
+
+        let cases = [("single", &["app"][..]), ("multi", &["app", "lib"][..])];
+        let mut live = Vec::new();
+        for (id, repos) in cases {
+            let want = git_archive_of(&home, id, repos);
+            let (got, bytes) = exported_workspace(&home, id, &format!("{id}-live.tar.gz"));
+            if let Some(why) = first_difference(&got, &want) {
+                panic!("layers {layers}, {id}, live: the export's workspace differs from git archive: {why}");
+            }
+            live.push(bytes);
+        }
+        let cleanup = home.run_args(&["jobs", "run", "cleanup"]);
+        assert!(cleanup.status.success(), "{cleanup:?}");
+        for ((id, _), live) in cases.iter().zip(live) {
+            let archive = home.home().join("archives").join(format!("{id}.tar.gz"));
+            assert!(archive.exists(), "layers {layers}: {id} was not archived");
+            let (_, bytes) = exported_workspace(&home, id, &format!("{id}-archived.tar.gz"));
+            assert!(
+                bytes == live,
+                "layers {layers}, {id}: the archived export differs from the live one"
+            );
+            let report = genesis::maintenance::verify_archive(&archive).unwrap();
+            assert!(report.is_ok(), "{report:?}");
+        }
+    }
+}

@@ -1,13 +1,10 @@
 //! Bundles: the deterministic .tar.gz of a sandbox (members, spooling
 //! the snapshot, MANIFEST, writing). See the parent module for the format.
 
-use crate::contract::ExperimentResult;
 use crate::errors::{GenesisError, Result};
-use crate::snapshot::Owner;
-use flate2::read::MultiGzDecoder;
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,14 +29,18 @@ pub(super) struct Member {
     pub(super) name: String,
     pub(super) source: Source,
     pub(super) mode: u32,
+    /// 0 for the sandbox's own files; a workspace member keeps the time
+    /// the run saw (its commit's).
+    pub(super) mtime: u64,
 }
 
 impl Member {
-    fn dir(name: String) -> Member {
+    pub(super) fn dir(name: String) -> Member {
         Member {
             name,
             source: Source::Dir,
             mode: DIR_MODE,
+            mtime: 0,
         }
     }
 
@@ -66,7 +67,7 @@ pub(super) fn name_ok(part: &str) -> bool {
 
 /// 0755 when the owner may execute it, else 0644: the only mode bit that
 /// matters to a test run, and the only one kept.
-fn file_mode(mode: u32) -> u32 {
+pub(super) fn file_mode(mode: u32) -> u32 {
     if mode & 0o100 != 0 {
         EXEC_MODE
     } else {
@@ -122,7 +123,13 @@ pub(super) fn walk_tree(
         } else if kind.is_file() {
             let mode = file_mode(meta.mode());
             let source = Source::File(path);
-            out.insert(name.clone(), Member { name, source, mode });
+            let member = Member {
+                name: name.clone(),
+                source,
+                mode,
+                mtime: 0,
+            };
+            out.insert(name, member);
         } else {
             let what = if kind.is_symlink() {
                 "symlink"
@@ -136,8 +143,8 @@ pub(super) fn walk_tree(
 }
 
 /// A private directory for spooled snapshot files, removed on drop.
-struct Spool {
-    path: PathBuf,
+pub(super) struct Spool {
+    pub(super) path: PathBuf,
 }
 
 pub(super) static SPOOL_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -180,79 +187,6 @@ pub(super) fn snapshot_rel(raw: &[u8]) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("/"))
 }
 
-/// Copies a snapshot's regular files into `spool` and returns every usable
-/// member (files, directories, symlinks) named `workspace/...`.
-fn spool_snapshot(tarball: &Path, spool: &Path, notes: &mut Vec<String>) -> Result<Members> {
-    let context = || format!("reading snapshot {}", tarball.display());
-    let file = open_nofollow(tarball).map_err(|e| GenesisError::io(context(), e))?;
-    let mut archive = tar::Archive::new(MultiGzDecoder::new(io::BufReader::new(file)));
-    let mut out = Members::new();
-    for entry in archive
-        .entries()
-        .map_err(|e| GenesisError::io(context(), e))?
-    {
-        let mut entry = entry.map_err(|e| GenesisError::io(context(), e))?;
-        let raw = entry.path_bytes().into_owned();
-        let Some(rel) = snapshot_rel(&raw) else {
-            notes.push(format!(
-                "workspace: skipped unsafe member {:?}",
-                String::from_utf8_lossy(&raw)
-            ));
-            continue;
-        };
-        let name = format!("{WORKSPACE}/{rel}");
-        if out.contains_key(&name) {
-            notes.push(format!("workspace: skipped duplicate member {rel}"));
-            continue;
-        }
-        let kind = entry.header().entry_type();
-        let target = spool.join(&rel);
-        if kind.is_dir() {
-            fs::create_dir_all(&target)
-                .map_err(|e| GenesisError::io(format!("spooling {rel}"), e))?;
-            out.insert(name.clone(), Member::dir(name));
-        } else if kind.is_file() {
-            let mode = file_mode(entry.header().mode().unwrap_or(FILE_MODE));
-            if let Err(e) = spool_file(&mut entry, &target) {
-                notes.push(format!("workspace: skipped {rel}: {e}"));
-                continue;
-            }
-            let source = Source::File(target);
-            out.insert(name.clone(), Member { name, source, mode });
-        } else if kind.is_symlink() {
-            let link = entry.link_name_bytes().map(|l| l.into_owned());
-            let Some(link) = link.and_then(|l| String::from_utf8(l).ok()) else {
-                notes.push(format!(
-                    "workspace: skipped symlink {rel}: unreadable target"
-                ));
-                continue;
-            };
-            let source = Source::Link(link);
-            let mode = LINK_MODE;
-            out.insert(name.clone(), Member { name, source, mode });
-        } else {
-            notes.push(format!(
-                "workspace: skipped {rel}: not a file, directory or symlink"
-            ));
-        }
-    }
-    Ok(out)
-}
-
-/// Writes one snapshot file into the spool; `create_new` in directories made
-/// here, so nothing outside the spool is written or followed.
-fn spool_file(entry: &mut impl Read, target: &Path) -> io::Result<()> {
-    if let Some(parent) = target.parent() {
-        fs::create_dir_all(parent)?;
-    }
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(target)?;
-    io::copy(entry, &mut file)?;
-    Ok(())
-}
-
 /// Adds a directory member for every ancestor of every member, dropping
 /// members whose ancestor is not a directory (a path below a symlink).
 fn add_parents(members: &mut Members, notes: &mut Vec<String>) {
@@ -274,65 +208,6 @@ fn add_parents(members: &mut Members, notes: &mut Vec<String>) {
             ancestor = parent;
         }
     }
-}
-
-/// The candidate snapshot tarball named by `result.json` (packed into
-/// `spool` from the repo's mirror when the runs were layered and left no
-/// tarball), or why there is none.
-fn candidate_snapshot(
-    home: &Path,
-    sandbox: &Path,
-    spool: &Path,
-) -> std::result::Result<PathBuf, String> {
-    let mut text = String::new();
-    open_nofollow(&sandbox.join("result.json"))
-        .and_then(|mut f| f.read_to_string(&mut text))
-        .map_err(|e| format!("no workspace: result.json unreadable ({e})"))?;
-    let result: ExperimentResult = serde_json::from_str(&text)
-        .map_err(|e| format!("no workspace: result.json is not a result ({e})"))?;
-    let ExperimentResult::Success(completed) = result else {
-        return Err("no workspace: the experiment failed before a candidate was judged".into());
-    };
-    let commit = completed.candidate.commit;
-    // The commit becomes part of a file name: hex only.
-    if commit.is_empty() || !commit.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(format!(
-            "no workspace: candidate commit {commit:?} is not hex"
-        ));
-    }
-    let dir = home.join("snapshots");
-    let prefix = format!("{commit}-");
-    let mut found: Vec<PathBuf> = fs::read_dir(&dir)
-        .map_err(|e| format!("no workspace: {} unreadable ({e})", dir.display()))?
-        .flatten()
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with(&prefix) && name.ends_with(".tar.gz")
-        })
-        .map(|e| e.path())
-        .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
-        .collect();
-    // Several only if the owner or repo name changed; pick one deterministically.
-    found.sort();
-    if let Some(tarball) = found.into_iter().next() {
-        return Ok(tarball);
-    }
-    let repo = completed.candidate.repo;
-    if !name_ok(&repo) {
-        return Err(format!(
-            "no workspace: repo name {repo:?} is not a plain name"
-        ));
-    }
-    // The bundle keeps modes, not owners: root's ownership is as good as any.
-    let snapshotter = crate::snapshot::Snapshotter::new(home, Owner { uid: 0, gid: 0 });
-    let dest = spool.join("candidate.tar.gz");
-    snapshotter
-        .pack_uncached(&repo, &commit, &dest)
-        .map(|()| dest)
-        .map_err(|e| {
-            format!("no workspace: no snapshot of candidate commit {commit} in snapshots/, and packing it from the mirror failed: {e}")
-        })
 }
 
 /// Everything a live sandbox's bundle holds, ready to write.
@@ -366,18 +241,15 @@ fn plan_live(home: &Path, id: &str) -> Result<Plan> {
         !reserved
     });
     let spool = Spool::create(home)?;
-    let spool = match candidate_snapshot(home, &dir, &spool.path) {
-        Ok(tarball) => {
-            members.extend(spool_snapshot(&tarball, &spool.path, &mut notes)?);
+    let spool = match workspace_members(home, &dir, &spool.path, &mut notes)? {
+        Some(workspace) => {
+            members.extend(workspace);
             members
                 .entry(WORKSPACE.into())
                 .or_insert_with(|| Member::dir(WORKSPACE.into()));
             Some(spool)
         }
-        Err(why) => {
-            notes.push(why);
-            None
-        }
+        None => None,
     };
     add_parents(&mut members, &mut notes);
     Ok(Plan {

@@ -103,14 +103,14 @@ pub struct BundleInfo {
     pub sha256: String,
 }
 
-fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+fn header(kind: tar::EntryType, mode: u32, size: u64, mtime: u64) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
     h.set_mode(mode);
     h.set_size(size);
     h.set_uid(0);
     h.set_gid(0);
-    h.set_mtime(0);
+    h.set_mtime(mtime);
     h
 }
 
@@ -147,6 +147,7 @@ pub(super) fn write_bundle(id: &str, mut members: Members, dest: &Path) -> Resul
             name: MANIFEST.into(),
             source: Source::Bytes(manifest),
             mode: FILE_MODE,
+            mtime: 0,
         },
     );
     let mut ordered: Vec<&Member> = members.values().collect();
@@ -158,7 +159,7 @@ pub(super) fn write_bundle(id: &str, mut members: Members, dest: &Path) -> Resul
         .mtime(0)
         .write(io::BufWriter::new(file), Compression::default());
     let mut tar = tar::Builder::new(gz);
-    let mut root = header(tar::EntryType::Directory, DIR_MODE, 0);
+    let mut root = header(tar::EntryType::Directory, DIR_MODE, 0, 0);
     tar.append_data(&mut root, format!("{id}/"), io::empty())
         .map_err(|e| GenesisError::io(context(), e))?;
     for m in &ordered {
@@ -196,20 +197,20 @@ fn append_member<W: Write>(
     let context = || format!("adding {path} to the bundle");
     match &m.source {
         Source::Dir => {
-            let mut h = header(tar::EntryType::Directory, m.mode, 0);
+            let mut h = header(tar::EntryType::Directory, m.mode, 0, m.mtime);
             tar.append_data(&mut h, format!("{path}/"), io::empty())
         }
         Source::Link(target) => {
-            let mut h = header(tar::EntryType::Symlink, m.mode, 0);
+            let mut h = header(tar::EntryType::Symlink, m.mode, 0, m.mtime);
             tar.append_link(&mut h, &path, target)
         }
         Source::Bytes(bytes) => {
-            let mut h = header(tar::EntryType::Regular, m.mode, bytes.len() as u64);
+            let mut h = header(tar::EntryType::Regular, m.mode, bytes.len() as u64, m.mtime);
             tar.append_data(&mut h, &path, bytes.as_slice())
         }
         Source::File(file) => {
             let (want, size) = digests.get(&m.name).cloned().unwrap_or_default();
-            append_file(tar, &path, m.mode, file, &want, size)
+            append_file(tar, &path, m, file, &want, size)
         }
     }
     .map_err(|e| GenesisError::io(context(), e))
@@ -220,13 +221,13 @@ fn append_member<W: Write>(
 fn append_file<W: Write>(
     tar: &mut tar::Builder<W>,
     path: &str,
-    mode: u32,
+    member: &Member,
     file: &Path,
     want: &str,
     size: u64,
 ) -> io::Result<()> {
     let mut reader = Hashing::new(open_nofollow(file)?.take(size));
-    let mut h = header(tar::EntryType::Regular, mode, size);
+    let mut h = header(tar::EntryType::Regular, member.mode, size, member.mtime);
     tar.append_data(&mut h, path, &mut reader)?;
     if reader.count != size || reader.hex() != want {
         return Err(io::Error::other(

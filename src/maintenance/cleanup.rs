@@ -372,15 +372,18 @@ impl<'a> Cleaner<'a> {
         Ok(())
     }
 
-    /// Removes spool directories and half-written archives left by a crash,
-    /// once they are older than `delete_after_hours`.
+    /// Removes spool directories and half-written archives, layers and
+    /// snapshot tarballs left by a crash, once they are older than
+    /// `delete_after_hours`.
     fn stale_temp(&mut self) {
         let limit_ms = hours_in_ms(self.config.cleanup.delete_after_hours);
         let home = &self.config.home;
         let spools = (home.join("tmp"), SPOOL_PREFIX, "");
         let archives = (archives_dir(home), ".", ".tmp");
         let layers = (crate::snapshot::layers_dir(home), ".", ".tmp");
-        for (dir, prefix, suffix) in [spools, archives, layers] {
+        // Tarballs are still packed for environments and non-layered runs.
+        let snapshots = (home.join("snapshots"), ".", ".tmp");
+        for (dir, prefix, suffix) in [spools, archives, layers, snapshots] {
             let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
             };

@@ -5,15 +5,17 @@
 //!   deterministic `.tar.gz` whose members all sit under `ID/` and whose
 //!   `ID/MANIFEST` lists the sha256 of every other member. It holds the
 //!   sandbox directory (request, patches, result, each run's `test.log` and
-//!   `out/` reports) plus `ID/workspace/`, the contents of the candidate
-//!   snapshot the tests ran against. So an archive stays self-contained after
-//!   the snapshot cache is gone, and exporting an archived sandbox is a
-//!   verified copy of the archive: the same bytes as exporting it live.
+//!   `out/` reports) plus `ID/workspace/NAME/`, every repo's candidate tree
+//!   as the tests saw it, rebuilt from the mirrors (`workspace.rs`), layered
+//!   runs or not. So an archive stays self-contained after layers and
+//!   caches are gone, and exporting an archived sandbox is a verified copy
+//!   of the archive: the same bytes as exporting it live.
 //! - **Deterministic bytes.** Members are sorted by name (directories as
-//!   `name/`, so a directory precedes its contents), headers carry mtime 0,
-//!   uid/gid 0 and fixed modes (0644, 0755 when the owner-execute bit is set,
-//!   0755 for directories), and gzip is written with a fixed header (mtime 0,
-//!   no file name). The same inputs always give the same file.
+//!   `name/`, so a directory precedes its contents), headers carry uid/gid
+//!   0, fixed modes (0644, 0755 when the owner-execute bit is set, 0755 for
+//!   directories) and mtime 0, except the workspace's, which keep their
+//!   commit's time (what the run saw); gzip is written with a fixed header
+//!   (mtime 0, no file name). The same inputs always give the same file.
 //! - **Never follow a link.** The sandbox tree is read with `symlink_metadata`
 //!   and files are opened `O_NOFOLLOW | O_NONBLOCK`; links on disk are
 //!   skipped. Snapshot members are copied from the tar, never through the file
@@ -26,8 +28,9 @@
 //!   target text, so retargeting one is detected too. Directories carry no
 //!   content and are not listed. [`verify_archive`] requires every listed
 //!   member to be present and match, and every non-directory member to be
-//!   listed; it also rejects unsafe names, other member types, duplicates and
-//!   anything after the end of the tar.
+//!   listed; it also rejects unsafe names, other member types, duplicates,
+//!   anything after the end of the tar, and a `workspace.json` naming a
+//!   repo whose `workspace/NAME/` is not there.
 //! - **Trust.** An archive is verified before its sandbox directory is removed
 //!   and before it is exported. A corrupt archive is reported (health,
 //!   doctor, show) and kept for inspection: cleanup never deletes it.
@@ -54,7 +57,9 @@ use crate::config::Config;
 mod bundle;
 use bundle::*;
 mod bundle_write;
+mod workspace;
 pub use bundle_write::*;
+use workspace::*;
 mod verify;
 pub use verify::*;
 mod sandbox_export;
@@ -224,6 +229,60 @@ mod tests {
         assert!(report.is_ok(), "{report:?}");
         assert_eq!(report.experiment_id.as_deref(), Some("exp-1"));
         assert_eq!(report.files_checked, 2);
+    }
+
+    #[test]
+    fn a_workspace_record_without_its_workspace_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = br#"{"repos":[{"repo":"app","base_commit":"a","commit":"b"}]}"#;
+        let mut members = Members::new();
+        members.insert(
+            crate::snapshot::WORKSPACE_RECORD.into(),
+            Member {
+                name: crate::snapshot::WORKSPACE_RECORD.into(),
+                source: Source::Bytes(record.to_vec()),
+                mode: FILE_MODE,
+                mtime: 0,
+            },
+        );
+        let lacking = dir.path().join("lacking.tar.gz");
+        write_bundle("exp-1", members.clone(), &lacking).unwrap();
+        let report = verify_archive(&lacking).unwrap();
+        assert_eq!(
+            report.problems,
+            ["workspace.json names repo app but the bundle has no workspace/app/"]
+        );
+
+        for name in [WORKSPACE, "workspace/app"] {
+            members.insert(name.into(), Member::dir(name.into()));
+        }
+        let whole = dir.path().join("whole.tar.gz");
+        write_bundle("exp-1", members, &whole).unwrap();
+        let report = verify_archive(&whole).unwrap();
+        assert!(report.is_ok(), "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn half_written_snapshot_tarballs_are_removed_once_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().to_path_buf();
+        let snapshots = home.join("snapshots");
+        fs::create_dir_all(&snapshots).unwrap();
+        let half = snapshots.join(".0123abcd-0123456789ab.77-0.tmp");
+        let whole = snapshots.join("0123abcd-0123456789ab.tar.gz");
+        fs::write(&half, "half").unwrap();
+        fs::write(&whole, "whole").unwrap();
+        let config = std::sync::Arc::new(
+            Config::from_layers(home.clone(), None, &crate::config::Env::default()).unwrap(),
+        );
+        let store = crate::store::Store::open(&home.join("genesis.redb")).unwrap();
+        let soon = chrono::Utc::now() + chrono::Duration::hours(1);
+        cleanup(&config, &store, soon).await.unwrap();
+        assert!(half.exists(), "removed before delete_after_hours");
+        let later = chrono::Utc::now() + chrono::Duration::hours(25);
+        cleanup(&config, &store, later).await.unwrap();
+        assert!(!half.exists());
+        assert!(whole.exists());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::sync::{LazyLock, Mutex};
 use std::time::SystemTime;
 
 use super::*;
+use crate::snapshot::WORKSPACE_RECORD;
 
 /// The outcome of checking a bundle against its MANIFEST.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -94,6 +95,11 @@ pub fn verify_archive(path: &Path) -> Result<VerifyReport> {
         Err(e) => report.problems.push(format!("unreadable: {e}")),
     }
     compare_with_manifest(&seen, &mut report);
+    if let Some(record) = &seen.workspace_record {
+        report
+            .problems
+            .extend(workspace_problems(record, &seen.digests));
+    }
     Ok(report)
 }
 
@@ -103,6 +109,8 @@ pub fn verify_archive(path: &Path) -> Result<VerifyReport> {
 struct Seen {
     digests: BTreeMap<String, Option<String>>,
     manifest: Option<Vec<u8>>,
+    /// The workspace record's text, when the bundle holds one.
+    workspace_record: Option<Vec<u8>>,
 }
 
 /// Splits a member path into its top directory and the rest, refusing
@@ -155,6 +163,13 @@ fn read_members<R: Read>(
                 report.problems.push("MANIFEST appears twice".into());
             }
             continue;
+        } else if kind.is_file() && rel == WORKSPACE_RECORD {
+            let mut text = Vec::new();
+            let mut bounded = (&mut entry).take(RECORD_CAP);
+            bounded.read_to_end(&mut text).map_err(|e| e.to_string())?;
+            let digest = sha256_hex(&text);
+            seen.workspace_record = Some(text);
+            Some(digest)
         } else if kind.is_file() {
             Some(hash_reader(&mut entry).map_err(|e| e.to_string())?.0)
         } else if kind.is_symlink() {

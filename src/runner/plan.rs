@@ -11,7 +11,7 @@ use crate::errors::{GenesisError, Result};
 use crate::results::coverage::CoverageSpec;
 use crate::results::ReportSpec;
 use crate::sandbox::llm::{Answers, LlmSetup};
-use crate::snapshot::{PreparedRepo, RepoInput};
+use crate::snapshot::{PreparedRepo, RepoInput, WorkspaceRecord, WORKSPACE_RECORD};
 
 use super::framework::choose_framework;
 use super::Runner;
@@ -125,7 +125,7 @@ impl Runner {
         })
         .await
         .map_err(|e| GenesisError::Internal(format!("snapshot task: {e}")))??;
-        self.save_patches(request)?;
+        self.save_patches(request, &prepared)?;
         let timeout_ms = request
             .timeout_ms
             .map_or(limits.timeout_ms, |t| t.min(limits.timeout_ms));
@@ -224,8 +224,9 @@ impl Runner {
         }))
     }
 
-    /// Keeps the patches beside the logs, for review and for the sandbox export.
-    fn save_patches(&self, request: &Request) -> Result<()> {
+    /// Keeps the request, the patches and the workspace's commits beside
+    /// the logs, for review and for the sandbox export.
+    fn save_patches(&self, request: &Request, prepared: &[PreparedRepo]) -> Result<()> {
         let dir = self.sandbox_dir(&request.experiment_id);
         std::fs::create_dir_all(&dir)
             .map_err(|e| GenesisError::io(format!("creating {}", dir.display()), e))?;
@@ -243,6 +244,10 @@ impl Runner {
         for (name, p) in &request.changes.patches {
             write(&format!("patch-{name}.diff"), p)?;
         }
-        Ok(())
+        let record = WorkspaceRecord::of(prepared);
+        write(
+            WORKSPACE_RECORD,
+            &serde_json::to_string_pretty(&record).unwrap_or_default(),
+        )
     }
 }

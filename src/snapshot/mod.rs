@@ -40,6 +40,8 @@ mod pack;
 use pack::*;
 mod layer;
 pub use layer::{layers_dir, DeltaContent, DeltaEntry, TreeDelta};
+mod record;
+pub use record::{RecordedRepo, WorkspaceRecord, WORKSPACE_RECORD};
 
 /// git's mode for a symbolic link.
 const MODE_LINK: i32 = 0o120000;
