@@ -83,7 +83,7 @@ impl Fixture {
             .history(id)
             .unwrap()
             .into_iter()
-            .map(|h| h.operation)
+            .map(|h| h.operation.as_str().to_owned())
             .collect()
     }
 }
@@ -233,9 +233,7 @@ fn add(f: &Fixture, id: &str, kind: Kind, age_hours: i64, extra: &[(&str, Vec<u8
         )),
         Kind::Running | Kind::Queued => None,
     };
-    rec.recommendation = result
-        .as_ref()
-        .map(|r| r.recommendation().as_str().to_owned());
+    rec.recommendation = result.as_ref().map(|r| r.recommendation());
     rec.result_json = result.as_ref().map(ExperimentResult::to_json);
     let metrics = match &result {
         Some(ExperimentResult::Success(c)) => Some(MetricsRow {
@@ -663,7 +661,7 @@ async fn tampered_archives_are_detected_reported_refused_and_kept() {
             .history(id)
             .unwrap()
             .into_iter()
-            .rfind(|h| h.operation == "verify")
+            .rfind(|h| h.operation == genesis::store::SandboxOperation::Verify)
             .unwrap();
         assert!(last_verify.detail.starts_with("corrupt"), "{last_verify:?}");
     }

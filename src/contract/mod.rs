@@ -543,6 +543,8 @@ mod metrics_record;
 pub use metrics_record::*;
 mod llm;
 pub use llm::*;
+mod named;
+pub use named::{by_name, Named};
 mod subjects_and_stages;
 pub use subjects_and_stages::{stage, subjects};
 

@@ -132,17 +132,11 @@ pub fn judge(
 }
 
 /// (id, outcome) pairs for storage.
-pub fn outcome_pairs(report: &TestReport) -> Vec<(String, String)> {
+pub fn outcome_pairs(report: &TestReport) -> Vec<(String, Outcome)> {
     report
         .cases
         .iter()
-        .map(|c| {
-            let o = serde_json::to_value(c.outcome)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            (c.id.clone(), o)
-        })
+        .map(|c| (c.id.clone(), c.outcome))
         .collect()
 }
 

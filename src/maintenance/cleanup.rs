@@ -5,7 +5,7 @@
 use crate::config::{CleanupPolicy, Config};
 use crate::contract::{validate_experiment_id, Recommendation};
 use crate::errors::{GenesisError, Result};
-use crate::store::{ExperimentRecord, Status, Store};
+use crate::store::{ExperimentRecord, SandboxOperation, Status, Store};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -41,29 +41,29 @@ pub fn sandbox_action(
         let limit = i64::try_from(hours.saturating_mul(MS_PER_HOUR)).unwrap_or(i64::MAX);
         age_ms > limit
     };
-    let recommendation = record.recommendation.as_deref();
-    let kept = [
-        Recommendation::Merge.as_str(),
-        Recommendation::MergeWithAdaptations.as_str(),
-    ];
     match record.status {
         Status::Queued | Status::Running => SandboxAction::Keep,
         Status::Failed if older_than(policy.delete_after_hours) => SandboxAction::Delete,
-        Status::Completed if recommendation == Some(Recommendation::Rollback.as_str()) => {
+        Status::Completed if record.recommendation == Some(Recommendation::Rollback) => {
             if older_than(policy.delete_after_hours) {
                 SandboxAction::Delete
             } else {
                 SandboxAction::Keep
             }
         }
-        Status::Completed
-            if recommendation.is_some_and(|r| kept.contains(&r))
-                && older_than(policy.archive_after_hours) =>
-        {
+        Status::Completed if keeps_an_archive(record) && older_than(policy.archive_after_hours) => {
             SandboxAction::Archive
         }
         _ => SandboxAction::Keep,
     }
+}
+
+/// Merged experiments' sandboxes are archived (kept); the rest are not.
+fn keeps_an_archive(record: &ExperimentRecord) -> bool {
+    matches!(
+        record.recommendation,
+        Some(Recommendation::Merge | Recommendation::MergeWithAdaptations)
+    )
 }
 
 /// What a cleanup run did; printed by `genesis jobs run cleanup`.
@@ -246,7 +246,7 @@ impl<'a> Cleaner<'a> {
         }
     }
 
-    fn history(&mut self, id: &str, op: &str, path: &Path, size: u64, detail: &str) {
+    fn history(&mut self, id: &str, op: SandboxOperation, path: &Path, size: u64, detail: &str) {
         let path = path.display().to_string();
         if let Err(e) = self.store.add_history(id, op, &path, size, detail) {
             self.report
@@ -306,11 +306,10 @@ impl<'a> Cleaner<'a> {
                     "sandbox of a {} experiment removed after {} h",
                     record
                         .recommendation
-                        .as_deref()
-                        .unwrap_or(record.status.as_str()),
+                        .map_or(record.status.as_str(), Recommendation::as_str),
                     self.config.cleanup.delete_after_hours
                 );
-                self.history(id, "delete", &path, size, &detail);
+                self.history(id, SandboxOperation::Delete, &path, size, &detail);
                 Ok(())
             }
             SandboxAction::Archive => self.archive(id, &path),
@@ -327,7 +326,7 @@ impl<'a> Cleaner<'a> {
             // archive only if it verifies.
             let report = verify_archive(&dest)?;
             let size = fs::symlink_metadata(&dest).map(|m| m.len()).unwrap_or(0);
-            self.history(id, "verify", &dest, size, &report.summary());
+            self.history(id, SandboxOperation::Verify, &dest, size, &report.summary());
             let summary = report.summary();
             let ok = report.is_ok();
             self.verified.insert(id.to_owned(), report);
@@ -358,8 +357,14 @@ impl<'a> Cleaner<'a> {
             if !notes.is_empty() {
                 detail.push_str(&format!("; {}", notes.join("; ")));
             }
-            self.history(id, "archive", &dest, info.bytes, &detail);
-            self.history(id, "verify", &dest, info.bytes, &report.summary());
+            self.history(id, SandboxOperation::Archive, &dest, info.bytes, &detail);
+            self.history(
+                id,
+                SandboxOperation::Verify,
+                &dest,
+                info.bytes,
+                &report.summary(),
+            );
             let mut report = report;
             report.path = dest.clone();
             self.verified.insert(id.to_owned(), report);
@@ -368,7 +373,7 @@ impl<'a> Cleaner<'a> {
         self.report.freed_bytes += size;
         self.report.archived.push(id.to_owned());
         let detail = format!("archived to {}", dest.display());
-        self.history(id, "delete", dir, size, &detail);
+        self.history(id, SandboxOperation::Delete, dir, size, &detail);
         Ok(())
     }
 
@@ -538,7 +543,7 @@ async fn reap_one(
     );
     let key = experiment.to_owned();
     store
-        .call(move |s| s.add_history(&key, "cleanup", "", 0, &detail))
+        .call(move |s| s.add_history(&key, SandboxOperation::Cleanup, "", 0, &detail))
         .await?;
     Ok(())
 }

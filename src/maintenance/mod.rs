@@ -119,7 +119,8 @@ mod tests {
         )
         .unwrap();
         let mut r = ExperimentRecord::new(&request, status, "h:1", updated_at);
-        r.recommendation = recommendation.map(str::to_owned);
+        r.recommendation =
+            recommendation.map(|name| crate::contract::Named::from_name(name).expect("a verdict"));
         r
     }
 

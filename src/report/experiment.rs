@@ -12,8 +12,8 @@ use super::details::{
 use super::llm::{llm_view, reduction_definition, LlmView};
 use super::svg::{self, gauge, num, Mark, Svg, Zone};
 use super::{bytes, fmt_ms, generated_at, verdict_class};
-use crate::config::{Config, ThresholdTable, Thresholds};
-use crate::contract::{Completed, ExperimentResult, LlmSource, Metrics, RiskLevel};
+use crate::config::{Config, Thresholds};
+use crate::contract::{Completed, ErrorKind, ExperimentResult, LlmSource, Metrics};
 use crate::errors::{GenesisError, Result};
 use crate::store::{ExperimentRecord, MetricsRow, SandboxEvent, Store, TestOutcomes};
 
@@ -112,15 +112,15 @@ fn page(
         _ => record.error.as_ref().map(|e| {
             let kind = record
                 .error_kind
-                .clone()
-                .unwrap_or_else(|| "unknown".into());
+                .map_or("unknown", ErrorKind::as_str)
+                .to_owned();
             (kind, e.clone())
         }),
     };
     let metrics = completed
         .map(|c| &c.metrics)
         .or(metrics_row.map(|m| &m.metrics));
-    let thresholds = thresholds_for(&config.thresholds, &record.risk_level);
+    let thresholds = config.thresholds.for_risk(record.risk_level);
     let reasons = completed.map(|c| c.reasons.clone()).unwrap_or_default();
     let decided = reasons.first().and_then(|r| rule_number(r));
     let regressions = completed
@@ -137,8 +137,8 @@ fn page(
         generated: generated_at(),
         id: record.experiment_id.clone(),
         status: record.status.as_str(),
-        verdict: record.recommendation.clone(),
-        verdict_class: verdict_class(record.recommendation.as_deref()),
+        verdict: record.recommendation.map(|r| r.as_str().to_owned()),
+        verdict_class: verdict_class(record.recommendation),
         facts: facts(
             record,
             completed,
@@ -146,7 +146,7 @@ fn page(
         ),
         reasons,
         rules: rules(&thresholds, if failure.is_some() { None } else { decided }),
-        risk: record.risk_level.clone(),
+        risk: record.risk_level.as_str().to_owned(),
         failure,
         gauges: metrics
             .map(|m| gauges(m, &thresholds, llm_source))
@@ -165,29 +165,12 @@ fn page(
             .iter()
             .map(|h| HistoryRow {
                 at: fmt_ms(h.inserted_at),
-                operation: h.operation.clone(),
+                operation: h.operation.as_str().to_owned(),
                 path: h.path.clone(),
                 size: bytes(h.size_bytes),
                 detail: h.detail.clone(),
             })
             .collect(),
-    }
-}
-
-/// The thresholds in force for a risk level (the global ones for a level
-/// this build does not know).
-fn thresholds_for(table: &ThresholdTable, risk: &str) -> Thresholds {
-    match RiskLevel::ALL.into_iter().find(|r| r.as_str() == risk) {
-        Some(r) => table.for_risk(r),
-        None => Thresholds {
-            rollback_regression: table.rollback_regression,
-            rollback_success_rate: table.rollback_success_rate,
-            merge_llm_reduction: table.merge_llm_reduction,
-            merge_regression: table.merge_regression,
-            merge_success_rate: table.merge_success_rate,
-            adapt_success_rate: table.adapt_success_rate,
-            adapt_regression: table.adapt_regression,
-        },
     }
 }
 
@@ -234,7 +217,7 @@ fn facts(r: &ExperimentRecord, c: Option<&Completed>, host: &str) -> Vec<(&'stat
     let mut facts = vec![
         ("Instance", r.instance_id.clone()),
         ("Type", r.experiment_type.clone()),
-        ("Risk level", r.risk_level.clone()),
+        ("Risk level", r.risk_level.as_str().to_owned()),
         ("Description", r.description.clone()),
         ("Created", fmt_ms(r.inserted_at)),
         ("Updated", fmt_ms(r.updated_at)),

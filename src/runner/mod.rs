@@ -37,7 +37,7 @@ use crate::results::TestReport;
 use crate::sandbox::{self, home_label, Resources, Role};
 use crate::snapshot::{Owner, PreparedRepo, Snapshotter};
 use crate::store::faults::home_full_or;
-use crate::store::{ExperimentRecord, MetricsRow, Status, Store, TestOutcomes};
+use crate::store::{ExperimentRecord, MetricsRow, SandboxOperation, Status, Store, TestOutcomes};
 
 mod admission;
 pub use admission::{instance_name, owner_is_dead};
@@ -353,10 +353,10 @@ impl Runner {
                 } else {
                     Status::Failed
                 };
-                rec.recommendation = Some(result.recommendation().as_str().into());
+                rec.recommendation = Some(result.recommendation());
                 if let ExperimentResult::Failed(f) = &result {
                     rec.error = Some(f.error.clone());
-                    rec.error_kind = Some(f.error_kind.as_str().into());
+                    rec.error_kind = Some(f.error_kind);
                 }
                 rec.result_json = Some(json);
                 rec.updated_at = now_ms();
@@ -517,16 +517,11 @@ impl Runner {
         Ok((completed, row, outcomes))
     }
 
-    async fn history(&self, id: &str, op: &str, path: &Path, size: u64, detail: &str) {
-        let (id, op, path, detail) = (
-            id.to_owned(),
-            op.to_owned(),
-            path.display().to_string(),
-            detail.to_owned(),
-        );
+    async fn history(&self, id: &str, op: SandboxOperation, path: &Path, size: u64, detail: &str) {
+        let (id, path, detail) = (id.to_owned(), path.display().to_string(), detail.to_owned());
         if let Err(e) = self
             .store
-            .call(move |s| s.add_history(&id, &op, &path, size, &detail))
+            .call(move |s| s.add_history(&id, op, &path, size, &detail))
             .await
         {
             tracing::warn!(error = %e, "could not write sandbox history");

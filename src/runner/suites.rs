@@ -209,7 +209,7 @@ impl Runner {
         // bytes that moved (one store write per step, not two).
         self.history(
             id,
-            "create",
+            SandboxOperation::Create,
             &dir,
             workspace_bytes,
             &format!(
@@ -228,7 +228,7 @@ impl Runner {
         let removed = sandbox.remove().await;
         self.history(
             id,
-            "cleanup",
+            SandboxOperation::Cleanup,
             &dir,
             0,
             &format!("container removed ({})", role.as_str()),

@@ -22,10 +22,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::contract::Recommendation;
-use crate::store::ExperimentRecord;
+use crate::store::{ExperimentRecord, SandboxOperation};
 
 use super::super::*;
-use super::{mtime_ms, remove_tree, Cleaner};
+use super::{keeps_an_archive, mtime_ms, remove_tree, Cleaner};
 
 /// What is over the budget and by how much, as the ladder works down.
 struct Usage {
@@ -172,11 +172,10 @@ impl Cleaner<'_> {
             "sandbox of a {} experiment removed early: GENESIS_HOME over its {} MB budget",
             record
                 .recommendation
-                .as_deref()
-                .unwrap_or(record.status.as_str()),
+                .map_or(record.status.as_str(), Recommendation::as_str),
             self.config.cleanup.disk_budget_mb
         );
-        self.history(id, "delete", path, size, &detail);
+        self.history(id, SandboxOperation::Delete, path, size, &detail);
         Ok(())
     }
 
@@ -213,19 +212,13 @@ impl Cleaner<'_> {
                 "archive pruned: GENESIS_HOME over its {} MB budget",
                 self.config.cleanup.disk_budget_mb
             );
-            self.history(&check.id, "delete", &check.path, check.size_bytes, &detail);
+            self.history(
+                &check.id,
+                SandboxOperation::Delete,
+                &check.path,
+                check.size_bytes,
+                &detail,
+            );
         }
     }
-}
-
-/// Merged experiments' sandboxes are archived (kept); the rest are not.
-fn keeps_an_archive(record: &ExperimentRecord) -> bool {
-    let kept = [
-        Recommendation::Merge.as_str(),
-        Recommendation::MergeWithAdaptations.as_str(),
-    ];
-    record
-        .recommendation
-        .as_deref()
-        .is_some_and(|r| kept.contains(&r))
 }
