@@ -184,7 +184,7 @@ fn completed(id: &str, recommendation: Recommendation) -> Completed {
         regressions: vec![],
         flaky: vec![],
         recommendation,
-        reasons: vec!["test".into()],
+        reasons: vec![genesis::contract::Reason::unruled("test")],
         candidate: CandidateRef {
             repo: "app".into(),
             base_commit: "f".repeat(40),

@@ -91,10 +91,9 @@ fn store_completed(
         regressions: regressions.clone(),
         flaky: vec!["tests/test_net.py::test_sometimes_times_out".into()],
         recommendation: rec,
-        reasons: vec![
-            "rule 3 merge_with_adaptations: success_rate 0.952 > 0.9 and regression 0.02 < 0.05"
-                .into(),
-        ],
+        reasons: vec![genesis::contract::Reason::parse(
+            "rule 3 merge_with_adaptations: success_rate 0.952 > 0.9 and regression 0.02 < 0.05",
+        )],
         candidate: CandidateRef {
             repo: "app".into(),
             base_commit: "a".repeat(40),

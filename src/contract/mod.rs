@@ -397,7 +397,7 @@ pub struct Completed {
     #[serde(default)]
     pub flaky: Vec<String>,
     pub recommendation: Recommendation,
-    pub reasons: Vec<String>,
+    pub reasons: Vec<Reason>,
     pub candidate: CandidateRef,
     /// The candidate's environment; null for a repo without one.
     #[serde(default)]
@@ -545,8 +545,10 @@ mod llm;
 pub use llm::*;
 mod named;
 pub use named::{by_name, Named};
+mod reason;
+pub use reason::Reason;
 mod subjects_and_stages;
-pub use subjects_and_stages::{stage, subjects};
+pub use subjects_and_stages::{stage, subjects, Stage};
 
 #[cfg(test)]
 mod tests;

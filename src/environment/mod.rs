@@ -51,7 +51,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, OnceCell};
 
 use crate::config::{Config, RepoConfig};
-use crate::contract::{hex_digest, stage, EnvironmentRef};
+use crate::contract::{hex_digest, stage, EnvironmentRef, Stage};
 use crate::errors::{GenesisError, Result};
 use crate::snapshot::{Owner, TreeSnapshot};
 
@@ -115,7 +115,7 @@ pub struct Environments {
 }
 
 /// Progress callback: (stage, detail).
-pub type Say<'a> = &'a (dyn Fn(&str, &str) + Sync);
+pub type Say<'a> = &'a (dyn Fn(Stage, &str) + Sync);
 
 impl Environments {
     pub fn new(docker: Docker, config: Arc<Config>, owner: Owner, home_label: String) -> Self {

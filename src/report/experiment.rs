@@ -122,7 +122,7 @@ fn page(
         .or(metrics_row.map(|m| &m.metrics));
     let thresholds = config.thresholds.for_risk(record.risk_level);
     let reasons = completed.map(|c| c.reasons.clone()).unwrap_or_default();
-    let decided = reasons.first().and_then(|r| rule_number(r));
+    let decided = reasons.first().map(|r| r.rule).filter(|&rule| rule > 0);
     let regressions = completed
         .map(|c| c.regressions.clone())
         .or(metrics_row.map(|m| m.regressions.clone()))
@@ -144,7 +144,7 @@ fn page(
             completed,
             result.as_ref().map_or(record.host.as_str(), |r| r.host()),
         ),
-        reasons,
+        reasons: reasons.into_iter().map(|r| r.text).collect(),
         rules: rules(&thresholds, if failure.is_some() { None } else { decided }),
         risk: record.risk_level.as_str().to_owned(),
         failure,
@@ -172,16 +172,6 @@ fn page(
             })
             .collect(),
     }
-}
-
-/// `rule 2 merge: ...` → 2.
-fn rule_number(reason: &str) -> Option<u8> {
-    reason
-        .strip_prefix("rule ")?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 fn rules(t: &Thresholds, decided: Option<u8>) -> Vec<Rule> {
@@ -347,12 +337,6 @@ fn gauges(m: &Metrics, t: &Thresholds, llm_source: Option<LlmSource>) -> Vec<Gau
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rules_are_read_from_reasons() {
-        assert_eq!(rule_number("rule 3 merge_with_adaptations: x"), Some(3));
-        assert_eq!(rule_number("no rule"), None);
-    }
 
     #[test]
     fn equal_thresholds_share_a_tick() {

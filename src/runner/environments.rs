@@ -2,7 +2,7 @@
 //! environments of its baseline and candidate trees (contract §2a).
 
 use crate::config::globs::InputGlobs;
-use crate::contract::{stage, EnvironmentRef, Request};
+use crate::contract::{stage, EnvironmentRef, Request, Stage};
 use crate::environment::EnvRequest;
 use crate::errors::{GenesisError, Result};
 use crate::snapshot::RepoInput;
@@ -33,7 +33,7 @@ impl Runner {
             .iter()
             .find(|p| p.name == plan.primary)
             .ok_or_else(|| GenesisError::Internal("primary repo not prepared".into()))?;
-        let say = |s: &str, detail: &str| progress.stage(id, s, detail);
+        let say = |s: Stage, detail: &str| progress.stage(id, s, detail);
         let base = self
             .environments
             .ensure(
@@ -157,7 +157,7 @@ impl Runner {
         })
         .await
         .map_err(|e| GenesisError::Internal(format!("snapshot task: {e}")))??;
-        let say = |s: &str, detail: &str| progress.stage(ENV_BUILD_ID, s, detail);
+        let say = |s: Stage, detail: &str| progress.stage(ENV_BUILD_ID, s, detail);
         self.environments
             .ensure(
                 &EnvRequest {

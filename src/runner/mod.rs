@@ -28,7 +28,7 @@ use tokio::sync::{Mutex, OnceCell};
 use crate::analysis::Analyzer;
 use crate::config::Config;
 use crate::contract::{
-    CandidateRef, Completed, ErrorKind, ExperimentResult, LlmSummary, LlmTally, Request,
+    CandidateRef, Completed, ErrorKind, ExperimentResult, LlmSummary, LlmTally, Request, Stage,
 };
 use crate::environment::Environments;
 use crate::errors::{GenesisError, Result};
@@ -53,13 +53,13 @@ pub use crate::contract::stage;
 
 /// Receives stage changes: stderr for the CLI, NATS for the service.
 pub trait Progress: Send + Sync {
-    fn stage(&self, experiment_id: &str, stage: &str, detail: &str);
+    fn stage(&self, experiment_id: &str, stage: Stage, detail: &str);
 }
 
 /// Discards progress.
 pub struct NoProgress;
 impl Progress for NoProgress {
-    fn stage(&self, _: &str, _: &str, _: &str) {}
+    fn stage(&self, _: &str, _: Stage, _: &str) {}
 }
 
 /// What `accept` decided about a request.

@@ -53,7 +53,7 @@ use tracing::Instrument;
 use crate::config::{Config, NatsConfig};
 use crate::contract::subjects::{self};
 use crate::contract::{
-    ErrorKind, ExperimentResult, Recommendation, Rejected, Request, RollbackEvent,
+    ErrorKind, ExperimentResult, Reason, Recommendation, Rejected, Request, RollbackEvent,
 };
 use crate::errors::{GenesisError, Result};
 use crate::runner::{Admission, Runner};
@@ -556,7 +556,7 @@ impl Service {
                 experiment_id: id.to_owned(),
                 reasons: match result {
                     ExperimentResult::Success(c) => c.reasons.clone(),
-                    ExperimentResult::Failed(f) => vec![f.error.clone()],
+                    ExperimentResult::Failed(f) => vec![Reason::unruled(f.error.clone())],
                 },
                 metrics: match result {
                     ExperimentResult::Success(c) => Some(c.metrics.clone()),

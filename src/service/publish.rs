@@ -5,6 +5,7 @@ use super::retry::Backoff;
 use crate::config::NatsConfig;
 use crate::contract::subjects::{self, TRACEPARENT};
 use crate::contract::Progress as ProgressDoc;
+use crate::contract::Stage;
 use crate::errors::Result;
 use crate::runner::Progress;
 use crate::store::{Status, Store};
@@ -50,11 +51,11 @@ pub(super) struct NatsProgress {
 }
 
 impl Progress for NatsProgress {
-    fn stage(&self, experiment_id: &str, stage: &str, detail: &str) {
-        tracing::info!(experiment_id, stage, detail, "{stage}");
+    fn stage(&self, experiment_id: &str, stage: Stage, detail: &str) {
+        tracing::info!(experiment_id, stage = stage.as_str(), detail, "{stage}");
         let doc = ProgressDoc {
             experiment_id: experiment_id.to_owned(),
-            stage: stage.to_owned(),
+            stage,
             timestamp: chrono::Utc::now(),
         };
         let body = serde_json::to_vec(&doc).unwrap_or_default();
