@@ -146,13 +146,13 @@ async fn docker(config: &Config) -> Check {
         .find(|_| true)
         .unwrap_or_default();
     let limits = config.limits_for(crate::contract::RiskLevel::High);
-    let probe = crate::sandbox::SandboxBuilder::new(
+    let probe = crate::sandbox::SandboxBuilder::from_policy(
+        &config.sandbox,
         "doctor",
         crate::sandbox::Role::Baseline,
         &image,
         limits,
     )
-    .user(&config.sandbox.user)
     .home_label(&crate::sandbox::home_label(&config.home))
     .create(&docker)
     .await;
@@ -378,20 +378,21 @@ fn llm_endpoint(config: &Config) -> Check {
         .map(|(name, _)| name.as_str())
         .collect();
     let local = crate::sandbox::engine_is_local();
-    let detail = match crate::sandbox::llm::unavailable_reason(&config.sandbox.runtime, local) {
-        Some(reason) => format!("unavailable: {reason}; results fall back to the static count"),
-        None if stubbed.is_empty() => "off: llm_stub = false for every repo".to_string(),
-        None => format!(
-            "http://127.0.0.1:{} in every run's sandbox ([llm] port) for repos {}",
-            config.llm.port,
-            stubbed.join(", ")
-        ),
-    };
+    let detail =
+        match crate::sandbox::llm::unavailable_reason(config.sandbox.runtime.is_gvisor(), local) {
+            Some(reason) => format!("unavailable: {reason}; results fall back to the static count"),
+            None if stubbed.is_empty() => "off: llm_stub = false for every repo".to_string(),
+            None => format!(
+                "http://127.0.0.1:{} in every run's sandbox ([llm] port) for repos {}",
+                config.llm.port,
+                stubbed.join(", ")
+            ),
+        };
     Check::pass("llm", detail)
 }
 
 async fn runtime(config: &Config) -> Check {
-    let wanted = config.sandbox.runtime.as_str();
+    let wanted = config.sandbox.runtime.name();
     let Ok(docker) = crate::sandbox::connect().await else {
         return Check::fail(
             "runtime",

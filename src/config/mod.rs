@@ -18,6 +18,7 @@ use crate::results::ReportSpec;
 
 pub mod globs;
 pub mod host;
+mod millis;
 mod nats_keys;
 pub mod schedule;
 mod sections;
@@ -70,13 +71,14 @@ pub struct RepoConfig {
 }
 
 /// Resource profile for one risk level.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     pub cpus: f64,
     pub memory_mb: u64,
     pub pids: i64,
-    pub timeout_ms: u64,
+    #[serde(rename = "timeout_ms", with = "millis")]
+    pub timeout: std::time::Duration,
     pub network: bool,
     /// May a candidate whose patch changes an `install_inputs` file get an
     /// environment of its own? Otherwise it fails with `environment_changed`.
@@ -120,7 +122,8 @@ struct FileConfig {
     repos: BTreeMap<String, RepoConfig>,
     max_concurrent: usize,
     queue_capacity: usize,
-    drain_timeout_ms: u64,
+    #[serde(rename = "drain_timeout_ms", with = "millis")]
+    drain_timeout: std::time::Duration,
     store_cache_mb: u64,
     #[serde(default)]
     llm_patterns: Option<PathBuf>,
@@ -153,7 +156,7 @@ pub struct Config {
     pub repos: BTreeMap<String, RepoConfig>,
     pub max_concurrent: usize,
     pub queue_capacity: usize,
-    pub drain_timeout_ms: u64,
+    pub drain_timeout: std::time::Duration,
     /// redb page cache; bounds memory however large the store grows.
     pub store_cache_mb: u64,
     /// `[host] name`, resolved (the machine's hostname when unset): stamped
@@ -302,7 +305,7 @@ impl Config {
             repos,
             max_concurrent: parsed.max_concurrent,
             queue_capacity: parsed.queue_capacity,
-            drain_timeout_ms: parsed.drain_timeout_ms,
+            drain_timeout: parsed.drain_timeout,
             store_cache_mb: parsed.store_cache_mb,
             host: parsed.host.resolve(),
             nats,

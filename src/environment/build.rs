@@ -62,7 +62,7 @@ pub(super) async fn build(
         cpus: policy.cpus,
         memory_mb: policy.memory_mb,
         pids: policy.pids,
-        timeout_ms: policy.timeout_ms,
+        timeout: policy.timeout,
         network: true,
         install_changes: true,
         // The install writes into the image it becomes (site-packages, tool
@@ -77,7 +77,8 @@ pub(super) async fn build(
         .map_err(|e| GenesisError::io(format!("creating {}", dir.display()), e))?;
     let record = record_path(&dir, request.repo_name, key);
     let ca = ca_bundle(&policy.ca_bundle);
-    let sandbox = SandboxBuilder::new(
+    let sandbox = SandboxBuilder::from_policy(
+        &config.sandbox,
         request.experiment_id,
         Role::Install,
         &request.repo.image,
@@ -86,12 +87,7 @@ pub(super) async fn build(
     .user("0:0")
     .cap_add(&policy.cap_add)
     .env(install_env(envs, request, ca.is_some()))
-    .tmp_mb(config.sandbox.tmp_mb)
     .home_label(&envs.home_label)
-    .docker_timeout(Duration::from_millis(config.sandbox.docker_timeout_ms))
-    .runtime(&config.sandbox)
-    .stats_interval(Duration::from_millis(config.sandbox.stats_interval_ms))
-    .stream_grace(Duration::from_millis(config.sandbox.stream_grace_ms))
     .command(request.repo_name, "", INSTALL_SCRIPT)
     .create(&envs.docker)
     .await?;
@@ -99,7 +95,7 @@ pub(super) async fn build(
     let outcome = install(envs, &sandbox, request, ca, &record.with_extension("log")).await;
     let build_ms = started.elapsed().as_millis() as u64;
     let committed = match outcome {
-        Ok(run) => match judge_install(request, &run, limits.timeout_ms) {
+        Ok(run) => match judge_install(request, &run, limits.timeout) {
             Ok(()) => commit(&sandbox, request, key).await.map(|_| ()),
             Err(e) => Err(e),
         },
@@ -195,18 +191,16 @@ async fn install(
     }
     sandbox.upload("/", files_tar(&extra)?).await?;
     let log = CappedLog::create(log_path, envs.config.sandbox.log_cap_bytes)?;
-    sandbox
-        .run(
-            Duration::from_millis(envs.config.environments.timeout_ms),
-            log,
-        )
-        .await
+    sandbox.run(envs.config.environments.timeout, log).await
 }
 
 /// A failed, killed or timed-out install is `environment_failed`, with the tail.
-fn judge_install(request: &EnvRequest<'_>, run: &RunOutcome, timeout_ms: u64) -> Result<()> {
+fn judge_install(request: &EnvRequest<'_>, run: &RunOutcome, timeout: Duration) -> Result<()> {
     let why = if run.timed_out {
-        format!("ran past its {timeout_ms} ms limit ([environments] timeout_ms) and was killed")
+        format!(
+            "ran past its {} ms limit ([environments] timeout_ms) and was killed",
+            timeout.as_millis()
+        )
     } else if run.oom_killed {
         "ran out of memory ([environments] memory_mb) and was killed".to_string()
     } else if run.exit_code != 0 {

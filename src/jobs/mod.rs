@@ -437,7 +437,7 @@ async fn publish(ctx: &JobContext, subject: &str, document: &str) -> Result<Opti
         return Ok(None);
     };
     // How long a server may take to acknowledge anything, from the config.
-    let wait = Duration::from_millis(ctx.config.nats.ack_wait_ms);
+    let wait = ctx.config.nats.ack_wait;
     let sent = async {
         client
             .publish(subject.to_owned(), document.to_owned().into())
@@ -453,7 +453,7 @@ async fn publish(ctx: &JobContext, subject: &str, document: &str) -> Result<Opti
         Ok(Err(e)) => Err(e),
         Err(_) => Err(GenesisError::Nats(format!(
             "{subject}: the server did not take the document within {} ms",
-            ctx.config.nats.ack_wait_ms
+            ctx.config.nats.ack_wait.as_millis()
         ))),
     }
 }

@@ -14,7 +14,6 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::*;
 
@@ -442,7 +441,7 @@ fn remove_tree(path: &Path) -> Result<u64> {
 /// Environments unused for `[environments] keep_days`, then the least
 /// recently used over its disk budget (see `environment::prune`).
 async fn prune_environments(config: &Config, now: DateTime<Utc>, report: &mut CleanupReport) {
-    let timeout = Duration::from_millis(config.sandbox.docker_timeout_ms);
+    let timeout = config.sandbox.docker_timeout;
     let Ok(Ok(docker)) = tokio::time::timeout(timeout, crate::sandbox::connect()).await else {
         report
             .notes
@@ -477,7 +476,7 @@ async fn prune_environments(config: &Config, now: DateTime<Utc>, report: &mut Cl
 }
 
 async fn reap_containers(config: &Config, store: &Store, report: &mut CleanupReport) {
-    let timeout = Duration::from_millis(config.sandbox.docker_timeout_ms);
+    let timeout = config.sandbox.docker_timeout;
     let docker = match tokio::time::timeout(timeout, crate::sandbox::connect()).await {
         Ok(Ok(docker)) => docker,
         Ok(Err(e)) => {
@@ -489,7 +488,7 @@ async fn reap_containers(config: &Config, store: &Store, report: &mut CleanupRep
         Err(_) => {
             report.notes.push(format!(
                 "orphan containers not checked: Docker did not answer within {} ms",
-                config.sandbox.docker_timeout_ms
+                config.sandbox.docker_timeout.as_millis()
             ));
             return;
         }
@@ -511,7 +510,7 @@ async fn reap_containers(config: &Config, store: &Store, report: &mut CleanupRep
         Err(_) => {
             report.notes.push(format!(
                 "orphan containers not checked: listing took over {} ms",
-                config.sandbox.docker_timeout_ms
+                config.sandbox.docker_timeout.as_millis()
             ));
             return;
         }

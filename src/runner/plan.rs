@@ -126,9 +126,10 @@ impl Runner {
         .await
         .map_err(|e| GenesisError::Internal(format!("snapshot task: {e}")))??;
         self.save_patches(request, &prepared)?;
-        let timeout_ms = request
-            .timeout_ms
-            .map_or(limits.timeout_ms, |t| t.min(limits.timeout_ms));
+        // A request's timeout_ms wins when it is smaller (contract §2).
+        let timeout = request.timeout_ms.map_or(limits.timeout, |t| {
+            Duration::from_millis(t).min(limits.timeout)
+        });
         let found = self
             .find_framework(&primary, &repo, request, prepared.first())
             .await;
@@ -169,7 +170,7 @@ impl Runner {
             repo,
             prepared,
             limits,
-            timeout: Duration::from_millis(timeout_ms),
+            timeout,
             test_command: framework.test_command.clone(),
             report,
             framework,

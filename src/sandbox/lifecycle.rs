@@ -187,7 +187,7 @@ impl Sandbox {
         let cgroup = pid.and_then(|pid| locate_cgroup(pid, &self.id));
         let llm = super::llm::RunEndpoint::start(
             self.spec.llm.as_ref(),
-            &self.spec.runtime,
+            self.spec.under_gvisor(),
             &self.id,
             pid,
         );
