@@ -56,11 +56,11 @@ pub struct RepoConfig {
     /// Globs (repo-relative, `*` does not cross `/`, `**` does) of the files
     /// whose contents key the environment, e.g. `["requirements*.txt"]`.
     #[serde(default)]
-    pub install_inputs: Vec<String>,
+    pub install_inputs: globs::InputGlobs,
     /// `cobertura:PATH`, `lcov:PATH` or `jacoco:PATH` under /genesis/out:
-    /// the line coverage of each run; empty for none.
-    #[serde(default)]
-    pub coverage: String,
+    /// the line coverage of each run; empty (or absent) for none.
+    #[serde(default, deserialize_with = "coverage_spec")]
+    pub coverage: Option<crate::results::coverage::CoverageSpec>,
     /// Whether every run gets the LLM endpoint of contract §2b.
     #[serde(default = "yes")]
     pub llm_stub: bool,
@@ -380,21 +380,10 @@ impl Config {
                     "an install_command needs the files that key its environment, e.g. [\"requirements.txt\"]".into(),
                 ));
             }
-            if !repo.coverage.is_empty() {
-                repo.coverage
-                    .parse::<crate::results::coverage::CoverageSpec>()
-                    .map_err(|e| bad(&format!("repos.{name}.coverage"), e.to_string()))?;
-            }
-            globs::InputGlobs::new(&repo.install_inputs)
-                .map_err(|e| bad(&format!("repos.{name}.install_inputs"), e.to_string()))?;
         }
         self.validate_http()
             .map_err(|(key, message)| bad(key, message))?;
         nats_keys::validate(&self.nats).map_err(|(key, message)| bad(key, message))?;
-        for (key, expr) in self.schedule.entries() {
-            schedule::parse_schedule(expr)
-                .map_err(|e| bad(&format!("schedule.{key}"), e.to_string()))?;
-        }
         Ok(())
     }
 
@@ -456,15 +445,15 @@ impl Config {
     }
 }
 
-impl Schedule {
-    pub fn entries(&self) -> [(&'static str, &str); 4] {
-        [
-            ("cleanup", &self.cleanup),
-            ("analysis", &self.analysis),
-            ("report", &self.report),
-            ("health", &self.health),
-        ]
+/// `coverage = "FORMAT:PATH"`, parsed once; `""` is none.
+fn coverage_spec<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<crate::results::coverage::CoverageSpec>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.is_empty() {
+        return Ok(None);
     }
+    text.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 fn read_file(path: &Path) -> Result<String> {

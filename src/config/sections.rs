@@ -240,10 +240,14 @@ pub struct Judging {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Schedule {
-    pub cleanup: String,
-    pub analysis: String,
-    pub report: String,
-    pub health: String,
+    #[serde(with = "super::schedule")]
+    pub cleanup: cron::Schedule,
+    #[serde(with = "super::schedule")]
+    pub analysis: cron::Schedule,
+    #[serde(with = "super::schedule")]
+    pub report: cron::Schedule,
+    #[serde(with = "super::schedule")]
+    pub health: cron::Schedule,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

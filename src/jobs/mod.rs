@@ -91,7 +91,7 @@ impl Job {
     }
 
     /// The job's cron expression from `[schedule]`.
-    pub fn schedule(self, config: &Config) -> &str {
+    pub fn schedule(self, config: &Config) -> &cron::Schedule {
         match self {
             Job::Cleanup => &config.schedule.cleanup,
             Job::Analysis => &config.schedule.analysis,

@@ -1,7 +1,6 @@
 //! Which images an experiment's runs start from: the repo's image, or the
 //! environments of its baseline and candidate trees (contract §2a).
 
-use crate::config::globs::InputGlobs;
 use crate::contract::{stage, EnvironmentRef, Request, Stage};
 use crate::environment::EnvRequest;
 use crate::errors::{GenesisError, Result};
@@ -132,7 +131,7 @@ impl Runner {
                 "repo {name:?} has no install_command, so it has no environment"
             )));
         }
-        let globs = InputGlobs::new(&repo.install_inputs)?;
+        let globs = repo.install_inputs.clone();
         let snapshotter = self.snapshotter.clone();
         let analysis_cap_bytes = self.config.analysis.max_file_bytes;
         let (source, base_ref, task_name) = (repo.path.clone(), reference.to_owned(), name.clone());

@@ -69,7 +69,7 @@ impl Runner {
         let install_inputs = if repo.install_command.is_empty() {
             None
         } else {
-            Some(InputGlobs::new(&repo.install_inputs)?)
+            Some(repo.install_inputs.clone())
         };
         let mut inputs = vec![RepoJob {
             name: primary.clone(),
@@ -146,18 +146,7 @@ impl Runner {
                 file: self.config.source.clone().unwrap_or_default(),
                 message: e.to_string(),
             })?;
-        let coverage = if repo.coverage.is_empty() {
-            None
-        } else {
-            Some(
-                repo.coverage
-                    .parse::<CoverageSpec>()
-                    .map_err(|e| GenesisError::Config {
-                        file: self.config.source.clone().unwrap_or_default(),
-                        message: e.to_string(),
-                    })?,
-            )
-        };
+        let coverage = repo.coverage.clone();
         let llm = self.llm_setup(&primary, &repo, &prepared).await?;
         Ok(Plan {
             llm,
