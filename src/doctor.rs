@@ -209,7 +209,7 @@ fn home(config: &Config) -> Check {
             "set GENESIS_HOME to a writable directory",
         );
     }
-    let probe = home.join(format!(".doctor-{}", std::process::id()));
+    let probe = crate::home::Home::of(home).doctor_probe();
     if let Err(e) = std::fs::write(&probe, b"ok") {
         let _ = std::fs::remove_file(&probe);
         if crate::store::faults::is_no_space(&e) {

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use crate::analysis::{Analyzer, Shapes};
 use crate::contract::RiskLevel;
 use crate::errors::{GenesisError, Result};
+use crate::home::Home;
 use crate::results::ReportSpec;
 
 pub mod globs;
@@ -149,7 +150,7 @@ pub struct Config {
     /// Named policy overlay in force (`policy = "strict"`), if any.
     pub policy: Option<String>,
     /// `GENESIS_HOME`: the only directory Genesis writes to.
-    pub home: PathBuf,
+    pub home: Home,
     /// The file the user's settings came from, if any.
     pub source: Option<PathBuf>,
     pub default_repo: Option<String>,
@@ -213,7 +214,7 @@ impl Env {
     fn resolve_home(&self) -> PathBuf {
         match (&self.genesis_home, &self.home_dir) {
             (Some(home), _) => home.clone(),
-            (None, Some(user_home)) => user_home.join(".genesis"),
+            (None, Some(user_dir)) => user_dir.join(".genesis"),
             (None, None) => PathBuf::from(".genesis"),
         }
     }
@@ -226,7 +227,7 @@ impl Config {
         let home = env.resolve_home();
         let file = match explicit {
             Some(path) => Some(path.to_path_buf()),
-            None => Some(home.join("genesis.toml")).filter(|p| p.exists()),
+            None => Some(Home::of(&home).config_file()).filter(|p| p.exists()),
         };
         let user = match &file {
             Some(path) => Some((path.clone(), read_file(path)?)),
@@ -299,7 +300,7 @@ impl Config {
         let llm_shapes = load_llm_shapes(parsed.llm_patterns.as_deref(), base_dir)?;
         Ok(Config {
             policy: parsed.policy,
-            home,
+            home: Home::new(home),
             source,
             default_repo: parsed.default_repo,
             repos,
@@ -441,7 +442,7 @@ impl Config {
 
     /// Path of the redb store.
     pub fn store_path(&self) -> PathBuf {
-        self.home.join("genesis.redb")
+        self.home.store()
     }
 }
 

@@ -294,7 +294,7 @@ fn image_component(repo: &str) -> String {
 }
 
 pub fn records_dir(home: &Path) -> PathBuf {
-    home.join("environments")
+    crate::home::Home::of(home).environments()
 }
 
 fn record_path(dir: &Path, repo: &str, key: &str) -> PathBuf {

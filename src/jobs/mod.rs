@@ -193,7 +193,7 @@ struct JobLock {
 
 impl JobLock {
     fn try_acquire(home: &Path, job: Job) -> Result<Option<JobLock>> {
-        let dir = home.join("jobs");
+        let dir = crate::home::Home::of(home).jobs();
         let path = dir.join(format!("{}.lock", job.name()));
         let context = || format!("locking {}", path.display());
         let mut held = HELD_LOCKS.lock().unwrap_or_else(|p| p.into_inner());

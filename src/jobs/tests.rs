@@ -18,7 +18,7 @@ fn context(clock: Arc<FakeClock>) -> (tempfile::TempDir, JobContext) {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().to_path_buf();
     let config = Config::from_layers(home.clone(), None, &Env::default()).unwrap();
-    let store = Store::open(&home.join("genesis.redb")).unwrap();
+    let store = Store::open(&config.store_path()).unwrap();
     let ctx = JobContext {
         config: Arc::new(config),
         store,

@@ -382,11 +382,11 @@ impl<'a> Cleaner<'a> {
     fn stale_temp(&mut self) {
         let limit_ms = hours_in_ms(self.config.cleanup.delete_after_hours);
         let home = &self.config.home;
-        let spools = (home.join("tmp"), SPOOL_PREFIX, "");
+        let spools = (home.tmp(), SPOOL_PREFIX, "");
         let archives = (archives_dir(home), ".", ".tmp");
         let layers = (crate::snapshot::layers_dir(home), ".", ".tmp");
         // Tarballs are still packed for environments and non-layered runs.
-        let snapshots = (home.join("snapshots"), ".", ".tmp");
+        let snapshots = (home.snapshots(), ".", ".tmp");
         for (dir, prefix, suffix) in [spools, archives, layers, snapshots] {
             let Ok(entries) = fs::read_dir(&dir) else {
                 continue;

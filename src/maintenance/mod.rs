@@ -88,12 +88,12 @@ const SUMMARY_PROBLEMS: usize = 3;
 
 /// `GENESIS_HOME/sandboxes`.
 pub fn sandboxes_dir(home: &Path) -> PathBuf {
-    home.join("sandboxes")
+    crate::home::Home::of(home).sandboxes()
 }
 
 /// `GENESIS_HOME/archives`.
 pub fn archives_dir(home: &Path) -> PathBuf {
-    home.join("archives")
+    crate::home::Home::of(home).archives()
 }
 
 /// Where the archive of an experiment lives: `GENESIS_HOME/archives/ID.tar.gz`.
@@ -267,7 +267,7 @@ mod tests {
     async fn half_written_snapshot_tarballs_are_removed_once_stale() {
         let dir = tempfile::tempdir().unwrap();
         let home = dir.path().to_path_buf();
-        let snapshots = home.join("snapshots");
+        let snapshots = crate::home::Home::of(&home).snapshots();
         fs::create_dir_all(&snapshots).unwrap();
         let half = snapshots.join(".0123abcd-0123456789ab.77-0.tmp");
         let whole = snapshots.join("0123abcd-0123456789ab.tar.gz");
@@ -276,7 +276,7 @@ mod tests {
         let config = std::sync::Arc::new(
             Config::from_layers(home.clone(), None, &crate::config::Env::default()).unwrap(),
         );
-        let store = crate::store::Store::open(&home.join("genesis.redb")).unwrap();
+        let store = crate::store::Store::open(&config.store_path()).unwrap();
         let soon = chrono::Utc::now() + chrono::Duration::hours(1);
         cleanup(&config, &store, soon).await.unwrap();
         assert!(half.exists(), "removed before delete_after_hours");

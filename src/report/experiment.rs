@@ -70,14 +70,7 @@ pub(super) fn build(store: &Store, config: &Config, id: &str) -> Result<String> 
     let metrics_row = store.metrics(id)?;
     let outcomes = store.outcomes(id)?;
     let history = store.history(id)?;
-    let log = log_tail(
-        &config
-            .home
-            .join("sandboxes")
-            .join(id)
-            .join("candidate")
-            .join("test.log"),
-    );
+    let log = log_tail(&config.home.sandbox(id).join("candidate").join("test.log"));
     let page = page(
         &record,
         metrics_row.as_ref(),

@@ -63,7 +63,7 @@ pub fn trends(store: &Store, config: &Config, days: u64, now: DateTime<Utc>) -> 
 
 /// `GENESIS_HOME/reports`.
 pub fn reports_dir(config: &Config) -> PathBuf {
-    config.home.join("reports")
+    config.home.reports()
 }
 
 /// Where `genesis report ID` writes by default, and where `show` looks.

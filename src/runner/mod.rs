@@ -142,7 +142,7 @@ pub struct Runner {
 
 /// `GENESIS_HOME/scratch`: the runs' disks (see `sandbox::ScratchDisk`).
 pub fn scratch_dir(home: &std::path::Path) -> PathBuf {
-    home.join("scratch")
+    crate::home::Home::of(home).scratch()
 }
 
 impl Runner {
@@ -369,7 +369,7 @@ impl Runner {
 
     /// `GENESIS_HOME/sandboxes/ID`: logs, reports, patch, result of one experiment.
     pub fn sandbox_dir(&self, id: &str) -> PathBuf {
-        self.config.home.join("sandboxes").join(id)
+        self.config.home.sandbox(id)
     }
 
     /// Where runs' own file systems are mounted (`[limits.*] disk_mb`).

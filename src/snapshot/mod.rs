@@ -310,7 +310,7 @@ impl Snapshotter {
     }
 
     fn mirror_commit(&self, name: &str, commit: &str) -> Result<(Repository, Oid)> {
-        let path = self.home.join("mirrors").join(format!("{name}.git"));
+        let path = crate::home::Home::of(&self.home).mirror(name);
         let mirror = Repository::open_bare(&path)
             .map_err(|e| GenesisError::git(format!("opening mirror {}", path.display()), e))?;
         let oid = Oid::from_str(commit)
@@ -340,7 +340,7 @@ impl Snapshotter {
     /// Opens (creating if needed) the bare mirror that borrows the source's objects.
     fn mirror(&self, name: &str, source: &Repository) -> Result<Repository> {
         let _guard = MIRROR_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-        let path = self.home.join("mirrors").join(format!("{name}.git"));
+        let path = crate::home::Home::of(&self.home).mirror(name);
         let mirror = if path.join("HEAD").exists() {
             Repository::open_bare(&path)
         } else {
@@ -378,7 +378,7 @@ impl Snapshotter {
 
     /// Writes (once) the tarball of a commit's tree and returns its path.
     fn tarball(&self, repo: &Repository, name: &str, commit: Oid) -> Result<PathBuf> {
-        let dir = self.home.join("snapshots");
+        let dir = crate::home::Home::of(&self.home).snapshots();
         fs::create_dir_all(&dir).map_err(|e| GenesisError::io("creating snapshots dir", e))?;
         // The name goes into the tar's paths and the owner into its headers,
         // so both are part of the cache key.

@@ -53,7 +53,7 @@ impl Cleaner<'_> {
         if !usage.over() {
             return;
         }
-        let snapshots = self.config.home.join("snapshots");
+        let snapshots = self.config.home.snapshots();
         self.remove_idle_caches(&snapshots, &mut usage, false);
         let layers = crate::snapshot::layers_dir(&self.config.home);
         self.remove_idle_caches(&layers, &mut usage, true);
