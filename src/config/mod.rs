@@ -19,6 +19,7 @@ use crate::results::ReportSpec;
 pub mod globs;
 pub mod host;
 mod nats_keys;
+pub mod net_allow;
 pub mod schedule;
 mod sections;
 pub use sections::*;
@@ -387,6 +388,14 @@ impl Config {
         }
         self.validate_http()
             .map_err(|(key, message)| bad(key, message))?;
+        net_allow::parse_all(&self.environments.network_allow)
+            .map_err(|e| bad("environments.network_allow", e))?;
+        if self.environments.disk_check_ms == 0 {
+            return Err(bad(
+                "environments.disk_check_ms",
+                "expected a number of milliseconds of at least 1".into(),
+            ));
+        }
         nats_keys::validate(&self.nats).map_err(|(key, message)| bad(key, message))?;
         for (key, expr) in self.schedule.entries() {
             schedule::parse_schedule(expr)

@@ -49,7 +49,9 @@ use crate::errors::{GenesisError, Result};
 use crate::snapshot::{Owner, TreeSnapshot};
 
 mod build;
+pub mod guard;
 mod prune;
+mod watch;
 pub use prune::*;
 
 /// Repository part of every environment image.
