@@ -267,6 +267,13 @@ fn an_install_reaches_neither_a_host_listener_nor_a_container_beside_it() {
     );
     assert_eq!(host_listener.accepted(), 1);
 
+    // doctor's line says so.
+    let (ok, line, _) = block_on(async {
+        let docker = genesis::sandbox::connect().await.unwrap();
+        genesis::environment::guard::doctor_line(Some(&docker), &default_policy()).await
+    });
+    assert!(ok && line.contains("rules in place"), "{line}");
+
     // Drop this home's proxy exception from the shared chains.
     guard_for(&genesis::sandbox::home_label(&home.home()), &[]);
     assert!(home.containers_left().is_empty());

@@ -27,6 +27,9 @@
 //!   stays), the workspace is handed to the sandbox user and the tool homes
 //!   the image names in `GENESIS_TOOL_HOMES` are made readable and
 //!   writable for it, so the non-root, offline test step can use them.
+//!   Its network reaches public addresses only (`guard`), what it writes
+//!   into the layer is capped (`watch`), and the `pass_env` values are
+//!   redacted from everything made of its output.
 //! - **Single flight.** One build per key at a time in this process; the
 //!   others wait for it and then reuse it. Across processes the image's
 //!   existence is the truth: a finished environment is never built twice.

@@ -97,10 +97,10 @@ async fn apply(
     let exceptions = exceptions(policy, pass_env).await?;
     let _lock = HostLock::acquire(Duration::from_secs(60)).await?;
     let network = network::ensure(docker).await?;
-    let listing = iptables
-        .run(&["-S", FORWARD_CHAIN])
-        .await
-        .unwrap_or_default();
+    let mut listing = String::new();
+    for chain in [FORWARD_CHAIN, INPUT_CHAIN] {
+        listing.push_str(&iptables.run(&["-S", chain]).await.unwrap_or_default());
+    }
     let kept = rules::other_homes_lines(&listing, home_label);
     let rules = rules::ruleset(&network.bridge, home_label, &exceptions, &kept);
     iptables

@@ -320,5 +320,10 @@ mod tests {
         let kept = other_homes_lines(listing, "aaa");
         assert_eq!(kept.len(), 1);
         assert!(kept[0].contains("10.2.2.2"));
+        // Each line goes back into the chain it came from.
+        let input = "-A GENESIS-INSTALL-IN -d 10.3.3.3/32 -p tcp -m comment --comment \"genesis home=bbb: x\" -j RETURN".to_string();
+        let rules = ruleset("gns-install", "aaa", &[], &[kept[0].clone(), input]);
+        assert!(rules.contains("-A GENESIS-INSTALL-FWD -d 10.2.2.2/32"));
+        assert!(rules.contains("-A GENESIS-INSTALL-IN -d 10.3.3.3/32"));
     }
 }
