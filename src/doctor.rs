@@ -61,10 +61,23 @@ pub async fn checks(config: &Config) -> Vec<Check> {
     out.push(runtime(config).await);
     out.push(llm_endpoint(config));
     out.push(disk_cap(config).await);
+    out.push(install_guard(config).await);
     out.extend(images(config).await);
     out.extend(environments(config).await);
     out.extend(repos(config));
     out
+}
+
+/// Whether installs run behind the network guard, in one line.
+async fn install_guard(config: &Config) -> Check {
+    let docker = crate::sandbox::connect().await.ok();
+    let (ok, detail, fix) =
+        crate::environment::guard::doctor_line(docker.as_ref(), &config.environments).await;
+    if ok {
+        Check::pass("guard", detail)
+    } else {
+        Check::fail("guard", detail, fix.unwrap_or_default())
+    }
 }
 
 /// How many environments exist and how much of their budget they use.

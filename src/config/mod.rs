@@ -21,6 +21,7 @@ pub mod globs;
 pub mod host;
 mod millis;
 mod nats_keys;
+pub mod net_allow;
 pub mod schedule;
 mod sections;
 pub use sections::*;
@@ -384,6 +385,14 @@ impl Config {
         }
         self.validate_http()
             .map_err(|(key, message)| bad(key, message))?;
+        net_allow::parse_all(&self.environments.network_allow)
+            .map_err(|e| bad("environments.network_allow", e))?;
+        if self.environments.disk_check.is_zero() {
+            return Err(bad(
+                "environments.disk_check_ms",
+                "expected a number of milliseconds of at least 1".into(),
+            ));
+        }
         nats_keys::validate(&self.nats).map_err(|(key, message)| bad(key, message))?;
         Ok(())
     }

@@ -82,6 +82,22 @@ pub struct EnvironmentPolicy {
     pub keep_days: u64,
     /// Upper bound on the images' total size; least recently used go first.
     pub disk_budget_mb: u64,
+    /// Installs run on genesis's own network, whose rules let them reach
+    /// public addresses only (`environment::guard`). False: Docker's
+    /// default bridge, unguarded, for hosts where the rules cannot be set.
+    pub network_guard: bool,
+    /// Private or reserved addresses the guard lets installs reach anyway
+    /// (a package mirror on the LAN): `ADDR`, `ADDR/PREFIX`, with an
+    /// optional `:PORT` (see [`super::net_allow`]).
+    pub network_allow: Vec<String>,
+    /// What an install may write into the layer that becomes its image.
+    /// No file system of the engine's caps a writable layer here, so a
+    /// watchdog measures it (`environment::watch`); 0 = no cap.
+    pub disk_mb: u64,
+    /// How often the watchdog measures the layer: the cap can be overshot
+    /// by what the install writes between two measurements.
+    #[serde(rename = "disk_check_ms", with = "super::millis")]
+    pub disk_check: Duration,
 }
 
 /// The recommendation rules' numbers (contract §5).

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::config::Limits;
 use crate::contract::EnvironmentRef;
 use crate::errors::{GenesisError, Result};
-use crate::sandbox::{tail, CappedLog, Role, RunOutcome, Sandbox, SandboxBuilder};
+use crate::sandbox::{tail, CappedLog, Redactor, Role, RunOutcome, Sandbox, SandboxBuilder};
 
 use super::{record_path, write_record, EnvRecord, EnvRequest, Environments, IMAGE_REPO};
 use super::{LABEL_ENV_KEY, LABEL_ENV_PRIVATE, LABEL_ENV_REPO};
@@ -77,6 +77,11 @@ pub(super) async fn build(
         .map_err(|e| GenesisError::io(format!("creating {}", dir.display()), e))?;
     let record = record_path(&dir, request.repo_name, key);
     let ca = ca_bundle(&policy.ca_bundle);
+    let passed = passed_env(&policy.pass_env);
+    // Every byte of install output, and every message made from it, goes
+    // through this before it is kept anywhere.
+    let redactor = Redactor::new(passed.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    let network = super::guard::prepare(&envs.docker, policy, &envs.home_label, &passed).await?;
     let sandbox = SandboxBuilder::from_policy(
         &config.sandbox,
         request.experiment_id,
@@ -86,17 +91,25 @@ pub(super) async fn build(
     )
     .user("0:0")
     .cap_add(&policy.cap_add)
-    .env(install_env(envs, request, ca.is_some()))
+    .env(install_env(envs, request, ca.is_some(), &passed))
+    .network(network.as_ref().map(|n| n.name.as_str()))
     .home_label(&envs.home_label)
     .command(request.repo_name, "", INSTALL_SCRIPT)
     .create(&envs.docker)
     .await?;
     let started = Instant::now();
-    let outcome = install(envs, &sandbox, request, ca, &record.with_extension("log")).await;
+    let log = record.with_extension("log");
+    let outcome = install(envs, &sandbox, request, ca, &log, redactor.clone()).await;
     let build_ms = started.elapsed().as_millis() as u64;
     let committed = match outcome {
-        Ok(run) => match judge_install(request, &run, limits.timeout) {
-            Ok(()) => commit(&sandbox, request, key).await.map(|_| ()),
+        Ok(run) => match judge_install(request, &run, limits.timeout, &redactor) {
+            Ok(()) => match super::watch::layer_within_cap(&sandbox, policy.disk_mb).await {
+                Ok(()) => commit(&sandbox, request, key).await.map(|_| ()),
+                Err(why) => Err(GenesisError::EnvironmentFailed(format!(
+                    "the install command of repo {:?} ({}) {why}",
+                    request.repo_name, request.repo.install_command
+                ))),
+            },
             Err(e) => Err(e),
         },
         Err(e) => Err(e),
@@ -125,10 +138,22 @@ pub(super) async fn build(
     })
 }
 
+/// The `pass_env` variables the host has, as (name, value).
+fn passed_env(names: &[String]) -> Vec<(String, String)> {
+    names
+        .iter()
+        .filter_map(|name| Some((name.clone(), std::env::var(name).ok()?)))
+        .collect()
+}
+
 /// The install's variables: the command, the sandbox owner, the CA bundle's
 /// variables when one is copied, and the named host variables only.
-fn install_env(envs: &Environments, request: &EnvRequest<'_>, with_ca: bool) -> Vec<String> {
-    let policy = &envs.config.environments;
+fn install_env(
+    envs: &Environments,
+    request: &EnvRequest<'_>,
+    with_ca: bool,
+    passed: &[(String, String)],
+) -> Vec<String> {
     let mut env = vec![
         format!("GENESIS_INSTALL={}", request.repo.install_command),
         format!("GENESIS_OWNER={}:{}", envs.owner.uid, envs.owner.gid),
@@ -136,11 +161,7 @@ fn install_env(envs: &Environments, request: &EnvRequest<'_>, with_ca: bool) -> 
     if with_ca {
         env.extend(CA_VARIABLES.iter().map(|v| format!("{v}={CA_PATH}")));
     }
-    for name in &policy.pass_env {
-        if let Ok(value) = std::env::var(name) {
-            env.push(format!("{name}={value}"));
-        }
-    }
+    env.extend(passed.iter().map(|(name, value)| format!("{name}={value}")));
     env
 }
 
@@ -164,6 +185,7 @@ async fn install(
     request: &EnvRequest<'_>,
     ca: Option<Vec<u8>>,
     log_path: &Path,
+    redactor: Redactor,
 ) -> Result<RunOutcome> {
     sandbox.upload_skeleton(envs.owner).await?;
     let tarball = match &request.snapshot.tarball {
@@ -190,13 +212,24 @@ async fn install(
         extra.push((CA_PATH, ca));
     }
     sandbox.upload("/", files_tar(&extra)?).await?;
-    let log = CappedLog::create(log_path, envs.config.sandbox.log_cap_bytes)?;
-    sandbox.run(envs.config.environments.timeout, log).await
+    let log = CappedLog::create(log_path, envs.config.sandbox.log_cap_bytes)?.redacting(redactor);
+    let policy = &envs.config.environments;
+    let disk_cap = super::watch::layer_past_cap(sandbox, policy.disk_mb, policy.disk_check);
+    sandbox.run_watched(policy.timeout, log, disk_cap).await
 }
 
-/// A failed, killed or timed-out install is `environment_failed`, with the tail.
-fn judge_install(request: &EnvRequest<'_>, run: &RunOutcome, timeout: Duration) -> Result<()> {
-    let why = if run.timed_out {
+/// A failed, killed or timed-out install is `environment_failed`, with the
+/// tail (already redacted as it was logged; the whole message is again, in
+/// case a value reached it another way, e.g. through the install command).
+fn judge_install(
+    request: &EnvRequest<'_>,
+    run: &RunOutcome,
+    timeout: Duration,
+    redactor: &Redactor,
+) -> Result<()> {
+    let why = if let Some(reason) = &run.stopped_by {
+        reason.clone()
+    } else if run.timed_out {
         format!(
             "ran past its {} ms limit ([environments] timeout_ms) and was killed",
             timeout.as_millis()
@@ -208,13 +241,13 @@ fn judge_install(request: &EnvRequest<'_>, run: &RunOutcome, timeout: Duration) 
     } else {
         return Ok(());
     };
-    Err(GenesisError::EnvironmentFailed(format!(
+    Err(GenesisError::EnvironmentFailed(redactor.text(&format!(
         "the install command of repo {:?} ({}) {why}; install log ({}) tail:\n{}",
         request.repo_name,
         request.repo.install_command,
         run.log.path.display(),
         tail(&run.log.text, 2000)
-    )))
+    ))))
 }
 
 async fn commit(sandbox: &Sandbox, request: &EnvRequest<'_>, key: &str) -> Result<String> {

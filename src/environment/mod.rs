@@ -27,6 +27,9 @@
 //!   stays), the workspace is handed to the sandbox user and the tool homes
 //!   the image names in `GENESIS_TOOL_HOMES` are made readable and
 //!   writable for it, so the non-root, offline test step can use them.
+//!   Its network reaches public addresses only (`guard`), what it writes
+//!   into the layer is capped (`watch`), and the `pass_env` values are
+//!   redacted from everything made of its output.
 //! - **Private environments.** An install runs the tree's own code as root
 //!   (setup scripts, build hooks). The baseline's tree is the repo's own, so
 //!   its environment is shared; a candidate whose patch changes install
@@ -56,7 +59,9 @@ use crate::errors::{GenesisError, Result};
 use crate::snapshot::{Owner, TreeSnapshot};
 
 mod build;
+pub mod guard;
 mod prune;
+mod watch;
 pub use prune::*;
 
 /// Repository part of every environment image.

@@ -209,6 +209,8 @@ impl Runner {
                 .prepare_command(
                     plan.uses_environment()
                         .then(|| ENV_WORKSPACE_COPY.to_string()),
+                    // The copy of what an install left is bounded as the install was.
+                    self.config.environments.timeout,
                 )
                 .llm(plan.llm.clone())
                 .command(&plan.primary, &plan.repo.setup_command, &plan.test_command)

@@ -5,7 +5,6 @@ use crate::errors::{GenesisError, Result};
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::exec::{StartExecOptions, StartExecResults};
-use bollard::models::ExecConfig;
 use bollard::query_parameters::{
     CreateContainerOptions, DownloadFromContainerOptions, KillContainerOptions,
     UploadToContainerOptions, WaitContainerOptions,
@@ -30,6 +29,8 @@ pub struct RunOutcome {
     pub disk_full: bool,
     /// What the run's LLM endpoint recorded; None without one (`llm_stub = false`).
     pub llm: Option<super::llm::LlmRecord>,
+    /// Why a watchdog killed the run ([`Sandbox::run_watched`]).
+    pub stopped_by: Option<String>,
 }
 
 impl RunOutcome {
@@ -48,13 +49,13 @@ impl RunOutcome {
 
 /// A created container. Removed on drop if [`Sandbox::remove`] was not called.
 pub struct Sandbox {
-    docker: Docker,
+    pub(super) docker: Docker,
     pub id: String,
     pub name: String,
     pub spec: SandboxSpec,
     /// The run's own file system, released after the container is removed
     /// (field order: dropped after `Drop::drop` removed the container).
-    disk: Option<ScratchDisk>,
+    pub(super) disk: Option<ScratchDisk>,
     removed: bool,
 }
 
@@ -177,6 +178,18 @@ impl Sandbox {
     /// than the engine's one-second sampling interval: from the cgroup files
     /// when the engine is local, else through the stats API.
     pub async fn run(&self, timeout: Duration, log: CappedLog) -> Result<RunOutcome> {
+        self.run_watched(timeout, log, std::future::pending()).await
+    }
+
+    /// [`Sandbox::run`] with a watchdog: when `watch` resolves first, the
+    /// container is killed as at the timeout and the outcome's
+    /// `stopped_by` carries the watchdog's reason.
+    pub async fn run_watched(
+        &self,
+        timeout: Duration,
+        log: CappedLog,
+        watch: impl std::future::Future<Output = String>,
+    ) -> Result<RunOutcome> {
         let alive_since = Instant::now();
         self.docker
             .start_container(&self.id, None)
@@ -213,15 +226,21 @@ impl Sandbox {
         // The output stream ends when the suite's process exits; if the
         // container stops first (killed at the timeout, or its sandbox
         // died), the stream gets `stream_grace` to end before it is closed.
+        let mut stopped_by = None;
         let (finished, timed_out) = tokio::select! {
             pumped = &mut log_task => (Some(pumped), false),
             _ = tokio::time::sleep(timeout) => (None, true),
             _ = self.stopped() => (None, false),
+            reason = watch => {
+                stopped_by = Some(reason);
+                (None, false)
+            }
         };
+        let killed = timed_out || stopped_by.is_some();
         let pumped = match finished {
             Some(pumped) => pumped,
             None => {
-                if timed_out {
+                if killed {
                     self.kill().await?;
                 }
                 match tokio::time::timeout(self.spec.stream_grace, &mut log_task).await {
@@ -235,7 +254,7 @@ impl Sandbox {
         };
         let runtime_ms = started.elapsed().as_millis() as u64;
         let log = pumped.map_err(|e| GenesisError::Internal(format!("log pump: {e}")))??;
-        let exit_code = if timed_out {
+        let exit_code = if killed {
             137
         } else {
             match self.exec_exit_code(&exec.id).await {
@@ -248,7 +267,7 @@ impl Sandbox {
         };
         // Only a failing suite can owe its failure to the container
         // stopping under it; a passing one finished whatever came after.
-        if !timed_out && exit_code != 0 {
+        if !killed && exit_code != 0 {
             self.check_still_running().await?;
         }
         let _ = stop_sampling.send(());
@@ -281,6 +300,7 @@ impl Sandbox {
             log,
             disk_full: self.disk_is_full(),
             llm,
+            stopped_by,
         })
     }
 
@@ -299,54 +319,6 @@ impl Sandbox {
     /// Whether the run's own file system is full (false without one).
     pub fn disk_is_full(&self) -> bool {
         self.disk.as_ref().is_some_and(ScratchDisk::is_full)
-    }
-
-    /// The spec's prepare command, untimed, before the suite: it must
-    /// succeed; a full disk while preparing is the run's `disk_limit`.
-    async fn prepare(&self) -> Result<()> {
-        let Some(command) = &self.spec.prepare_command else {
-            return Ok(());
-        };
-        let what = format!("preparing the workspace in {}", self.name);
-        let config = ExecConfig {
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            cmd: Some(vec!["sh".into(), "-c".into(), command.clone()]),
-            user: Some(self.spec.user.clone()),
-            ..Default::default()
-        };
-        let created = self
-            .docker
-            .create_exec(&self.id, config)
-            .await
-            .map_err(|e| GenesisError::docker(&what, e))?;
-        let mut output = String::new();
-        if let StartExecResults::Attached {
-            output: mut stream, ..
-        } = self
-            .docker
-            .start_exec(&created.id, None::<StartExecOptions>)
-            .await
-            .map_err(|e| GenesisError::docker(&what, e))?
-        {
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| GenesisError::docker(&what, e))?;
-                output.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
-            }
-        }
-        let code = self.exec_exit_code(&created.id).await?;
-        if code == 0 {
-            return Ok(());
-        }
-        if let Some(disk) = self.disk.as_ref().filter(|d| d.is_full()) {
-            return Err(GenesisError::DiskLimit {
-                limit_mb: disk.size_mb(),
-            });
-        }
-        Err(GenesisError::sandbox(
-            what,
-            format!("exited with status {code}: {}", tail(&output, 2000)),
-        ))
     }
 
     /// The PID of the container's own process on this host, when the
@@ -382,7 +354,7 @@ impl Sandbox {
         }
     }
 
-    async fn exec_exit_code(&self, exec_id: &str) -> Result<i64> {
+    pub(super) async fn exec_exit_code(&self, exec_id: &str) -> Result<i64> {
         let info = self.docker.inspect_exec(exec_id).await.map_err(|e| {
             GenesisError::docker(format!("reading the exit status in {}", self.name), e)
         })?;

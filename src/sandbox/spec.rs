@@ -102,9 +102,16 @@ pub struct SandboxSpec {
     /// Run (untimed, as the sandbox user) after start and before the suite:
     /// an environment's untracked workspace files are copied into place.
     pub prepare_command: Option<String>,
+    /// Bounds the prepare command: it copies what an install left, so an
+    /// install could otherwise make every run of its environment hang.
+    pub prepare_timeout: Duration,
     /// The run's LLM endpoint (contract §2b); None for `llm_stub = false`
     /// and for installs.
     pub llm: Option<super::llm::LlmSetup>,
+    /// The Docker network of a run with network on; None: the default
+    /// bridge. Installs join the guarded one (`environment::guard`), and
+    /// then also lose IPv6 in their namespace (see there).
+    pub network: Option<String>,
 }
 
 impl SandboxSpec {
@@ -170,7 +177,9 @@ impl SandboxBuilder {
                 host_pids_limit: policy.host_pids_limit(limits.pids),
                 disk: None,
                 prepare_command: None,
+                prepare_timeout: Duration::from_secs(900),
                 llm: None,
+                network: None,
             },
         }
     }
@@ -220,8 +229,16 @@ impl SandboxBuilder {
         self
     }
 
-    pub fn prepare_command(mut self, command: Option<String>) -> Self {
+    /// The prepare command and its time limit.
+    pub fn prepare_command(mut self, command: Option<String>, timeout: Duration) -> Self {
         self.spec.prepare_command = command;
+        self.spec.prepare_timeout = timeout;
+        self
+    }
+
+    /// Joins `network` instead of the default bridge (when network is on).
+    pub fn network(mut self, network: Option<&str>) -> Self {
+        self.spec.network = network.map(str::to_owned);
         self
     }
 
@@ -264,6 +281,23 @@ fn guest_process_limit(spec: &SandboxSpec) -> Option<Vec<ResourcesUlimits>> {
     })
 }
 
+/// IPv6 off inside a container on a named network: the guard's rules are
+/// IPv4, and a link-local IPv6 route to the host must not bypass them.
+/// Not under runsc, whose own network stack takes no such sysctl.
+fn no_ipv6(spec: &SandboxSpec) -> Option<HashMap<String, String>> {
+    (spec.limits.network && spec.network.is_some() && !spec.under_gvisor()).then(|| {
+        ["all", "default"]
+            .into_iter()
+            .map(|scope| {
+                (
+                    format!("net.ipv6.conf.{scope}.disable_ipv6"),
+                    "1".to_string(),
+                )
+            })
+            .collect()
+    })
+}
+
 /// The container's create body: limits and hardening in one place. With a
 /// disk the root file system is read-only and the disk's directories are
 /// the only writable places; without, `/tmp` is a capped tmpfs.
@@ -296,14 +330,12 @@ pub fn container_config(spec: &SandboxSpec, disk: Option<&ScratchDisk>) -> Conta
         // Equal to memory: no swap, so the memory limit is real.
         memory_swap: Some(mb(spec.limits.memory_mb)),
         pids_limit: Some(spec.host_pids_limit),
-        network_mode: Some(
-            if spec.limits.network {
-                "bridge"
-            } else {
-                "none"
-            }
-            .into(),
-        ),
+        network_mode: Some(match (&spec.network, spec.limits.network) {
+            (_, false) => "none".into(),
+            (Some(network), true) => network.clone(),
+            (None, true) => "bridge".into(),
+        }),
+        sysctls: no_ipv6(spec),
         cap_drop: Some(vec!["ALL".into()]),
         cap_add: (!spec.cap_add.is_empty()).then(|| spec.cap_add.clone()),
         security_opt: Some(vec!["no-new-privileges".into()]),
@@ -354,6 +386,23 @@ mod tests {
         policy.runtime = crate::config::Runtime::from(runtime);
         let limits = config.limits_for(RiskLevel::High);
         SandboxBuilder::from_policy(&policy, "e", Role::Candidate, "img", limits).spec()
+    }
+
+    #[test]
+    fn an_install_on_a_named_network_joins_it_without_ipv6() {
+        let mut spec = spec_under("runc");
+        spec.limits.network = true;
+        spec.network = Some("genesis-install".into());
+        let host = container_config(&spec, None).host_config.unwrap();
+        assert_eq!(host.network_mode.as_deref(), Some("genesis-install"));
+        let sysctls = host.sysctls.unwrap();
+        assert_eq!(sysctls["net.ipv6.conf.all.disable_ipv6"], "1");
+        assert_eq!(sysctls["net.ipv6.conf.default.disable_ipv6"], "1");
+        // Network off wins over a named network.
+        spec.limits.network = false;
+        let host = container_config(&spec, None).host_config.unwrap();
+        assert_eq!(host.network_mode.as_deref(), Some("none"));
+        assert_eq!(host.sysctls, None);
     }
 
     #[test]
