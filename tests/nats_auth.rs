@@ -216,20 +216,25 @@ fn make_certificates(dir: &Path) {
     ]);
 }
 
+/// TLS and a password together, as production servers run: serves through
+/// both; a wrong password over TLS, and no CA, each stop `serve` clearly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_the_test_ca_serves_and_without_it_stops_serve() {
     let certs = tempfile::tempdir().unwrap();
     make_certificates(certs.path());
     let dir = certs.path().display();
     let server = NatsServer::start_with(&format!(
-        "tls {{ cert_file: \"{dir}/server.pem\", key_file: \"{dir}/server.key\" }}\n"
+        "tls {{ cert_file: \"{dir}/server.pem\", key_file: \"{dir}/server.key\" }}\n\
+         authorization {{ user: \"{USER}\", password: \"{PASSWORD}\" }}\n"
     ));
     let url = format!("tls://127.0.0.1:{}", server.port);
 
-    let home = home_with_nats(&format!("tls_ca_file = \"{dir}/ca.pem\""));
-    let serve = ServeProcess::spawn_with_env(&home, &url, &[]);
+    let home = home_with_nats(&format!(
+        "tls_ca_file = \"{dir}/ca.pem\"\nuser = \"{USER}\""
+    ));
+    let serve = ServeProcess::spawn_with_env(&home, &url, &[("GENESIS_NATS_PASSWORD", PASSWORD)]);
     serve.wait_for_line("genesis ready", Duration::from_secs(60));
-    let client = async_nats::ConnectOptions::new()
+    let client = async_nats::ConnectOptions::with_user_and_password(USER.into(), PASSWORD.into())
         .add_root_certificates(certs.path().join("ca.pem"))
         .connect(url.as_str())
         .await
@@ -237,8 +242,16 @@ async fn tls_with_the_test_ca_serves_and_without_it_stops_serve() {
     round_trip(&client, "auth-tls-1").await;
     drop(serve);
 
-    let without_ca = home_with_nats("");
-    let mut serve = ServeProcess::spawn_with_env(&without_ca, &url, &[]);
+    let mut serve =
+        ServeProcess::spawn_with_env(&home, &url, &[("GENESIS_NATS_PASSWORD", WRONG_PASSWORD)]);
+    let (code, log) = wait_for_exit(&mut serve, Duration::from_secs(10));
+    assert_eq!(code, 1, "{log}");
+    assert!(log.contains("authorization violation"), "{log}");
+    assert!(!log.contains(WRONG_PASSWORD), "the password leaked:\n{log}");
+
+    let without_ca = home_with_nats(&format!("user = \"{USER}\""));
+    let mut serve =
+        ServeProcess::spawn_with_env(&without_ca, &url, &[("GENESIS_NATS_PASSWORD", PASSWORD)]);
     let (code, log) = wait_for_exit(&mut serve, Duration::from_secs(10));
     assert_eq!(code, 1, "{log}");
     assert!(log.contains("TLS"), "{log}");
