@@ -4,7 +4,7 @@
 //! Nothing else in the crate builds or picks apart JSON by hand: a request is
 //! parsed here (with the size limit, the field path of any error and the id
 //! rules of the contract), and every outgoing document is one of these types.
-//! The README's "Contract" section mirrors this file.
+//! `docs/contract.md` summarises it for readers.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,6 +1,6 @@
 //! The numbers of contract §5, computed from the baseline's and candidate's
-//! per-test outcomes. Pure functions; the README's "Metrics" section and the
-//! contract define each one.
+//! per-test outcomes. Pure functions; the contract defines each one
+//! (summarised in `docs/contract.md`).
 //!
 //! Choices the contract leaves open, made here once:
 //! - A test that passed on the baseline and is *skipped* in the candidate
