@@ -68,7 +68,7 @@ fn snapshots_are_deterministic_cached_and_keep_links() {
         analysis_cap_bytes: 1 << 20,
         layered: false,
         patch_mb: 64,
-        risk_level: "high",
+        risk_level: genesis::contract::RiskLevel::High,
     };
     let first = snap.prepare(&input, "exp-1").unwrap();
     let bytes = std::fs::read(first.base.tarball.as_ref().unwrap()).unwrap();
@@ -142,7 +142,7 @@ fn a_missing_ref_or_repo_is_an_invalid_request() {
         analysis_cap_bytes: 1 << 20,
         layered: false,
         patch_mb: 64,
-        risk_level: "high",
+        risk_level: genesis::contract::RiskLevel::High,
     };
     let err = snap.prepare(&input, "e").unwrap_err();
     assert_eq!(err.kind(), genesis::contract::ErrorKind::InvalidRequest);

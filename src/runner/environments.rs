@@ -149,7 +149,8 @@ impl Runner {
                     layered: false,
                     // No patch: nothing to bound.
                     patch_mb: 0,
-                    risk_level: "none",
+                    // No patch, so neither the bound nor its level is read.
+                    risk_level: crate::contract::RiskLevel::High,
                 },
                 ENV_BUILD_ID,
             )

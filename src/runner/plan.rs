@@ -100,7 +100,7 @@ impl Runner {
         let snapshotter = self.snapshotter.clone();
         let analysis_cap_bytes = self.config.analysis.max_file_bytes;
         let id = request.experiment_id.clone();
-        let (patch_mb, risk_level) = (limits.patch_mb, request.risk_level.as_str());
+        let (patch_mb, risk_level) = (limits.patch_mb, request.risk_level);
         let prepared = tokio::task::spawn_blocking(move || {
             inputs
                 .iter()

@@ -126,7 +126,7 @@ pub struct RepoInput<'a> {
     /// `[limits.*] patch_mb` of the request's risk level, and that level's
     /// name for the error: what the patch may write once applied.
     pub patch_mb: u64,
-    pub risk_level: &'a str,
+    pub risk_level: crate::contract::RiskLevel,
 }
 
 /// Turns off libgit2's "repository owned by another user" refusal: genesis
