@@ -243,40 +243,7 @@ fn render_show(
         );
     }
     if let Some(m) = metrics {
-        let x = &m.metrics;
-        let _ = writeln!(s, "metrics");
-        let _ = writeln!(
-            s,
-            "  tests        {} run, {} failed (baseline {} run, {} failed)",
-            x.test_count, x.failures, m.baseline.test_count, m.baseline.failures
-        );
-        let _ = writeln!(
-            s,
-            "  success_rate {:.4}   regression {:.4}   llm_reduction {:.4}",
-            x.success_rate, x.regression, x.llm_reduction
-        );
-        let _ = writeln!(
-            s,
-            "  runtime      {} ms (baseline {} ms, delta {:+.4})",
-            x.runtime_ms, m.baseline.runtime_ms, x.performance_delta
-        );
-        let _ = writeln!(
-            s,
-            "  resources    peak {:.1} MB, cpu {:.1}%, io {}",
-            x.memory_peak_mb, x.cpu_usage_percent, x.io_operations
-        );
-        if !m.regressions.is_empty() {
-            let _ = writeln!(s, "regressed tests");
-            for t in &m.regressions {
-                let _ = writeln!(s, "  {t}");
-            }
-        }
-        if !m.flaky.is_empty() {
-            let _ = writeln!(s, "flaky tests (not counted)");
-            for t in &m.flaky {
-                let _ = writeln!(s, "  {t}");
-            }
-        }
+        s.push_str(&render_metrics(m));
     }
     if let Some(llm) = completed.as_ref().and_then(|c| c.llm.as_ref()) {
         s.push_str(&render_llm(llm));
@@ -289,6 +256,46 @@ fn render_show(
                 "  {} {:<8} {} {}",
                 h.inserted_at, h.operation, h.path, h.detail
             );
+        }
+    }
+    s
+}
+
+/// The "metrics" block of `show`, with the regressed and flaky tests.
+fn render_metrics(m: &MetricsRow) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let x = &m.metrics;
+    let _ = writeln!(s, "metrics");
+    let _ = writeln!(
+        s,
+        "  tests        {} run, {} failed (baseline {} run, {} failed)",
+        x.test_count, x.failures, m.baseline.test_count, m.baseline.failures
+    );
+    let _ = writeln!(
+        s,
+        "  success_rate {:.4}   regression {:.4}   llm_reduction {:.4}",
+        x.success_rate, x.regression, x.llm_reduction
+    );
+    let _ = writeln!(
+        s,
+        "  runtime      {} ms (baseline {} ms, delta {:+.4})",
+        x.runtime_ms, m.baseline.runtime_ms, x.performance_delta
+    );
+    let _ = writeln!(
+        s,
+        "  resources    peak {:.1} MB, cpu {:.1}%, io {}",
+        x.memory_peak_mb, x.cpu_usage_percent, x.io_operations
+    );
+    for (title, tests) in [
+        ("regressed tests", &m.regressions),
+        ("flaky tests (not counted)", &m.flaky),
+    ] {
+        if !tests.is_empty() {
+            let _ = writeln!(s, "{title}");
+            for t in tests {
+                let _ = writeln!(s, "  {t}");
+            }
         }
     }
     s

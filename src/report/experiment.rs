@@ -100,16 +100,7 @@ fn page(
         Some(ExperimentResult::Success(c)) => Some(c),
         _ => None,
     };
-    let failure = match &result {
-        Some(ExperimentResult::Failed(f)) => Some((f.error_kind.to_string(), f.error.clone())),
-        _ => record.error.as_ref().map(|e| {
-            let kind = record
-                .error_kind
-                .map_or("unknown", ErrorKind::as_str)
-                .to_owned();
-            (kind, e.clone())
-        }),
-    };
+    let failure = failure(record, result.as_ref());
     let metrics = completed
         .map(|c| &c.metrics)
         .or(metrics_row.map(|m| &m.metrics));
@@ -154,16 +145,32 @@ fn page(
         analysis: raw.as_ref().and_then(analysis),
         llm: llm_view(llm, completed.and_then(|c| c.analysis.as_ref())),
         log,
-        history: history
-            .iter()
-            .map(|h| HistoryRow {
-                at: fmt_ms(h.inserted_at),
-                operation: h.operation.as_str().to_owned(),
-                path: h.path.clone(),
-                size: bytes(h.size_bytes),
-                detail: h.detail.clone(),
-            })
-            .collect(),
+        history: history.iter().map(history_row).collect(),
+    }
+}
+
+/// (error kind, error) of a failed experiment, from its result or, before
+/// one was stored, its record.
+fn failure(
+    record: &ExperimentRecord,
+    result: Option<&ExperimentResult>,
+) -> Option<(String, String)> {
+    match result {
+        Some(ExperimentResult::Failed(f)) => Some((f.error_kind.to_string(), f.error.clone())),
+        _ => record.error.as_ref().map(|e| {
+            let kind = record.error_kind.map_or("unknown", ErrorKind::as_str);
+            (kind.to_owned(), e.clone())
+        }),
+    }
+}
+
+fn history_row(h: &SandboxEvent) -> HistoryRow {
+    HistoryRow {
+        at: fmt_ms(h.inserted_at),
+        operation: h.operation.as_str().to_owned(),
+        path: h.path.clone(),
+        size: bytes(h.size_bytes),
+        detail: h.detail.clone(),
     }
 }
 
@@ -233,98 +240,86 @@ fn marks(list: &[(&str, f64)]) -> Vec<Mark> {
 /// `llm_source` is the result's `llm.source` (None for a result stored
 /// before the endpoint): it decides what `llm_reduction` is said to count.
 fn gauges(m: &Metrics, t: &Thresholds, llm_source: Option<LlmSource>) -> Vec<GaugeView> {
-    let sr = gauge(
-        "success_rate against its thresholds",
-        m.success_rate,
-        (0.0, 1.0),
-        &[
-            Zone {
-                from: 0.0,
-                to: t.rollback_success_rate,
-                class: "bad",
-            },
-            Zone {
-                from: t.adapt_success_rate,
-                to: t.merge_success_rate,
-                class: "warn",
-            },
-            Zone {
-                from: t.merge_success_rate,
-                to: 1.0,
-                class: "good",
-            },
-        ],
-        &marks(&[
-            ("rollback <", t.rollback_success_rate),
-            ("adapt >", t.adapt_success_rate),
-            ("merge >", t.merge_success_rate),
-        ]),
-    );
-    let highest = t
-        .rollback_regression
-        .max(t.adapt_regression)
-        .max(t.merge_regression);
-    let hi = svg::nice_ceil((2.0 * highest).max(m.regression)).min(1.0);
-    let reg = gauge(
-        "regression against its thresholds",
-        m.regression,
-        (0.0, hi),
-        &[
-            Zone {
-                from: 0.0,
-                to: t.merge_regression,
-                class: "good",
-            },
-            Zone {
-                from: t.merge_regression,
-                to: t.adapt_regression,
-                class: "warn",
-            },
-            Zone {
-                from: t.rollback_regression,
-                to: hi,
-                class: "bad",
-            },
-        ],
-        &marks(&[
-            ("merge <", t.merge_regression),
-            ("adapt <", t.adapt_regression),
-            ("rollback >", t.rollback_regression),
-        ]),
-    );
-    let lo = if m.llm_reduction < 0.0 { -1.0 } else { 0.0 };
-    let llm = gauge(
-        "llm_reduction against its threshold",
-        m.llm_reduction,
-        (lo, 1.0),
-        &[Zone {
-            from: t.merge_llm_reduction,
-            to: 1.0,
-            class: "good",
-        }],
-        &marks(&[("merge >", t.merge_llm_reduction)]),
-    );
     vec![
         GaugeView {
             name: "success_rate",
             value: num(m.success_rate),
             definition: "(test_count − failures) / test_count in the candidate",
-            svg: sr,
+            svg: success_gauge(m, t),
         },
         GaugeView {
             name: "regression",
             value: num(m.regression),
             definition:
                 "share of baseline passes that fail, vanish or are skipped in the candidate",
-            svg: reg,
+            svg: regression_gauge(m, t),
         },
         GaugeView {
             name: "llm_reduction",
             value: num(m.llm_reduction),
             definition: reduction_definition(llm_source),
-            svg: llm,
+            svg: llm_gauge(m, t),
         },
     ]
+}
+
+fn zone(from: f64, to: f64, class: &'static str) -> Zone {
+    Zone { from, to, class }
+}
+
+fn success_gauge(m: &Metrics, t: &Thresholds) -> Svg {
+    gauge(
+        "success_rate against its thresholds",
+        m.success_rate,
+        (0.0, 1.0),
+        &[
+            zone(0.0, t.rollback_success_rate, "bad"),
+            zone(t.adapt_success_rate, t.merge_success_rate, "warn"),
+            zone(t.merge_success_rate, 1.0, "good"),
+        ],
+        &marks(&[
+            ("rollback <", t.rollback_success_rate),
+            ("adapt >", t.adapt_success_rate),
+            ("merge >", t.merge_success_rate),
+        ]),
+    )
+}
+
+/// The scale reaches twice the highest threshold (or the value, if
+/// larger), so the zones stay readable.
+fn regression_gauge(m: &Metrics, t: &Thresholds) -> Svg {
+    let highest = t
+        .rollback_regression
+        .max(t.adapt_regression)
+        .max(t.merge_regression);
+    let hi = svg::nice_ceil((2.0 * highest).max(m.regression)).min(1.0);
+    gauge(
+        "regression against its thresholds",
+        m.regression,
+        (0.0, hi),
+        &[
+            zone(0.0, t.merge_regression, "good"),
+            zone(t.merge_regression, t.adapt_regression, "warn"),
+            zone(t.rollback_regression, hi, "bad"),
+        ],
+        &marks(&[
+            ("merge <", t.merge_regression),
+            ("adapt <", t.adapt_regression),
+            ("rollback >", t.rollback_regression),
+        ]),
+    )
+}
+
+/// A negative reduction (more calls) widens the scale to −1.
+fn llm_gauge(m: &Metrics, t: &Thresholds) -> Svg {
+    let lo = if m.llm_reduction < 0.0 { -1.0 } else { 0.0 };
+    gauge(
+        "llm_reduction against its threshold",
+        m.llm_reduction,
+        (lo, 1.0),
+        &[zone(t.merge_llm_reduction, 1.0, "good")],
+        &marks(&[("merge >", t.merge_llm_reduction)]),
+    )
 }
 
 #[cfg(test)]

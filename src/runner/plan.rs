@@ -66,65 +66,13 @@ impl Runner {
     pub(super) async fn plan(&self, request: &Request) -> Result<Plan> {
         let (primary, repo) = self.config.repo(request.repo.as_deref())?;
         let repo = repo.clone();
-        let install_inputs = if repo.install_command.is_empty() {
-            None
-        } else {
-            Some(repo.install_inputs.clone())
-        };
-        let mut inputs = vec![RepoJob {
-            name: primary.clone(),
-            path: repo.path.clone(),
-            patch: request.changes.patch.clone(),
-            declared_files: Some(request.changes.files.clone()),
-            install_inputs,
-        }];
-        for (name, patch) in &request.changes.patches {
-            if *name == primary {
-                return Err(GenesisError::InvalidRequest(format!(
-                    "changes.patches names the primary repo {name:?}; put its diff in changes.patch"
-                )));
-            }
-            let (_, other) = self.config.repo(Some(name))?;
-            inputs.push(RepoJob {
-                name: name.clone(),
-                path: other.path.clone(),
-                patch: Some(patch.clone()),
-                declared_files: None,
-                install_inputs: None,
-            });
-        }
-        let base_ref = request.base_ref.clone().unwrap_or_else(|| "HEAD".into());
+        let inputs = self.repo_jobs(request, &primary, &repo)?;
         let limits = self.config.limits_for(request.risk_level);
         // Layers need the run's own disk: the overlay's upper half lives there.
         let layered = self.config.sandbox.layers && limits.disk_mb > 0;
-        let snapshotter = self.snapshotter.clone();
-        let analysis_cap_bytes = self.config.analysis.max_file_bytes;
-        let id = request.experiment_id.clone();
-        let (patch_mb, risk_level) = (limits.patch_mb, request.risk_level);
-        let prepared = tokio::task::spawn_blocking(move || {
-            inputs
-                .iter()
-                .map(|job| {
-                    snapshotter.prepare(
-                        &RepoInput {
-                            name: &job.name,
-                            source: &job.path,
-                            base_ref: &base_ref,
-                            patch: job.patch.as_deref(),
-                            declared_files: job.declared_files.as_deref(),
-                            install_inputs: job.install_inputs.as_ref(),
-                            analysis_cap_bytes,
-                            layered,
-                            patch_mb,
-                            risk_level,
-                        },
-                        &id,
-                    )
-                })
-                .collect::<Result<Vec<_>>>()
-        })
-        .await
-        .map_err(|e| GenesisError::Internal(format!("snapshot task: {e}")))??;
+        let prepared = self
+            .prepare_repos(inputs, request, layered, limits.patch_mb)
+            .await?;
         self.save_patches(request, &prepared)?;
         // A request's timeout_ms wins when it is smaller (contract §2).
         let timeout = request.timeout_ms.map_or(limits.timeout, |t| {
@@ -164,6 +112,82 @@ impl Runner {
             report,
             framework,
         })
+    }
+
+    /// The repos to snapshot: the primary with `changes.patch` (and its
+    /// install inputs), then each repo of `changes.patches`.
+    fn repo_jobs(
+        &self,
+        request: &Request,
+        primary: &str,
+        repo: &RepoConfig,
+    ) -> Result<Vec<RepoJob>> {
+        let install_inputs = if repo.install_command.is_empty() {
+            None
+        } else {
+            Some(repo.install_inputs.clone())
+        };
+        let mut jobs = vec![RepoJob {
+            name: primary.to_owned(),
+            path: repo.path.clone(),
+            patch: request.changes.patch.clone(),
+            declared_files: Some(request.changes.files.clone()),
+            install_inputs,
+        }];
+        for (name, patch) in &request.changes.patches {
+            if name == primary {
+                return Err(GenesisError::InvalidRequest(format!(
+                    "changes.patches names the primary repo {name:?}; put its diff in changes.patch"
+                )));
+            }
+            let (_, other) = self.config.repo(Some(name))?;
+            jobs.push(RepoJob {
+                name: name.clone(),
+                path: other.path.clone(),
+                patch: Some(patch.clone()),
+                declared_files: None,
+                install_inputs: None,
+            });
+        }
+        Ok(jobs)
+    }
+
+    /// Snapshots and patches every repo, off the async runtime (git work).
+    async fn prepare_repos(
+        &self,
+        jobs: Vec<RepoJob>,
+        request: &Request,
+        layered: bool,
+        patch_mb: u64,
+    ) -> Result<Vec<PreparedRepo>> {
+        let snapshotter = self.snapshotter.clone();
+        let analysis_cap_bytes = self.config.analysis.max_file_bytes;
+        let id = request.experiment_id.clone();
+        let risk_level = request.risk_level;
+        let base_ref = request.base_ref.clone().unwrap_or_else(|| "HEAD".into());
+        tokio::task::spawn_blocking(move || {
+            jobs.iter()
+                .map(|job| {
+                    snapshotter.prepare(
+                        &RepoInput {
+                            name: &job.name,
+                            source: &job.path,
+                            base_ref: &base_ref,
+                            patch: job.patch.as_deref(),
+                            declared_files: job.declared_files.as_deref(),
+                            install_inputs: job.install_inputs.as_ref(),
+                            analysis_cap_bytes,
+                            layered,
+                            patch_mb,
+                            risk_level,
+                        },
+                        &id,
+                    )
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .await
+        .map_err(|e| GenesisError::Internal(format!("snapshot task: {e}")))?
     }
 
     /// The endpoint's policy and answers: the repo's `llm_answers` as the
