@@ -47,6 +47,12 @@ impl RunOutcome {
     }
 }
 
+/// The stats sampler of a running suite: its stop signal and its task.
+struct Sampler {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<StatsAccumulator>,
+}
+
 /// A created container. Removed on drop if [`Sandbox::remove`] was not called.
 pub struct Sandbox {
     pub(super) docker: Docker,
@@ -208,17 +214,7 @@ impl Sandbox {
             .as_ref()
             .and_then(read_cgroup)
             .is_some_and(|r| r.memory_peak_bytes.is_some());
-        let (stop_sampling, sampling_stopped) = tokio::sync::oneshot::channel();
-        let sampler = if !kernel_peak && needs_sampling(&self.docker).await {
-            Some(tokio::spawn(sample_stats(
-                self.docker.clone(),
-                self.id.clone(),
-                self.spec.stats_interval,
-                sampling_stopped,
-            )))
-        } else {
-            None
-        };
+        let sampler = self.start_sampler(kernel_peak).await;
         let exec = self.start_suite(&llm.suite_env()).await?;
         let started = Instant::now();
         let (stop_pump, pump_stopped) = tokio::sync::oneshot::channel();
@@ -257,36 +253,14 @@ impl Sandbox {
         let exit_code = if killed {
             137
         } else {
-            match self.exec_exit_code(&exec.id).await {
-                Ok(code) => code,
-                // The OOM killer took the whole sandbox (seen with runsc):
-                // the engine forgets the exec, but the cause is known.
-                Err(e) if e.is_infrastructure() && self.inspect_oom().await.unwrap_or(false) => 137,
-                Err(e) => return Err(e),
-            }
+            self.suite_exit_code(&exec.id).await?
         };
         // Only a failing suite can owe its failure to the container
         // stopping under it; a passing one finished whatever came after.
         if !killed && exit_code != 0 {
             self.check_still_running().await?;
         }
-        let _ = stop_sampling.send(());
-        let mut acc = match sampler {
-            Some(task) => task
-                .await
-                .map_err(|e| GenesisError::Internal(format!("stats task: {e}")))?,
-            None => StatsAccumulator::default(),
-        };
-        // The cgroup still exists (the idle process keeps it): its files
-        // give the exact totals at once; the stats API is the fallback.
-        match cgroup.as_ref().and_then(read_cgroup) {
-            Some(reading) => acc.add_cgroup(&reading),
-            None => {
-                if let Some(last) = stats_once(&self.docker, &self.id).await {
-                    acc.add(&last);
-                }
-            }
-        }
+        let acc = self.final_stats(sampler, cgroup.as_ref()).await?;
         let llm = llm.finish().await;
         let alive = alive_since.elapsed();
         self.kill().await?;
@@ -302,6 +276,61 @@ impl Sandbox {
             llm,
             stopped_by,
         })
+    }
+
+    /// Samples the engine's stats while the suite runs, unless the
+    /// kernel's own peak is readable (then the cgroup files at the end are
+    /// exact and sampling would only cost time).
+    async fn start_sampler(&self, kernel_peak: bool) -> Option<Sampler> {
+        if kernel_peak || !needs_sampling(&self.docker).await {
+            return None;
+        }
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(sample_stats(
+            self.docker.clone(),
+            self.id.clone(),
+            self.spec.stats_interval,
+            stopped,
+        ));
+        Some(Sampler { stop, task })
+    }
+
+    /// The suite exec's exit code.
+    async fn suite_exit_code(&self, exec_id: &str) -> Result<i64> {
+        match self.exec_exit_code(exec_id).await {
+            Ok(code) => Ok(code),
+            // The OOM killer took the whole sandbox (seen with runsc):
+            // the engine forgets the exec, but the cause is known.
+            Err(e) if e.is_infrastructure() && self.inspect_oom().await.unwrap_or(false) => Ok(137),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stops the sampler and adds the final reading: the cgroup still
+    /// exists (the idle process keeps it), so its files give the exact
+    /// totals at once; the stats API is the fallback.
+    async fn final_stats(
+        &self,
+        sampler: Option<Sampler>,
+        cgroup: Option<&super::cgroup::CgroupFiles>,
+    ) -> Result<StatsAccumulator> {
+        let mut acc = match sampler {
+            Some(Sampler { stop, task }) => {
+                let _ = stop.send(());
+                task.await
+                    .map_err(|e| GenesisError::Internal(format!("stats task: {e}")))?
+            }
+            None => StatsAccumulator::default(),
+        };
+        match cgroup.and_then(read_cgroup) {
+            Some(reading) => acc.add_cgroup(&reading),
+            None => {
+                if let Some(last) = stats_once(&self.docker, &self.id).await {
+                    acc.add(&last);
+                }
+            }
+        }
+        Ok(acc)
     }
 
     /// Resolves when the container has stopped (never on a failed wait:
