@@ -58,20 +58,7 @@ pub(super) async fn build(
 ) -> Result<EnvironmentRef> {
     let config = &envs.config;
     let policy = &config.environments;
-    let limits = Limits {
-        cpus: policy.cpus,
-        memory_mb: policy.memory_mb,
-        pids: policy.pids,
-        timeout: policy.timeout,
-        network: true,
-        install_changes: true,
-        // The install writes into the image it becomes (site-packages, tool
-        // homes), so it runs on the container's writable layer; its own
-        // time and memory limits bound it.
-        disk_mb: 0,
-        // An install applies no patch.
-        patch_mb: 0,
-    };
+    let limits = install_limits(policy);
     let dir = envs.records_dir();
     std::fs::create_dir_all(&dir)
         .map_err(|e| GenesisError::io(format!("creating {}", dir.display()), e))?;
@@ -102,16 +89,7 @@ pub(super) async fn build(
     let outcome = install(envs, &sandbox, request, ca, &log, redactor.clone()).await;
     let build_ms = started.elapsed().as_millis() as u64;
     let committed = match outcome {
-        Ok(run) => match judge_install(request, &run, limits.timeout, &redactor) {
-            Ok(()) => match super::watch::layer_within_cap(&sandbox, policy.disk_mb).await {
-                Ok(()) => commit(&sandbox, request, key).await.map(|_| ()),
-                Err(why) => Err(GenesisError::EnvironmentFailed(format!(
-                    "the install command of repo {:?} ({}) {why}",
-                    request.repo_name, request.repo.install_command
-                ))),
-            },
-            Err(e) => Err(e),
-        },
+        Ok(run) => keep_if_sound(&sandbox, request, key, &run, &redactor, envs).await,
         Err(e) => Err(e),
     };
     sandbox.remove().await?;
@@ -136,6 +114,47 @@ pub(super) async fn build(
         reused: false,
         build_ms,
     })
+}
+
+/// The install's limits: `[environments]`'s, with network on.
+fn install_limits(policy: &crate::config::EnvironmentPolicy) -> Limits {
+    Limits {
+        cpus: policy.cpus,
+        memory_mb: policy.memory_mb,
+        pids: policy.pids,
+        timeout: policy.timeout,
+        network: true,
+        install_changes: true,
+        // The install writes into the image it becomes (site-packages, tool
+        // homes), so it runs on the container's writable layer, which
+        // `watch` caps at `[environments] disk_mb`, not on a run disk.
+        disk_mb: 0,
+        // An install applies no patch.
+        patch_mb: 0,
+    }
+}
+
+/// Commits the install container as the environment image, if the install
+/// succeeded and its layer is within the disk cap.
+async fn keep_if_sound(
+    sandbox: &Sandbox,
+    request: &EnvRequest<'_>,
+    key: &str,
+    run: &RunOutcome,
+    redactor: &Redactor,
+    envs: &Environments,
+) -> Result<()> {
+    let policy = &envs.config.environments;
+    judge_install(request, run, policy.timeout, redactor)?;
+    super::watch::layer_within_cap(sandbox, policy.disk_mb)
+        .await
+        .map_err(|why| {
+            GenesisError::EnvironmentFailed(format!(
+                "the install command of repo {:?} ({}) {why}",
+                request.repo_name, request.repo.install_command
+            ))
+        })?;
+    commit(sandbox, request, key).await.map(|_| ())
 }
 
 /// The `pass_env` variables the host has, as (name, value).
