@@ -165,6 +165,20 @@ impl GenesisError {
         }
     }
 
+    /// A failed look-up of `image`: a missing one (404) is the user's to
+    /// build; anything else (the engine away) is classified like any call.
+    pub fn image(image: &str, err: bollard::errors::Error) -> Self {
+        match err {
+            bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            } => GenesisError::sandbox(
+                format!("image {image}"),
+                format!("{err} (build it with `genesis images build`)"),
+            ),
+            err => GenesisError::docker(format!("looking up image {image}"), err),
+        }
+    }
+
     /// Whether a retry in a fresh sandbox may cure it.
     pub fn is_infrastructure(&self) -> bool {
         matches!(self, GenesisError::Infrastructure { .. })

@@ -17,12 +17,13 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
 use genesis::contract::Request;
 use genesis::store::{ExperimentRecord, Status, Store, DEFAULT_CACHE_BYTES};
 use support::nats::NatsServer;
+use support::tmpfs::{fill, Tmpfs};
 use support::*;
 
 /// Size of the home's own file system: room for the store, a few
@@ -46,76 +47,6 @@ fn assert_no_panic(out: &Output) {
     let all = text(out);
     assert!(!all.contains("panicked"), "genesis panicked:\n{all}");
     assert_ne!(out.status.code(), Some(101), "exit 101 is a panic:\n{all}");
-}
-
-/// A tmpfs mounted on `dir` for this test; unmounted on drop, also when
-/// the test fails.
-struct Tmpfs {
-    dir: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(dir: &Path, options: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
-            .arg(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mount -t tmpfs on {} (the test needs root): {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs {
-            dir: dir.to_path_buf(),
-        }
-    }
-}
-
-impl Tmpfs {
-    /// Gives the file system a new size (`mount -o remount,size=...`):
-    /// space freed without touching what is on it.
-    fn resize(&self, options: &str) {
-        let out = Command::new("mount")
-            .args(["-o", &format!("remount,{options}")])
-            .arg(&self.dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "remount {}: {}",
-            self.dir.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.dir).status();
-    }
-}
-
-/// Fills the file system holding `dir` with one file, to the last byte it
-/// takes; returns the file.
-fn fill(dir: &Path) -> PathBuf {
-    use std::io::Write;
-    let path = dir.join("filler");
-    let mut file = std::fs::File::create(&path).unwrap();
-    let chunk = vec![0xA5u8; 64 * 1024];
-    loop {
-        match file.write(&chunk) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if genesis::store::faults::is_no_space(&e) => break,
-            Err(e) => panic!("filling {}: {e}", dir.display()),
-        }
-    }
-    // Partial blocks: write single bytes until not even one fits.
-    while let Ok(1) = file.write(&[0]) {}
-    path
 }
 
 fn config() -> String {

@@ -126,6 +126,8 @@ struct FileConfig {
     queue_capacity: usize,
     #[serde(rename = "drain_timeout_ms", with = "millis")]
     drain_timeout: std::time::Duration,
+    #[serde(rename = "full_home_wait_ms", with = "millis")]
+    full_home_wait: std::time::Duration,
     store_cache_mb: u64,
     #[serde(default)]
     llm_patterns: Option<PathBuf>,
@@ -159,6 +161,9 @@ pub struct Config {
     pub max_concurrent: usize,
     pub queue_capacity: usize,
     pub drain_timeout: std::time::Duration,
+    /// How long `serve` lets a full GENESIS_HOME stall an experiment (it
+    /// waits for space and runs it again) before answering it failed.
+    pub full_home_wait: std::time::Duration,
     /// redb page cache; bounds memory however large the store grows.
     pub store_cache_mb: u64,
     /// `[host] name`, resolved (the machine's hostname when unset): stamped
@@ -308,6 +313,7 @@ impl Config {
             max_concurrent: parsed.max_concurrent,
             queue_capacity: parsed.queue_capacity,
             drain_timeout: parsed.drain_timeout,
+            full_home_wait: parsed.full_home_wait,
             store_cache_mb: parsed.store_cache_mb,
             host: parsed.host.resolve(),
             nats,

@@ -175,6 +175,10 @@ pub struct NatsConfig {
     pub jetstream: bool,
     pub stream: String,
     pub consumer: String,
+    /// JetStream key-value bucket in which hosts sharing the consumer
+    /// claim experiment ids, so a duplicate or a reused id is recognised
+    /// whichever host it reaches (see `service/registry.rs`).
+    pub registry: String,
     #[serde(rename = "ack_wait_ms", with = "super::millis")]
     pub ack_wait: Duration,
     #[serde(rename = "progress_ack_ms", with = "super::millis")]

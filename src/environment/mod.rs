@@ -199,12 +199,14 @@ impl Environments {
         inputs: &[(String, String)],
         private_to: Option<&str>,
     ) -> Result<String> {
-        let base = self.docker.inspect_image(&repo.image).await.map_err(|e| {
-            GenesisError::sandbox(
-                format!("image {}", repo.image),
-                format!("{e} (build it with `genesis images build`)"),
-            )
-        })?;
+        let limit = self.config.sandbox.docker_timeout;
+        let inspect = async {
+            self.docker
+                .inspect_image(&repo.image)
+                .await
+                .map_err(|e| GenesisError::image(&repo.image, e))
+        };
+        let base = crate::sandbox::within(limit, "looking up the image", inspect).await?;
         Ok(environment_key(
             &self.home_label,
             base.id.as_deref().unwrap_or_default(),

@@ -36,7 +36,6 @@ use crate::judgement::metrics::{judge, outcome_pairs, MeasuredRun};
 use crate::results::TestReport;
 use crate::sandbox::{self, home_label, Resources, Role};
 use crate::snapshot::{Owner, PreparedRepo, Snapshotter};
-use crate::store::faults::home_full_or;
 use crate::store::{ExperimentRecord, MetricsRow, SandboxOperation, Status, Store, TestOutcomes};
 
 mod admission;
@@ -44,6 +43,7 @@ pub use admission::{instance_name, owner_is_dead};
 mod analysis;
 mod environments;
 mod framework;
+mod patience;
 mod peer;
 mod plan;
 use plan::Plan;
@@ -138,6 +138,8 @@ pub struct Runner {
     /// have had a create call in flight that the engine completed after
     /// this process's start-up reap.
     taken_over: Mutex<std::collections::HashSet<String>>,
+    /// How long a full home may stall an experiment (see `patience.rs`).
+    full_home_patience: Option<std::time::Duration>,
 }
 
 /// `GENESIS_HOME/scratch`: the runs' disks (see `sandbox::ScratchDisk`).
@@ -178,6 +180,7 @@ impl Runner {
             owner,
             baselines: Mutex::new(HashMap::new()),
             taken_over: Mutex::new(Default::default()),
+            full_home_patience: None,
         })
     }
 
@@ -204,7 +207,7 @@ impl Runner {
         if let Err(e) = self.mark(&id, Status::Running).await {
             tracing::warn!(experiment_id = %id, error = %e, "could not mark experiment running");
         }
-        let outcome = self.pipeline(request, progress).await;
+        let outcome = self.pipeline_patiently(request, progress).await;
         let (result, metrics, outcomes) = match outcome {
             Ok((completed, metrics, outcomes)) => (
                 ExperimentResult::Success(completed),
@@ -212,7 +215,6 @@ impl Runner {
                 Some(outcomes),
             ),
             Err(e) => {
-                let e = home_full_or(e, &self.config.home);
                 let stage_name = if matches!(e, GenesisError::Timeout { .. }) {
                     stage::TIMEOUT
                 } else {
@@ -233,8 +235,10 @@ impl Runner {
             }
         };
         self.sweep_if_taken_over(&id).await;
-        if let Err(e) = self.finish(request, &result, metrics, outcomes).await {
-            let e = home_full_or(e, &self.config.home);
+        if let Err(e) = self
+            .finish_patiently(request, &result, metrics, outcomes)
+            .await
+        {
             tracing::error!(experiment_id = %id, error = %e, "storing the result failed");
             progress.stage(&id, stage::FAILED, &e.to_string());
             let unstored = self.unstored(request, &result, &e);

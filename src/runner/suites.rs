@@ -64,16 +64,16 @@ impl Runner {
 
     /// Everything that can change a baseline's outcome.
     async fn baseline_key(&self, plan: &Plan) -> Result<String> {
-        let image = self
-            .docker
-            .inspect_image(&plan.base_image)
-            .await
-            .map_err(|e| {
-                GenesisError::sandbox(
-                    format!("image {}", plan.base_image),
-                    format!("{e} (build it with `genesis images build`)"),
-                )
-            })?;
+        // Bounded: an engine that died with its socket held open by a
+        // survivor accepts the connection and never answers.
+        let limit = self.config.sandbox.docker_timeout;
+        let inspect = async {
+            self.docker
+                .inspect_image(&plan.base_image)
+                .await
+                .map_err(|e| GenesisError::image(&plan.base_image, e))
+        };
+        let image = sandbox::within(limit, "looking up the image", inspect).await?;
         let commits: Vec<_> = plan
             .prepared
             .iter()

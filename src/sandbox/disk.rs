@@ -415,6 +415,15 @@ fn run_tool(command: &mut Command, what: &str) -> Result<()> {
     if output.status.success() {
         return Ok(());
     }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if stderr.contains("No space left on device") {
+        // The disk image lives in GENESIS_HOME: a full home, which the
+        // runner waits out in a service, not a broken sandbox.
+        return Err(GenesisError::io(
+            format!("{what} ({program}: {})", stderr.trim()),
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        ));
+    }
     Err(GenesisError::sandbox(
         what,
         format!(

@@ -111,7 +111,7 @@ impl Role {
 }
 
 /// Bounds one engine call; the error says which call and how long it had.
-async fn within<T>(
+pub(crate) async fn within<T>(
     limit: Duration,
     what: &str,
     fut: impl std::future::Future<Output = Result<T>>,

@@ -22,6 +22,9 @@ pub(super) struct Incoming {
     pub(super) reply: Option<String>,
     /// The JetStream message to acknowledge, in JetStream mode.
     pub(super) jetstream: Option<jetstream::Message>,
+    /// A request resumed from the store: the stream sequence of the
+    /// message it first came in (its redeliveries are not new requests).
+    pub(super) resumed_seq: Option<u64>,
 }
 
 impl Incoming {
@@ -32,6 +35,7 @@ impl Incoming {
             .as_ref()
             .and_then(|m| m.info().ok())
             .map(|info| info.stream_sequence)
+            .or(self.resumed_seq)
     }
 
     pub(super) fn traceparent(&self) -> Option<String> {
@@ -66,6 +70,7 @@ pub(super) async fn intake_core(
             headers: msg.headers,
             reply: msg.reply.map(|r| r.to_string()),
             jetstream: None,
+            resumed_seq: None,
         };
         let service = service.clone();
         tasks.spawn(async move {
@@ -108,6 +113,7 @@ pub(super) async fn intake_jetstream(
             headers,
             reply,
             jetstream: Some(msg),
+            resumed_seq: None,
         };
         let service = service.clone();
         tasks.spawn(async move {

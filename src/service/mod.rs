@@ -50,10 +50,7 @@ use tokio::sync::{watch, Mutex, Notify, Semaphore};
 use tracing::Instrument;
 
 use crate::config::{Config, NatsConfig};
-use crate::contract::subjects::{self};
-use crate::contract::{
-    ErrorKind, ExperimentResult, Reason, Recommendation, Rejected, Request, RollbackEvent,
-};
+use crate::contract::{ErrorKind, ExperimentResult, Request};
 use crate::errors::{GenesisError, Result};
 use crate::runner::{Admission, Runner};
 use crate::store::{Status, Store};
@@ -64,7 +61,9 @@ use intake::*;
 mod metrics_record;
 mod publish;
 pub use publish::*;
+mod claims;
 mod recovery;
+mod registry;
 mod retry;
 use retry::Connected;
 
@@ -94,12 +93,16 @@ struct Service {
     /// Experiments this process is handling (queued, running or being
     /// answered), so a duplicate or a redelivery can wait for one.
     running: Mutex<HashMap<String, InHand>>,
+    /// The ids hosts sharing the consumer claim (JetStream mode).
+    registry: Option<registry::Registry>,
+    /// Told whenever an experiment enters `running`.
+    registered: Notify,
 }
 
 /// Runs the service until SIGINT/SIGTERM, then drains.
 pub async fn serve(config: Arc<Config>) -> Result<()> {
     let store = crate::store::open_store(&config).await?;
-    let runner = Arc::new(Runner::new(config.clone(), store.clone()).await?);
+    let runner = Arc::new(Runner::new(config.clone(), store.clone()).await?.patient());
     let (client, connected) = connect(&config, &runner.telemetry).await?;
     let http = http::start(&runner, &client).await?;
     tokio::select! {
@@ -110,12 +113,19 @@ pub async fn serve(config: Arc<Config>) -> Result<()> {
         }
     }
     runner.set_analysis_peer(client.clone());
+    let registry = if config.nats.jetstream {
+        Some(registry::Registry::open(&client, &config, &runner.home_label).await)
+    } else {
+        None
+    };
     let service = Arc::new(Service {
         runner: runner.clone(),
         client: client.clone(),
         config: config.clone(),
         run_slots: Arc::new(Semaphore::new(config.max_concurrent)),
         running: Mutex::new(HashMap::new()),
+        registry,
+        registered: Notify::new(),
     });
     let resume = service.recover().await?;
 
@@ -125,9 +135,9 @@ pub async fn serve(config: Arc<Config>) -> Result<()> {
         config.max_concurrent + config.queue_capacity,
     ));
     let tasks = tokio_util::task::TaskTracker::new();
-    for request in resume {
+    for (request, delivery) in resume {
         let service = service.clone();
-        tasks.spawn(async move { service.resume(request).await });
+        tasks.spawn(async move { service.resume(request, delivery).await });
     }
     tracing::info!(url = %config.nats.url, jetstream = config.nats.jetstream, max_concurrent = config.max_concurrent, "genesis serving");
 
@@ -297,11 +307,21 @@ impl Service {
         trace: Option<&str>,
     ) {
         let id = &request.experiment_id;
-        let admission = match self.runner.accept(request, Status::Queued).await {
+        let Some(claimed_now) = self.claim(request, incoming, trace).await else {
+            return;
+        };
+        // A full home is waited out with the message kept alive.
+        let keepalive = self.keepalive(incoming);
+        let accepted = self.runner.accept_patiently(request, Status::Queued).await;
+        if let Some(k) = keepalive {
+            k.abort();
+        }
+        let admission = match accepted {
             Ok(a) => a,
             Err(e) => {
-                // The store is unusable: do not ack, so JetStream redelivers.
                 tracing::error!(error = %e, "cannot record the request");
+                self.release(id, claimed_now).await;
+                self.unrecorded(request, incoming, trace, &e).await;
                 return;
             }
         };
@@ -313,7 +333,9 @@ impl Service {
         let result = match admission {
             Admission::New => {
                 let handling = self.begin_handling(id, incoming).await;
+                self.remember_delivery(id, incoming, trace).await;
                 let result = self.run_new(request, trace).await;
+                self.settle(request, incoming, &result).await;
                 self.answer(&result, trace, incoming.reply.as_deref(), true)
                     .await;
                 self.record_metrics(&result, trace).await;
@@ -399,7 +421,15 @@ impl Service {
             seq: incoming.stream_seq(),
         };
         self.running.lock().await.insert(id.to_owned(), in_hand);
-        let keepalive = incoming.jetstream.as_ref().map(|msg| {
+        self.registered.notify_waiters();
+        let keepalive = self.keepalive(incoming);
+        Handling { done, keepalive }
+    }
+
+    /// Progress acks of a JetStream message until aborted, so it is not
+    /// redelivered while this process works (or waits) on it.
+    fn keepalive(&self, incoming: &Incoming) -> Option<tokio::task::JoinHandle<()>> {
+        incoming.jetstream.as_ref().map(|msg| {
             let msg = msg.clone();
             let every = self.config.nats.progress_ack;
             tokio::spawn(async move {
@@ -410,8 +440,7 @@ impl Service {
                     let _ = msg.ack_with(jetstream::AckKind::Progress).await;
                 }
             })
-        });
-        Handling { done, keepalive }
+        })
     }
 
     /// The experiment is answered: waiters go on, progress acks stop.
@@ -469,6 +498,9 @@ impl Service {
                 .get(id)
                 .map(|in_hand| in_hand.done.clone());
             let Some(notify) = notify else {
+                // Armed before the store is read: a run of this process
+                // that is accepted but not yet in `running` announces itself.
+                let registered = self.registered.notified();
                 let key = id.to_owned();
                 let record = self
                     .runner
@@ -477,7 +509,13 @@ impl Service {
                     .await
                     .ok()
                     .flatten()?;
-                return record.result().filter(|_| record.status.is_final());
+                if record.status.is_final() || record.owner != self.runner.instance {
+                    return record.result().filter(|_| record.status.is_final());
+                }
+                if !self.running.lock().await.contains_key(id) {
+                    registered.await;
+                }
+                continue;
             };
             let notified = notify.notified();
             // Re-check after arming the notification, so a finish in between is not missed.
@@ -498,78 +536,5 @@ impl Service {
             self.runner.store.call(move |s| s.get(&key)).await,
             Ok(Some(_))
         )
-    }
-
-    /// Answers a refused request on the sender's `rejected` subject (and its
-    /// reply subject), never on the experiment's own subjects and never as
-    /// a rollback event: the id belongs to someone else's experiment.
-    async fn reject(&self, result: &ExperimentResult, trace: Option<&str>, reply: Option<&str>) {
-        let ExperimentResult::Failed(failed) = result else {
-            return;
-        };
-        let doc = Rejected {
-            experiment_id: failed.experiment_id.clone(),
-            instance_id: failed.instance_id.clone(),
-            error_kind: failed.error_kind,
-            error: failed.error.clone(),
-            timestamp: failed.timestamp,
-        };
-        let body = bytes::Bytes::from(serde_json::to_vec(&doc).unwrap_or_default());
-        let mut targets = vec![subjects::rejected(&failed.instance_id)];
-        targets.extend(reply.map(str::to_owned));
-        for subject in targets {
-            publish_until_sent(
-                &self.client,
-                &self.config.nats,
-                subject,
-                headers(trace, None),
-                body.clone(),
-            )
-            .await;
-        }
-    }
-
-    /// Publishes a result everywhere it belongs; retries until NATS has it.
-    async fn answer(
-        &self,
-        result: &ExperimentResult,
-        trace: Option<&str>,
-        reply: Option<&str>,
-        subjects_ok: bool,
-    ) {
-        let id = result.experiment_id();
-        let body = bytes::Bytes::from(result.to_json());
-        let mut targets = Vec::new();
-        if subjects_ok {
-            let subject = match result {
-                ExperimentResult::Success(_) => subjects::completed(id),
-                ExperimentResult::Failed(_) => subjects::failed(id),
-            };
-            targets.push((subject, body.clone(), "result"));
-        }
-        if let Some(reply) = reply {
-            targets.push((reply.to_owned(), body.clone(), "reply"));
-        }
-        if subjects_ok && result.recommendation() == Recommendation::Rollback {
-            let event = RollbackEvent {
-                experiment_id: id.to_owned(),
-                reasons: match result {
-                    ExperimentResult::Success(c) => c.reasons.clone(),
-                    ExperimentResult::Failed(f) => vec![Reason::unruled(f.error.clone())],
-                },
-                metrics: match result {
-                    ExperimentResult::Success(c) => Some(c.metrics.clone()),
-                    ExperimentResult::Failed(_) => None,
-                },
-            };
-            let json = serde_json::to_vec(&event).unwrap_or_default();
-            targets.push((subjects::ROLLBACK.into(), json.into(), "rollback"));
-            tracing::info!(experiment_id = id, "rollback_initiated");
-        }
-        for (subject, body, kind) in targets {
-            let headers = headers(trace, Some(&format!("{id}:{kind}")));
-            publish_until_sent(&self.client, &self.config.nats, subject, headers, body).await;
-        }
-        tracing::info!(experiment_id = id, recommendation = %result.recommendation(), "metrics_reported");
     }
 }

@@ -5,11 +5,13 @@ use super::retry::Backoff;
 use crate::config::NatsConfig;
 use crate::contract::subjects::{self, TRACEPARENT};
 use crate::contract::Progress as ProgressDoc;
-use crate::contract::Stage;
+use crate::contract::{ExperimentResult, Reason, Recommendation, Rejected, RollbackEvent, Stage};
 use crate::errors::Result;
 use crate::runner::Progress;
 use crate::store::{Status, Store};
 use async_nats::{Client, HeaderMap};
+
+use super::Service;
 
 pub(super) fn headers(trace: Option<&str>, msg_id: Option<&str>) -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -81,4 +83,91 @@ pub async fn active_and_queued(store: &Store) -> Result<(u64, u64)> {
             ))
         })
         .await
+}
+
+impl Service {
+    /// Answers a refused request on the sender's `rejected` subject (and its
+    /// reply subject), never on the experiment's own subjects and never as
+    /// a rollback event: the id belongs to someone else's experiment.
+    pub(super) async fn reject(
+        &self,
+        result: &ExperimentResult,
+        trace: Option<&str>,
+        reply: Option<&str>,
+    ) {
+        let ExperimentResult::Failed(failed) = result else {
+            return;
+        };
+        let doc = Rejected {
+            experiment_id: failed.experiment_id.clone(),
+            instance_id: failed.instance_id.clone(),
+            error_kind: failed.error_kind,
+            error: failed.error.clone(),
+            timestamp: failed.timestamp,
+        };
+        let body = bytes::Bytes::from(serde_json::to_vec(&doc).unwrap_or_default());
+        let mut targets = vec![subjects::rejected(&failed.instance_id)];
+        targets.extend(reply.map(str::to_owned));
+        for subject in targets {
+            publish_until_sent(
+                &self.client,
+                &self.config.nats,
+                subject,
+                headers(trace, None),
+                body.clone(),
+            )
+            .await;
+        }
+    }
+
+    /// Publishes a result everywhere it belongs; retries until NATS has it.
+    pub(super) async fn answer(
+        &self,
+        result: &ExperimentResult,
+        trace: Option<&str>,
+        reply: Option<&str>,
+        subjects_ok: bool,
+    ) {
+        let id = result.experiment_id();
+        let body = bytes::Bytes::from(result.to_json());
+        let mut targets = Vec::new();
+        if subjects_ok {
+            let subject = match result {
+                ExperimentResult::Success(_) => subjects::completed(id),
+                ExperimentResult::Failed(_) => subjects::failed(id),
+            };
+            targets.push((subject, body.clone(), "result".to_owned()));
+        }
+        if let Some(reply) = reply {
+            // Each requester's copy is its own message: two requests with
+            // one id (a duplicate) must not share a Nats-Msg-Id, or a
+            // stream that keeps the requesters' inboxes drops one copy.
+            targets.push((reply.to_owned(), body.clone(), format!("reply:{reply}")));
+        }
+        if subjects_ok && result.recommendation() == Recommendation::Rollback {
+            let event = RollbackEvent {
+                experiment_id: id.to_owned(),
+                reasons: match result {
+                    ExperimentResult::Success(c) => c.reasons.clone(),
+                    ExperimentResult::Failed(f) => vec![Reason::unruled(f.error.clone())],
+                },
+                metrics: match result {
+                    ExperimentResult::Success(c) => Some(c.metrics.clone()),
+                    ExperimentResult::Failed(_) => None,
+                },
+            };
+            let json = serde_json::to_vec(&event).unwrap_or_default();
+            targets.push((
+                subjects::ROLLBACK.into(),
+                json.into(),
+                "rollback".to_owned(),
+            ));
+            tracing::info!(experiment_id = id, "rollback_initiated");
+        }
+        for (subject, body, kind) in targets {
+            let headers = headers(trace, Some(&format!("{id}:{kind}")));
+            publish_until_sent(&self.client, &self.config.nats, subject, headers, body).await;
+        }
+        tracing::info!(experiment_id = id, recommendation = %result.recommendation(), "metrics_reported");
+    }
 }

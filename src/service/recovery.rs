@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::contract::{ErrorKind, ExperimentResult};
 use crate::errors::Result;
-use crate::store::{SandboxOperation, Status};
+use crate::store::{Delivery, SandboxOperation, Status};
 
 use super::*;
 
@@ -15,7 +15,7 @@ impl Service {
     /// At start: reap this home's containers and release their disks;
     /// settle experiments a dead process left behind: failed (core mode),
     /// or returned to be resumed (JetStream mode).
-    pub(super) async fn recover(&self) -> Result<Vec<String>> {
+    pub(super) async fn recover(&self) -> Result<Vec<(String, Option<Delivery>)>> {
         let containers = crate::sandbox::labelled_containers(
             &self.runner.docker,
             Some(&self.runner.home_label),
@@ -73,8 +73,11 @@ impl Service {
                 continue;
             }
             if self.config.nats.jetstream {
-                // Run again now; the redelivery, when it comes, is only acked.
-                resume.push(record.request_json.clone());
+                // Run again now, answering where the first delivery asked;
+                // the redelivery, when it comes, is only acked.
+                let key = id.clone();
+                let delivery = store.call(move |s| s.delivery(&key)).await.ok().flatten();
+                resume.push((record.request_json.clone(), delivery));
                 continue;
             }
             let request = record.request()?;
@@ -94,14 +97,22 @@ impl Service {
 
     /// Runs an experiment a dead process of this home left running
     /// (JetStream mode; `request_json` as stored), answering it on its
-    /// result subjects.
-    pub(super) async fn resume(self: &Arc<Self>, request_json: String) {
+    /// result subjects and where its message asked (reply subject, trace),
+    /// as the first delivery's process would have.
+    pub(super) async fn resume(self: &Arc<Self>, request_json: String, delivery: Option<Delivery>) {
         tracing::info!("resuming an experiment a previous process left running");
+        let delivery = delivery.unwrap_or_default();
+        let headers = delivery.traceparent.as_deref().map(|t| {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert(crate::contract::subjects::TRACEPARENT, t);
+            h
+        });
         let incoming = Incoming {
             body: bytes::Bytes::from(request_json),
-            headers: None,
-            reply: None,
+            headers,
+            reply: delivery.reply,
             jetstream: None,
+            resumed_seq: delivery.seq,
         };
         self.handle(incoming).await;
     }

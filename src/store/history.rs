@@ -6,7 +6,7 @@ use super::*;
 impl Store {
     /// Calls `f` for every sandbox history row, oldest first.
     pub fn for_each_history(&self, mut f: impl FnMut(SandboxEvent) -> Result<()>) -> Result<()> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let txn = self.db.get()?.begin_read().map_err(|e| self.err(e))?;
         let table = txn.open_table(HISTORY).map_err(|e| self.err(e))?;
         for entry in table.iter().map_err(|e| self.err(e))? {
             let (_, v) = entry.map_err(|e| self.err(e))?;
@@ -25,7 +25,7 @@ impl Store {
         size_bytes: u64,
         detail: &str,
     ) -> Result<u64> {
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let txn = self.db.get()?.begin_write().map_err(|e| self.err(e))?;
         let id = {
             let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
             let id = meta
@@ -61,7 +61,7 @@ impl Store {
 
     /// Sandbox history of one experiment, oldest first.
     pub fn history(&self, experiment_id: &str) -> Result<Vec<SandboxEvent>> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let txn = self.db.get()?.begin_read().map_err(|e| self.err(e))?;
         let index = txn
             .open_multimap_table(HISTORY_BY_EXPERIMENT)
             .map_err(|e| self.err(e))?;

@@ -1,8 +1,9 @@
 //! Keyed blobs beside the experiments: cached baseline runs, scheduled
-//! jobs' state, analysis output and the runs started per experiment.
+//! jobs' state, analysis output, the runs started per experiment and how
+//! each request was delivered.
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::*;
 
@@ -47,4 +48,24 @@ impl Store {
         self.put_into(ATTEMPTS, experiment_id, &attempts)?;
         Ok(attempts)
     }
+
+    /// How a request reached this host, kept so that a process resuming
+    /// it after a crash answers where the first one would have.
+    pub fn delivery(&self, experiment_id: &str) -> Result<Option<Delivery>> {
+        self.get_from(DELIVERIES, experiment_id)
+    }
+
+    pub fn put_delivery(&self, experiment_id: &str, delivery: &Delivery) -> Result<()> {
+        self.put_into(DELIVERIES, experiment_id, delivery)
+    }
+}
+
+/// The parts of a request's message that are not its body.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// JetStream stream sequence of the message.
+    pub seq: Option<u64>,
+    /// Where the requester wants the answer too (`Genesis-Reply-To`).
+    pub reply: Option<String>,
+    pub traceparent: Option<String>,
 }

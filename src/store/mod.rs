@@ -24,10 +24,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{
-    ConcurrencyMode, Database, MultimapTableDefinition, ReadableDatabase, ReadableTable,
-    TableDefinition,
-};
+use redb::{MultimapTableDefinition, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -35,8 +32,10 @@ use crate::config::Config;
 use crate::errors::{GenesisError, Result};
 
 pub mod faults;
+mod handle;
 mod history;
 mod keyed;
+pub use keyed::Delivery;
 mod records;
 pub use records::*;
 
@@ -62,6 +61,8 @@ const TRENDS: TableDefinition<&str, &[u8]> = TableDefinition::new("trends");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Runs started per experiment (see `Store::count_run_attempt`).
 const ATTEMPTS: TableDefinition<&str, &[u8]> = TableDefinition::new("run_attempts");
+/// How each request reached this host (see `Store::delivery`).
+const DELIVERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("deliveries");
 
 /// How much of the file an open verifies.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -75,7 +76,7 @@ enum Check {
 /// Handle to the store; cheap to clone, shared by all tasks.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    db: Arc<handle::Handle>,
     path: PathBuf,
     /// `[host] name`, stamped on rows that name no host (see the module doc).
     host: Arc<str>,
@@ -189,14 +190,10 @@ impl Store {
     }
 
     fn open_unguarded(path: &Path, cache_bytes: usize, host: &str, check: Check) -> Result<Store> {
-        let db = Database::builder()
-            .set_concurrency_mode(ConcurrencyMode::MultiWriter)
-            .set_cache_size(cache_bytes)
-            .set_check_integrity_on_open(check == Check::EveryPage)
-            .create(path)
+        let db = handle::open_database(path, cache_bytes, check == Check::EveryPage)
             .map_err(|e| faults::store_error(path, e))?;
         let store = Store {
-            db: Arc::new(db),
+            db: Arc::new(handle::Handle::new(db, path, cache_bytes)),
             path: path.to_path_buf(),
             host: host.into(),
         };
@@ -256,11 +253,13 @@ impl Store {
     }
 
     fn err(&self, e: impl Into<redb::Error>) -> GenesisError {
+        let e = e.into();
+        self.db.saw(&e);
         faults::store_error(&self.path, e)
     }
 
     fn init_tables(&self) -> Result<()> {
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let txn = self.db.get()?.begin_write().map_err(|e| self.err(e))?;
         {
             txn.open_table(RECORDS).map_err(|e| self.err(e))?;
             txn.open_table(METRICS).map_err(|e| self.err(e))?;
@@ -275,6 +274,7 @@ impl Store {
             txn.open_table(JOBS).map_err(|e| self.err(e))?;
             txn.open_table(TRENDS).map_err(|e| self.err(e))?;
             txn.open_table(ATTEMPTS).map_err(|e| self.err(e))?;
+            txn.open_table(DELIVERIES).map_err(|e| self.err(e))?;
             let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
             let stored = meta
                 .get("schema_version")
@@ -307,7 +307,7 @@ impl Store {
 
     /// The schema version recorded in the file.
     pub fn schema_version(&self) -> Result<u64> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let txn = self.db.get()?.begin_read().map_err(|e| self.err(e))?;
         let meta = txn.open_table(META).map_err(|e| self.err(e))?;
         let v = meta.get("schema_version").map_err(|e| self.err(e))?;
         Ok(v.map(|v| v.value()).unwrap_or(0))
@@ -316,7 +316,7 @@ impl Store {
     /// Inserts a new experiment unless its id is known; atomic, so two
     /// deliveries of one request can never both start it.
     pub fn insert_new(&self, record: &ExperimentRecord) -> Result<Inserted> {
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let txn = self.db.get()?.begin_write().map_err(|e| self.err(e))?;
         let outcome = {
             let mut records = txn.open_table(RECORDS).map_err(|e| self.err(e))?;
             let existing = records
@@ -356,7 +356,7 @@ impl Store {
     /// takers that both saw the dead owner (a resumed run and the
     /// request's redelivery) exactly one wins. Returns whether this one did.
     pub fn take_over(&self, experiment_id: &str, from: &str, to: &str) -> Result<bool> {
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let txn = self.db.get()?.begin_write().map_err(|e| self.err(e))?;
         let current = {
             let records = txn.open_table(RECORDS).map_err(|e| self.err(e))?;
             let row = records.get(experiment_id).map_err(|e| self.err(e))?;
@@ -385,7 +385,7 @@ impl Store {
         metrics: Option<&MetricsRow>,
         outcomes: Option<&TestOutcomes>,
     ) -> Result<()> {
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let txn = self.db.get()?.begin_write().map_err(|e| self.err(e))?;
         self.write_in(&txn, record, metrics, outcomes)?;
         txn.commit().map_err(|e| self.err(e))
     }
@@ -394,7 +394,7 @@ impl Store {
     /// imports and for building large stores in benchmarks, where one
     /// commit per record would be dominated by fsync.
     pub fn write_batch(&self, rows: &[(ExperimentRecord, Option<MetricsRow>)]) -> Result<()> {
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let txn = self.db.get()?.begin_write().map_err(|e| self.err(e))?;
         for (record, metrics) in rows {
             self.write_in(&txn, record, metrics.as_ref(), None)?;
         }
@@ -471,14 +471,14 @@ impl Store {
         table: TableDefinition<&str, &[u8]>,
         key: &str,
     ) -> Result<Option<T>> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let txn = self.db.get()?.begin_read().map_err(|e| self.err(e))?;
         let table = txn.open_table(table).map_err(|e| self.err(e))?;
         let value = table.get(key).map_err(|e| self.err(e))?;
         value.map(|v| decode(v.value())).transpose()
     }
 
     fn get_row<T: Row>(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<Option<T>> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let txn = self.db.get()?.begin_read().map_err(|e| self.err(e))?;
         let table = txn.open_table(table).map_err(|e| self.err(e))?;
         let value = table.get(key).map_err(|e| self.err(e))?;
         value.map(|v| self.read_row(v.value())).transpose()
@@ -490,7 +490,7 @@ impl Store {
         key: &str,
         value: &T,
     ) -> Result<()> {
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let txn = self.db.get()?.begin_write().map_err(|e| self.err(e))?;
         {
             let mut t = txn.open_table(table).map_err(|e| self.err(e))?;
             t.insert(key, encode(value)?.as_slice())
@@ -501,7 +501,7 @@ impl Store {
 
     /// Experiments newest first, optionally only those in one status.
     pub fn list(&self, status: Option<Status>, limit: usize) -> Result<Vec<ExperimentRecord>> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let txn = self.db.get()?.begin_read().map_err(|e| self.err(e))?;
         let by_time = txn.open_table(BY_TIME).map_err(|e| self.err(e))?;
         let records = txn.open_table(RECORDS).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
@@ -524,7 +524,7 @@ impl Store {
 
     /// Ids of experiments in one status (from the status index).
     pub fn ids_with_status(&self, status: Status) -> Result<Vec<String>> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let txn = self.db.get()?.begin_read().map_err(|e| self.err(e))?;
         let by_status = txn
             .open_multimap_table(BY_STATUS)
             .map_err(|e| self.err(e))?;
@@ -542,7 +542,7 @@ impl Store {
         since_ms: Option<i64>,
         mut f: impl FnMut(ExperimentRecord) -> Result<()>,
     ) -> Result<()> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let txn = self.db.get()?.begin_read().map_err(|e| self.err(e))?;
         let by_time = txn.open_table(BY_TIME).map_err(|e| self.err(e))?;
         let records = txn.open_table(RECORDS).map_err(|e| self.err(e))?;
         for entry in by_time.iter().map_err(|e| self.err(e))? {
@@ -561,7 +561,7 @@ impl Store {
 
     /// Calls `f` for every metrics row.
     pub fn for_each_metrics(&self, mut f: impl FnMut(MetricsRow) -> Result<()>) -> Result<()> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let txn = self.db.get()?.begin_read().map_err(|e| self.err(e))?;
         let table = txn.open_table(METRICS).map_err(|e| self.err(e))?;
         for entry in table.iter().map_err(|e| self.err(e))? {
             let (_, v) = entry.map_err(|e| self.err(e))?;

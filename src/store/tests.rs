@@ -184,7 +184,7 @@ fn rows_written_before_hosts_read_back_with_the_stores_host() {
         inserted_at: 5,
     };
     {
-        let txn = store.db.begin_write().unwrap();
+        let txn = store.db.get().unwrap().begin_write().unwrap();
         let bytes = v1_bytes::<v1::ExperimentRecord, _>(&rec);
         txn.open_table(RECORDS)
             .unwrap()

@@ -201,12 +201,23 @@ impl PrivateEngine {
     /// containerd (the containers' shims live on), then a fresh dockerd on
     /// the same roots, which finds and stops what ran before.
     pub fn crash_and_restart(&mut self) {
+        self.crash();
+        self.restart();
+    }
+
+    /// The crash alone: SIGKILL to dockerd and its containerd; the engine
+    /// stays away until [`PrivateEngine::restart`].
+    pub fn crash(&mut self) {
         self.kill_dockerd(libc::SIGKILL);
         if let Some(pid) = self.containerd_pid() {
             // SAFETY: the containerd this engine's dockerd started.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             wait_gone(pid, Duration::from_secs(10));
         }
+    }
+
+    /// A fresh dockerd on the same roots, after [`PrivateEngine::crash`].
+    pub fn restart(&mut self) {
         self.spawn();
     }
 

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod nats;
 pub mod pg;
 pub mod prometheus;
+pub mod tmpfs;
 
 /// The binary under test.
 pub fn genesis_bin() -> &'static str {
