@@ -298,21 +298,33 @@ impl<'a> Cleaner<'a> {
         match sandbox_action(&record, self.now_ms, &self.config.cleanup) {
             SandboxAction::Keep => Ok(()),
             SandboxAction::Delete => {
-                let size = remove_tree(&path)?;
-                self.report.freed_bytes += size;
-                self.report.deleted.push(id.to_owned());
-                let detail = format!(
-                    "sandbox of a {} experiment removed after {} h",
-                    record
-                        .recommendation
-                        .map_or(record.status.as_str(), Recommendation::as_str),
-                    self.config.cleanup.delete_after_hours
-                );
-                self.history(id, SandboxOperation::Delete, &path, size, &detail);
-                Ok(())
+                let why = format!("after {} h", self.config.cleanup.delete_after_hours);
+                self.delete_sandbox(id, &path, &record, &why)
             }
             SandboxAction::Archive => self.archive(id, &path),
         }
+    }
+
+    /// Removes a finished experiment's sandbox directory (never its
+    /// record) and says so in its history: `why` ends the sentence.
+    fn delete_sandbox(
+        &mut self,
+        id: &str,
+        path: &Path,
+        record: &ExperimentRecord,
+        why: &str,
+    ) -> Result<()> {
+        let size = remove_tree(path)?;
+        self.report.freed_bytes += size;
+        self.report.deleted.push(id.to_owned());
+        let detail = format!(
+            "sandbox of a {} experiment removed {why}",
+            record
+                .recommendation
+                .map_or(record.status.as_str(), Recommendation::as_str),
+        );
+        self.history(id, SandboxOperation::Delete, path, size, &detail);
+        Ok(())
     }
 
     /// Packs a sandbox into `archives/ID.tar.gz`, verifies the archive, and

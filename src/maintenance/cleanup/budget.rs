@@ -21,7 +21,6 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::contract::Recommendation;
 use crate::store::{ExperimentRecord, SandboxOperation};
 
 use super::super::*;
@@ -147,7 +146,11 @@ impl Cleaner<'_> {
                     disk_usage_bytes(&archives_dir(&self.config.home).join(format!("{id}.tar.gz")))
                 })
             } else {
-                self.delete_early(&id, &path, &record).map(|()| 0)
+                let why = format!(
+                    "early: GENESIS_HOME over its {} MB budget",
+                    self.config.cleanup.disk_budget_mb
+                );
+                self.delete_sandbox(&id, &path, &record, &why).map(|()| 0)
             };
             match done {
                 Ok(archive_bytes) => {
@@ -157,26 +160,6 @@ impl Cleaner<'_> {
                 Err(e) => self.report.errors.push(format!("{id}: {e}")),
             }
         }
-    }
-
-    fn delete_early(
-        &mut self,
-        id: &str,
-        path: &Path,
-        record: &ExperimentRecord,
-    ) -> crate::errors::Result<()> {
-        let size = remove_tree(path)?;
-        self.report.freed_bytes += size;
-        self.report.deleted.push(id.to_owned());
-        let detail = format!(
-            "sandbox of a {} experiment removed early: GENESIS_HOME over its {} MB budget",
-            record
-                .recommendation
-                .map_or(record.status.as_str(), Recommendation::as_str),
-            self.config.cleanup.disk_budget_mb
-        );
-        self.history(id, SandboxOperation::Delete, path, size, &detail);
-        Ok(())
     }
 
     /// Prunes intact archives, oldest experiment first. Corrupt archives
