@@ -14,7 +14,10 @@
 //!   resumed it;
 //! - an engine away while the image was looked up, and a full home while
 //!   the change was applied, were answered `failed` although the
-//!   experiment itself never ran.
+//!   experiment itself never ran;
+//! - a container the engine lost in a crash (its `runc init` still alive)
+//!   kept a run's disk mounted in its namespace, so the loop device, and
+//!   the home's file system under it, were never released.
 
 mod support;
 
@@ -311,4 +314,54 @@ async fn a_full_home_delays_the_experiment_until_there_is_space() {
     std::fs::remove_file(filler).unwrap();
     let result = answer(pending).await;
     assert_eq!(result["status"], "success", "{result}");
+}
+
+/// `MAJ:MIN` of what is mounted at `mount` (this process's namespace).
+fn device_at(mount: &std::path::Path) -> String {
+    let wanted = mount.canonicalize().unwrap().display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f[4] == wanted)
+        .map(|f| f[2].to_owned())
+        .expect("the disk is mounted")
+}
+
+#[test]
+fn a_run_disk_held_by_a_container_the_engine_lost_is_freed() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("genesis-lost-candidate-1-1");
+    let owner = genesis::snapshot::Owner {
+        uid: 10001,
+        gid: 10001,
+    };
+    let disk = genesis::sandbox::ScratchDisk::create(&root, 16, owner, None).unwrap();
+    let device = device_at(&root.join("mnt"));
+    // A process in a mount namespace of its own holds a copy of every
+    // mount, the run's disk too, as a lost container's `runc init` does.
+    let mut holder = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sleep", "60"])
+        .spawn()
+        .unwrap();
+    let ours = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    let theirs = format!("/proc/{}/ns/mnt", holder.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_link(&theirs).ok() == Some(ours.clone()) {
+        assert!(Instant::now() < deadline, "unshare did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    disk.release().unwrap();
+    let status = holder.wait().unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "the holder lives on: {status}"
+    );
+    let backing = format!("/sys/dev/block/{device}/loop/backing_file");
+    assert!(
+        !std::path::Path::new(&backing).exists(),
+        "{device} is still attached"
+    );
 }

@@ -27,6 +27,34 @@ use tokio::sync::{Notify, Semaphore};
 use crate::support::nats::{patient_client, wait_for_jetstream};
 use crate::workload::{Experiment, Message};
 
+/// Set once SIGINT or SIGTERM arrived: the soak stops sending and
+/// waiting, and still audits and tears everything down.
+pub static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Replaces the default action of SIGINT and SIGTERM (ending the process
+/// without tearing anything down) with setting [`INTERRUPTED`].
+pub fn catch_signals(rt: &tokio::runtime::Runtime) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = rt
+        .block_on(async { signal(SignalKind::terminate()) })
+        .expect("SIGTERM handler");
+    let mut int = rt
+        .block_on(async { signal(SignalKind::interrupt()) })
+        .expect("SIGINT handler");
+    rt.spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!("soak: interrupted; stopping, then auditing and tearing down");
+        INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The soak's stream of answers.
 pub const ANSWERS: &str = "SOAK_ANSWERS";
 /// Replies to message N arrive on `soak.reply.N`.
@@ -92,7 +120,16 @@ pub async fn drive(
     let origin = tokio::time::Instant::now();
     for (i, experiment) in experiments.iter().enumerate() {
         tokio::time::sleep_until(origin + pace * i as u32).await;
-        let permit = slots.clone().acquire_owned().await.unwrap();
+        let permit = loop {
+            let wait = tokio::time::timeout(Duration::from_secs(1), slots.clone().acquire_owned());
+            if let Ok(permit) = wait.await {
+                break permit.ok();
+            }
+            if interrupted() {
+                break None;
+            }
+        };
+        let Some(permit) = permit else { break };
         let (js, mine, sent) = (js.clone(), heard.clone(), sent.clone());
         let messages = experiment.messages.clone();
         tasks.spawn(async move {
@@ -124,8 +161,8 @@ pub async fn drive(
 }
 
 /// Waits for the experiments' answers; every 30 s says which messages
-/// are still unanswered, and gives up once none came for `stall` (or on
-/// SIGINT/SIGTERM), so the audit can name what was lost.
+/// are still unanswered, and gives up once none came for `stall` (or once
+/// interrupted), so the audit can name what was lost.
 async fn wait_for_answers(
     tasks: &mut tokio::task::JoinSet<()>,
     experiments: &[Experiment],
@@ -134,13 +171,19 @@ async fn wait_for_answers(
 ) {
     let mut last_count = usize::MAX;
     let mut last_progress = Instant::now();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
+    let mut ticks = 0u32;
     loop {
-        let tick = tokio::time::sleep(Duration::from_secs(30));
+        let tick = tokio::time::sleep(Duration::from_secs(1));
         tokio::select! {
             next = tasks.join_next() => if next.is_none() { return },
             _ = tick => {
+                ticks += 1;
+                if interrupted() {
+                    return;
+                }
+                if !ticks.is_multiple_of(30) {
+                    continue;
+                }
                 let count = heard.first.lock().unwrap().len();
                 if count != last_count {
                     last_count = count;
@@ -159,8 +202,6 @@ async fn wait_for_answers(
                     return;
                 }
             }
-            _ = tokio::signal::ctrl_c() => return,
-            _ = term.recv() => return,
         }
     }
 }

@@ -106,7 +106,16 @@ pub fn run(
         let fault = deck.pop().unwrap_or(Fault::Kill9);
         let at = started.elapsed();
         let begun = Instant::now();
-        let (target, note) = apply(world, fault, &mut rng);
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            apply(world, fault, &mut rng)
+        }));
+        let failed = applied.is_err();
+        let (target, note) = applied.unwrap_or_else(|_| {
+            (
+                "?".into(),
+                Some("the fault could not be dealt (see the panic above); no more faults".into()),
+            )
+        });
         let took = begun.elapsed();
         eprintln!(
             "soak: {:>6.1} s  {} ({target}) took {:.1} s{}",
@@ -124,6 +133,9 @@ pub fn run(
             took,
             note,
         });
+        if failed {
+            return record;
+        }
         let jitter = rng.below(2 * quarter + 1);
         next = begun + interval - Duration::from_millis(quarter) + Duration::from_millis(jitter);
     }

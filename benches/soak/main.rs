@@ -58,12 +58,13 @@ fn main() {
     let stall = Duration::from_secs(env_or("GENESIS_SOAK_STALL_SECONDS", 180));
     let plan = workload::plan(count, seed);
     eprintln!("soak: {count} experiments, seed {seed}, a fault about every {interval:?}");
-    let mut world = world::World::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
+    drive::catch_signals(&rt);
+    let mut world = world::World::start();
     let (_client, js) = rt.block_on(drive::connect(&world.nats.url()));
     let stop = AtomicBool::new(false);
     let started = Instant::now();
@@ -73,7 +74,13 @@ fn main() {
         let faults = scope.spawn(move || faults::run(world, seed, interval, stop, started));
         let sent = rt.block_on(drive::drive(&js, &plan, window, pace, stall, seed));
         stop.store(true, Ordering::Relaxed);
-        (sent, faults.join().expect("fault thread"))
+        // A fault that could not be dealt (an engine that did not come
+        // back) ends the faults, not the soak: it still audits and tears down.
+        let record = faults.join().unwrap_or_else(|_| {
+            eprintln!("soak: the fault thread failed; see above");
+            faults::Record::default()
+        });
+        (sent, record)
     });
     let answered = started.elapsed();
     eprintln!(

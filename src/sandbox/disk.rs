@@ -39,6 +39,8 @@ use std::process::Command;
 use crate::errors::{GenesisError, Result};
 use crate::snapshot::{Owner, TreeDelta};
 
+use super::holders::unescape;
+
 /// Where the run's directories appear inside the container.
 pub const WORKSPACE: &str = "/workspace";
 pub const OUT: &str = "/genesis/out";
@@ -249,10 +251,15 @@ impl Drop for ScratchDisk {
 /// Unmounts (when mounted) and removes one run's disk directory: the
 /// layered workspace first, then the disk under it.
 fn release_at(root: &Path) -> Result<()> {
+    let device = super::holders::device_of(&root.join("mnt"));
     for mount in [root.join("workspace"), root.join("mnt")] {
         if is_mount_point(&mount) {
             unmount(&mount)?;
         }
+    }
+    // A container the engine lost may still hold it (see `holders.rs`).
+    if let Some(device) = device {
+        super::holders::free(&device);
     }
     std::fs::remove_dir_all(root)
         .map_err(|e| GenesisError::io(format!("removing {}", root.display()), e))
@@ -297,7 +304,7 @@ pub fn layer_in_use(layer: &Path) -> bool {
                 .filter(|l| l.contains(" - overlay "))
                 .filter_map(|l| l.split("lowerdir=").nth(1))
                 .filter_map(|rest| rest.split(',').next())
-                .any(|lowers| lowers.split(':').any(|l| unescape_mountinfo(l) == wanted))
+                .any(|lowers| lowers.split(':').any(|l| unescape(l) == wanted))
         })
         .unwrap_or(false)
 }
@@ -361,18 +368,9 @@ fn is_mount_point(path: &Path) -> bool {
         .map(|info| {
             info.lines()
                 .filter_map(|l| l.split(' ').nth(4))
-                .any(|mount| unescape_mountinfo(mount) == wanted)
+                .any(|mount| unescape(mount) == wanted)
         })
         .unwrap_or(false)
-}
-
-/// mountinfo writes space, tab, newline and backslash as octal escapes.
-fn unescape_mountinfo(field: &str) -> String {
-    field
-        .replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
 }
 
 struct FsStat {
@@ -441,6 +439,6 @@ mod tests {
 
     #[test]
     fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape_mountinfo("/a\\040b\\134c"), "/a b\\c");
+        assert_eq!(unescape("/a\\040b\\134c"), "/a b\\c");
     }
 }

@@ -54,6 +54,7 @@ use cgroup::names_container;
 use cgroup::{locate as locate_cgroup, read as read_cgroup};
 pub use cgroup::{CgroupFiles, CgroupReading};
 mod disk;
+mod holders;
 pub use disk::{
     layer_in_use, release_all as release_scratch_disks, release_left_by_others, LayeredWorkspace,
     ScratchDisk,

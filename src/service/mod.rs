@@ -38,6 +38,15 @@
 //!   each request whole), so no one waits out `ack_wait`; their
 //!   redeliveries, when they come, find them running or answered and are
 //!   only acknowledged. Run disks left mounted are released.
+//!   The store keeps how each request was delivered (sequence, reply
+//!   subject, trace), so a resumed run answers where the first would have.
+//! - **Several hosts** (JetStream) claim ids in a shared key-value bucket
+//!   before their own store decides (`registry.rs`, `claims.rs`): a
+//!   reused id is refused and a duplicate answered with the owner's result
+//!   whichever host it reaches, and the owner's redelivered message is left
+//!   to the owner.
+//! - **Host faults** (a full home, an engine away) are waited out, never
+//!   answered (`runner/patience.rs`).
 //! - **Shutdown** on SIGINT/SIGTERM: intake stops, in-flight experiments get
 //!   `drain_timeout_ms` to finish, then are killed and marked.
 

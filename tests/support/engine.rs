@@ -26,26 +26,73 @@ pub struct PrivateEngine {
 
 static ENGINES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
-/// Makes a bridge interface with an address in 10.254.N.0/24.
+/// Bridge interfaces of this helper are named `gnst{PID}x{N}`: unique per
+/// process, since every test process numbers its engines from 0 and two of
+/// them (tests, a soak, another worktree's tests) may run at once: with one
+/// shared name one process deleted the other's bridge and its engine could
+/// not start again.
+const BRIDGE_PREFIX: &str = "gnst";
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Names and addresses of the machine's interfaces, one per line.
+fn ip_output(args: &[&str]) -> String {
+    Command::new("ip")
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// Deletes this helper's bridges whose process is gone (a crashed test's).
+fn remove_orphan_bridges() {
+    for line in ip_output(&["-o", "link", "show"]).lines() {
+        let Some(name) = line
+            .split(": ")
+            .nth(1)
+            .map(|n| n.split('@').next().unwrap_or(n))
+        else {
+            continue;
+        };
+        let pid = name
+            .strip_prefix(BRIDGE_PREFIX)
+            .and_then(|rest| rest.split_once('x'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok());
+        // SAFETY: signal 0 only checks that the process exists.
+        if pid.is_some_and(|pid| unsafe { libc::kill(pid, 0) } != 0) {
+            ip(&["link", "del", name]);
+        }
+    }
+}
+
+/// Makes a bridge interface with an address in a 10.254.X.0/24 no other
+/// interface uses.
 fn make_bridge(n: u32) -> String {
-    let name = format!("gnstb{n}");
-    let ip = |args: &[&str]| {
-        Command::new("ip")
-            .args(args)
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
-    ip(&["link", "del", &name]); // a crashed test's leftover
+    remove_orphan_bridges();
+    let name = format!("{BRIDGE_PREFIX}{}x{n}", std::process::id());
+    ip(&["link", "del", &name]);
     assert!(
         ip(&["link", "add", &name, "type", "bridge"]),
         "ip link add {name}"
     );
+    let taken = ip_output(&["-o", "-4", "addr", "show"]);
+    let start = (std::process::id() + n) % 250;
+    let subnet = (0..250)
+        .map(|i| (start + i) % 250)
+        .find(|x| !taken.contains(&format!("10.254.{x}.")))
+        .expect("a free 10.254.X.0/24");
     assert!(ip(&[
         "addr",
         "add",
-        &format!("10.254.{}.1/24", n % 250),
+        &format!("10.254.{subnet}.1/24"),
         "dev",
         &name
     ]));
