@@ -38,7 +38,7 @@ fn synthetic(i: usize) -> (ExperimentRecord, Option<MetricsRow>) {
     let request = Request::parse(doc.to_string().as_bytes()).unwrap();
     let t = 1_764_000_000_000 + i as i64 * 1000;
     let mut record = ExperimentRecord::new(&request, Status::Completed, "bench:1", t);
-    record.recommendation = Some("merge".into());
+    record.recommendation = Some(genesis::contract::Recommendation::Merge);
     let metrics = MetricsRow {
         experiment_id: id,
         host: String::new(),

@@ -220,7 +220,7 @@ fn large_repo(c: &mut Criterion) {
         .history("big-1")
         .unwrap()
         .into_iter()
-        .filter(|h| h.operation == "create")
+        .filter(|h| h.operation == genesis::store::SandboxOperation::Create)
         .map(|h| h.size_bytes)
         .sum::<u64>();
     eprintln!("second experiment on the commit moved {moved} bytes into its runs");

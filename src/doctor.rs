@@ -61,10 +61,23 @@ pub async fn checks(config: &Config) -> Vec<Check> {
     out.push(runtime(config).await);
     out.push(llm_endpoint(config));
     out.push(disk_cap(config).await);
+    out.push(install_guard(config).await);
     out.extend(images(config).await);
     out.extend(environments(config).await);
     out.extend(repos(config));
     out
+}
+
+/// Whether installs run behind the network guard, in one line.
+async fn install_guard(config: &Config) -> Check {
+    let docker = crate::sandbox::connect().await.ok();
+    let (ok, detail, fix) =
+        crate::environment::guard::doctor_line(docker.as_ref(), &config.environments).await;
+    if ok {
+        Check::pass("guard", detail)
+    } else {
+        Check::fail("guard", detail, fix.unwrap_or_default())
+    }
 }
 
 /// How many environments exist and how much of their budget they use.
@@ -146,13 +159,13 @@ async fn docker(config: &Config) -> Check {
         .find(|_| true)
         .unwrap_or_default();
     let limits = config.limits_for(crate::contract::RiskLevel::High);
-    let probe = crate::sandbox::SandboxBuilder::new(
+    let probe = crate::sandbox::SandboxBuilder::from_policy(
+        &config.sandbox,
         "doctor",
         crate::sandbox::Role::Baseline,
         &image,
         limits,
     )
-    .user(&config.sandbox.user)
     .home_label(&crate::sandbox::home_label(&config.home))
     .create(&docker)
     .await;
@@ -209,7 +222,7 @@ fn home(config: &Config) -> Check {
             "set GENESIS_HOME to a writable directory",
         );
     }
-    let probe = home.join(format!(".doctor-{}", std::process::id()));
+    let probe = crate::home::Home::of(home).doctor_probe();
     if let Err(e) = std::fs::write(&probe, b"ok") {
         let _ = std::fs::remove_file(&probe);
         if crate::store::faults::is_no_space(&e) {
@@ -378,20 +391,21 @@ fn llm_endpoint(config: &Config) -> Check {
         .map(|(name, _)| name.as_str())
         .collect();
     let local = crate::sandbox::engine_is_local();
-    let detail = match crate::sandbox::llm::unavailable_reason(&config.sandbox.runtime, local) {
-        Some(reason) => format!("unavailable: {reason}; results fall back to the static count"),
-        None if stubbed.is_empty() => "off: llm_stub = false for every repo".to_string(),
-        None => format!(
-            "http://127.0.0.1:{} in every run's sandbox ([llm] port) for repos {}",
-            config.llm.port,
-            stubbed.join(", ")
-        ),
-    };
+    let detail =
+        match crate::sandbox::llm::unavailable_reason(config.sandbox.runtime.is_gvisor(), local) {
+            Some(reason) => format!("unavailable: {reason}; results fall back to the static count"),
+            None if stubbed.is_empty() => "off: llm_stub = false for every repo".to_string(),
+            None => format!(
+                "http://127.0.0.1:{} in every run's sandbox ([llm] port) for repos {}",
+                config.llm.port,
+                stubbed.join(", ")
+            ),
+        };
     Check::pass("llm", detail)
 }
 
 async fn runtime(config: &Config) -> Check {
-    let wanted = config.sandbox.runtime.as_str();
+    let wanted = config.sandbox.runtime.name();
     let Ok(docker) = crate::sandbox::connect().await else {
         return Check::fail(
             "runtime",

@@ -8,6 +8,7 @@
 //!
 //! Foundations, used by every stage:
 //! - [`errors`]: the error types and their exit codes.
+//! - [`home`]: `GENESIS_HOME` and every path in it.
 //! - [`contract`]: every JSON document and NATS subject of the external contract.
 //! - [`config`]: policy files + genesis.toml + environment, validated on load.
 //! - [`nats_auth`]: the options (credentials, TLS) of every NATS client, and
@@ -36,6 +37,7 @@
 //! On top, imported by nothing: [`service`] (NATS), [`doctor`], [`cli`].
 
 pub mod errors;
+pub mod home;
 
 pub mod config;
 pub mod contract;

@@ -83,7 +83,7 @@ impl Fixture {
             .history(id)
             .unwrap()
             .into_iter()
-            .map(|h| h.operation)
+            .map(|h| h.operation.as_str().to_owned())
             .collect()
     }
 }
@@ -184,7 +184,7 @@ fn completed(id: &str, recommendation: Recommendation) -> Completed {
         regressions: vec![],
         flaky: vec![],
         recommendation,
-        reasons: vec!["test".into()],
+        reasons: vec![genesis::contract::Reason::unruled("test")],
         candidate: CandidateRef {
             repo: "app".into(),
             base_commit: "f".repeat(40),
@@ -233,9 +233,7 @@ fn add(f: &Fixture, id: &str, kind: Kind, age_hours: i64, extra: &[(&str, Vec<u8
         )),
         Kind::Running | Kind::Queued => None,
     };
-    rec.recommendation = result
-        .as_ref()
-        .map(|r| r.recommendation().as_str().to_owned());
+    rec.recommendation = result.as_ref().map(|r| r.recommendation());
     rec.result_json = result.as_ref().map(ExperimentResult::to_json);
     let metrics = match &result {
         Some(ExperimentResult::Success(c)) => Some(MetricsRow {
@@ -663,7 +661,7 @@ async fn tampered_archives_are_detected_reported_refused_and_kept() {
             .history(id)
             .unwrap()
             .into_iter()
-            .rfind(|h| h.operation == "verify")
+            .rfind(|h| h.operation == genesis::store::SandboxOperation::Verify)
             .unwrap();
         assert!(last_verify.detail.starts_with("corrupt"), "{last_verify:?}");
     }
@@ -800,4 +798,103 @@ async fn orphan_containers_of_this_home_are_reaped_unless_running() {
     .await
     .unwrap();
     assert_eq!(left, [(containers.0[1].clone(), "c-running".to_string())]);
+}
+
+/// Sets a file's or directory's mtime (the budget's "last used").
+fn set_mtime(path: &Path, at: DateTime<Utc>) {
+    let time = std::time::SystemTime::UNIX_EPOCH
+        + std::time::Duration::from_millis(at.timestamp_millis() as u64);
+    std::fs::File::open(path)
+        .unwrap()
+        .set_times(std::fs::FileTimes::new().set_modified(time))
+        .unwrap();
+}
+
+/// Over the budget, cleanup removes the cheapest losses first: idle
+/// snapshot tarballs and layers, then finished sandboxes not yet due, and
+/// only then intact archives. Caches used within the grace period,
+/// unfinished experiments and records are never removed.
+#[tokio::test]
+async fn the_disk_budget_removes_caches_and_sandboxes_before_any_archive() {
+    let mut f = fixture("");
+    let blob = |seed| vec![("candidate/out/blob.bin", noise(3 * MB as usize / 2, seed))];
+    add(&f, "old-merge", Kind::Merge, 100, &blob(1));
+    assert_eq!(f.cleanup(&f.config).await.archived, ["old-merge"]);
+
+    // From here the clock reads two hours after the files were written.
+    f.now = Utc::now() + TimeDelta::hours(2);
+    add(&f, "recent-rollback", Kind::Rollback, 2, &blob(2));
+    add(&f, "recent-merge", Kind::Merge, 1, &blob(3));
+    add(&f, "busy", Kind::Running, 5, &blob(4));
+    let snapshots = f.home().join("snapshots");
+    let idle_snapshot = snapshots.join(format!("{}-aaaaaaaaaaaa.tar.gz", "e".repeat(40)));
+    std::fs::write(&idle_snapshot, noise(3 * MB as usize / 2, 5)).unwrap();
+    // The fixture's candidate tarball was used five minutes ago: in grace.
+    let fresh_snapshot = snapshots.join(format!("{COMMIT}-0123456789ab.tar.gz"));
+    set_mtime(&fresh_snapshot, f.now - TimeDelta::minutes(5));
+    let layer = f
+        .home()
+        .join("layers")
+        .join(format!("{COMMIT}-bbbbbbbbbbbb"));
+    std::fs::create_dir_all(layer.join("app")).unwrap();
+    std::fs::write(layer.join("app/big.bin"), noise(3 * MB as usize / 2, 6)).unwrap();
+    set_mtime(&layer, f.now - TimeDelta::hours(1));
+
+    let budget_for = |freed: u64| {
+        let left = maintenance::disk_usage_bytes(f.home()) - freed;
+        config(
+            f.home(),
+            &format!("[cleanup]\ndisk_budget_mb = {}\n", left.div_ceil(MB)),
+        )
+    };
+    let size = |p: &Path| maintenance::disk_usage_bytes(p);
+
+    // Step 1: the two idle caches suffice; nothing else is touched.
+    let caches = size(&idle_snapshot) + size(&layer);
+    let report = f.cleanup(&budget_for(caches)).await;
+    assert_eq!(
+        report.layers_removed,
+        [layer.file_name().unwrap().to_str().unwrap()]
+    );
+    assert_eq!(report.snapshots_removed.len(), 1, "{report:?}");
+    assert!(!idle_snapshot.exists() && !layer.exists());
+    assert!(
+        fresh_snapshot.exists(),
+        "a snapshot used in the grace period went"
+    );
+    assert!(
+        report.deleted.is_empty() && report.archived.is_empty(),
+        "{report:?}"
+    );
+    assert!(report.pruned.is_empty(), "{report:?}");
+
+    // Step 2: deleting the older finished sandbox suffices.
+    let report = f
+        .cleanup(&budget_for(size(&f.sandbox("recent-rollback"))))
+        .await;
+    assert_eq!(report.deleted, ["recent-rollback"], "{report:?}");
+    assert!(
+        report.archived.is_empty() && report.pruned.is_empty(),
+        "{report:?}"
+    );
+
+    // Step 3: nothing fits: the merged sandbox is archived early, then the
+    // intact archive pruned; the running one and the fresh cache stay.
+    let report = f
+        .cleanup(&config(f.home(), "[cleanup]\ndisk_budget_mb = 0\n"))
+        .await;
+    assert_eq!(report.archived, ["recent-merge"], "{report:?}");
+    assert_eq!(report.pruned, ["old-merge"], "{report:?}");
+    assert!(f.sandbox("busy").join("candidate/out/blob.bin").exists());
+    assert!(fresh_snapshot.exists());
+    assert!(
+        report.notes.iter().any(|n| n.contains("still uses")),
+        "{report:?}"
+    );
+    for id in ["old-merge", "recent-rollback", "recent-merge", "busy"] {
+        assert!(
+            f.store.get(id).unwrap().is_some(),
+            "the record of {id} is gone"
+        );
+    }
 }

@@ -126,3 +126,41 @@ fn doctor_is_all_green_with_nats_and_names_the_fix_without() {
         "{report}"
     );
 }
+
+/// A store written before rows were typed (schema 2: risk levels, verdicts,
+/// error kinds, outcomes and sandbox operations as strings) opens, and
+/// `export`, `list --json` and `show --json` print byte for byte what that
+/// release printed from it; it then takes new rows beside the old ones.
+#[test]
+fn a_store_of_the_release_before_typed_rows_reads_back_byte_for_byte() {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v2");
+    let home = TestHome::new("");
+    std::fs::create_dir_all(home.home()).unwrap();
+    std::fs::copy(
+        fixture.join("genesis.redb"),
+        home.home().join("genesis.redb"),
+    )
+    .unwrap();
+    let expect_same = |args: &[&str], golden: &str| {
+        let out = home.run_args(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        let want = std::fs::read(fixture.join(golden)).unwrap();
+        assert!(
+            out.stdout == want,
+            "{args:?} differs from {golden}:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    };
+    expect_same(&["export", "--format", "sql"], "export.sql");
+    expect_same(&["list", "--json"], "list.json");
+    for id in ["v2-merge", "v2-rollback", "v2-failed"] {
+        expect_same(&["show", id, "--json"], &format!("show-{id}.json"));
+    }
+    // New rows go in beside the old ones.
+    let request = request("after-typed-rows", "low", &[], "");
+    let out = home.run_request(&request);
+    assert!(text(&out).contains("after-typed-rows"), "{}", text(&out));
+    let listed = home.run_args(&["list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 4, "{list:#}");
+}

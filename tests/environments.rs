@@ -126,7 +126,8 @@ fn a_pypi_dependency_is_installed_once_and_reused_offline() {
     assert_success(&r3, &stderr3);
     assert_eq!(r3["environment"]["reused"], false, "{r3:#}");
     assert_ne!(r3["environment"]["key"], env["key"]);
-    assert_eq!(environments_built(&home).len(), 2);
+    // That one was private to env-py-3 and is gone with it.
+    assert_eq!(environments_built(&home).len(), 1);
     assert!(home.containers_left().is_empty());
     remove_environment_images(&home);
 }
@@ -249,5 +250,59 @@ report = "junit:/genesis/out/junit.xml""#,
     // Four tests and the doctest of Calc.add.
     assert_eq!(r["metrics"]["test_count"], 5, "{r:#}");
     assert_eq!(r["metrics"]["failures"], 0, "{r:#}");
+    remove_environment_images(&home);
+}
+
+/// The candidate's install runs the agent's code as root, so what it left in
+/// its environment must never reach another experiment: the same patch
+/// sent by two experiments builds twice, under two keys, and each private
+/// environment is gone once its experiment is done. The baseline's stays.
+#[test]
+fn an_environment_built_from_a_candidates_inputs_is_private_to_its_experiment() {
+    ensure_image("busybox");
+    let home = TestHome::new(
+        r#"default_repo = "app"
+[repos.app]
+path = "{root}/app"
+image = "genesis/busybox:latest"
+install_command = "sh install.sh"
+install_inputs = ["install.sh"]
+test_command = "sh run_tests.sh"
+report = "tap"
+"#,
+    );
+    let repo = git_repo(
+        &home.root().join("app"),
+        &[
+            ("install.sh", "echo base > /etc/installed-by\n"),
+            (
+                "run_tests.sh",
+                "echo 1..1; echo \"ok 1 - installed by $(cat /etc/installed-by)\"\n",
+            ),
+        ],
+    );
+    // What an agent's install could leave behind for the next experiment.
+    let patch = diff_for(
+        &repo,
+        &[("install.sh", Some("echo candidate > /etc/installed-by\n"))],
+    );
+    let mut keys = Vec::new();
+    for id in ["env-private-1", "env-private-2"] {
+        let (r, stderr) = run(&home, &request(id, "high", &["install.sh"], &patch));
+        assert_success(&r, &stderr);
+        let env = &r["environment"];
+        assert_eq!(env["reused"], false, "{id} reused another's: {r:#}");
+        let image = env["image"].as_str().unwrap();
+        let inspect = std::process::Command::new("docker")
+            .args(["image", "inspect", image])
+            .output()
+            .unwrap();
+        assert!(!inspect.status.success(), "{image} outlived {id}");
+        keys.push(env["key"].as_str().unwrap().to_owned());
+        // Only the baseline's environment is kept.
+        assert_eq!(environments_built(&home).len(), 1, "after {id}");
+    }
+    assert_ne!(keys[0], keys[1]);
+    assert!(home.containers_left().is_empty());
     remove_environment_images(&home);
 }

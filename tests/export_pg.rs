@@ -11,9 +11,11 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use genesis::contract::{Metrics, Request};
+use genesis::contract::{ErrorKind, Metrics, Recommendation, Request};
 use genesis::export::{write_csv, write_sql, ExportCounts};
-use genesis::store::{BaselineFigures, ExperimentRecord, MetricsRow, Status, Store};
+use genesis::store::{
+    BaselineFigures, ExperimentRecord, MetricsRow, SandboxOperation, Status, Store,
+};
 use support::pg::PgCluster;
 
 /// Everything a test log or a description might hold.
@@ -83,7 +85,7 @@ fn populate_as(store: &Store, prefix: &str) {
         "h:1",
         t0,
     );
-    plain.recommendation = Some("merge".into());
+    plain.recommendation = Some(Recommendation::Merge);
     plain.result_json = Some(
         json!({
             "status": "success",
@@ -103,7 +105,7 @@ fn populate_as(store: &Store, prefix: &str) {
         "h:1",
         t0 + 1,
     );
-    nasty.recommendation = Some("rollback".into());
+    nasty.recommendation = Some(Recommendation::Rollback);
     nasty.error = Some(NASTY.into());
     let mut failed = ExperimentRecord::new(
         &request(&id("failed"), "", ""),
@@ -112,7 +114,7 @@ fn populate_as(store: &Store, prefix: &str) {
         t0 + 2,
     );
     failed.error = Some("timed out".into());
-    failed.error_kind = Some("timeout".into());
+    failed.error_kind = Some(ErrorKind::Timeout);
     failed.timeout_ms = None;
     store
         .write_final(&plain, Some(&metrics_row(&id("plain"), t0)), None)
@@ -124,7 +126,7 @@ fn populate_as(store: &Store, prefix: &str) {
     store
         .add_history(
             &id("nasty"),
-            "create",
+            SandboxOperation::Create,
             &format!("/home/x/sandboxes/{}", id("nasty")),
             42,
             NASTY,
@@ -133,7 +135,7 @@ fn populate_as(store: &Store, prefix: &str) {
     store
         .add_history(
             &id("plain"),
-            "archive",
+            SandboxOperation::Archive,
             &format!("/home/x/archives/{}.tar.gz", id("plain")),
             u64::MAX,
             "",
@@ -190,15 +192,21 @@ fn assert_matches_stores(pg: &PgCluster, db: &str, stores: &[&Store]) {
         expect_text("instance_id", &r.instance_id);
         expect_text("experiment_type", &r.experiment_type);
         expect_text("description", &r.description);
-        expect_text("risk_level", &r.risk_level);
+        expect_text("risk_level", r.risk_level.as_str());
         expect_text("rollback_plan", &r.rollback_plan);
         expect_text("status", r.status.as_str());
         assert_eq!(row["estimated_impact"].as_f64(), Some(r.estimated_impact));
         assert_eq!(row["changes"], json_without_nul(&r.changes_json));
         assert_eq!(row["timeout_ms"].as_u64(), r.timeout_ms);
-        assert_eq!(row["recommendation"], opt_text(&r.recommendation));
+        assert_eq!(
+            row["recommendation"],
+            opt_text(&r.recommendation.map(|v| v.as_str().to_owned()))
+        );
         assert_eq!(row["error"], opt_text(&r.error));
-        assert_eq!(row["error_kind"], opt_text(&r.error_kind));
+        assert_eq!(
+            row["error_kind"],
+            opt_text(&r.error_kind.map(|v| v.as_str().to_owned()))
+        );
         match &r.result_json {
             Some(j) => assert_eq!(row["result"], json_without_nul(j)),
             None => assert_eq!(row["result"], Value::Null),
@@ -290,7 +298,7 @@ fn assert_matches_stores(pg: &PgCluster, db: &str, stores: &[&Store]) {
         assert_eq!(row["host"], Value::String(h.host.clone()));
         assert_eq!(row["id"].as_u64(), Some(h.id));
         assert_eq!(row["experiment_id"], Value::String(h.experiment_id.clone()));
-        assert_eq!(row["operation"], Value::String(h.operation.clone()));
+        assert_eq!(row["operation"], Value::String(h.operation.as_str().into()));
         assert_eq!(row["path"], Value::String(h.path.clone()));
         // bigint is signed: the export clamps the (unreal) u64 extreme.
         assert_eq!(

@@ -150,7 +150,13 @@ fn store_with_records(path: &Path, count: i64) {
         let record = big_record(&format!("kept-{n:04}"), 3000);
         store.write_final(&record, None, None).unwrap();
         store
-            .add_history(&record.experiment_id, "create", "/p", 1, "")
+            .add_history(
+                &record.experiment_id,
+                genesis::store::SandboxOperation::Create,
+                "/p",
+                1,
+                "",
+            )
             .unwrap();
     }
 }

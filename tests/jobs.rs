@@ -37,7 +37,7 @@ fn request(id: &str, kind: &str, risk: &str) -> Request {
 /// Stores a finished experiment updated at `at`.
 fn finished(store: &Store, id: &str, kind: &str, risk: &str, status: Status, rec: &str, at: i64) {
     let mut record = ExperimentRecord::new(&request(id, kind, risk), status, "test:1", at);
-    record.recommendation = Some(rec.into());
+    record.recommendation = genesis::contract::Named::from_name(rec);
     let metrics = (status == Status::Completed).then(|| MetricsRow {
         experiment_id: id.into(),
         host: String::new(),
@@ -315,7 +315,7 @@ async fn the_cleanup_job_judges_ages_by_the_injected_clock() {
         .history("old-fail")
         .unwrap()
         .into_iter()
-        .map(|h| h.operation)
+        .map(|h| h.operation.as_str().to_owned())
         .collect();
     assert_eq!(ops, ["delete"]);
 }

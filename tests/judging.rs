@@ -177,7 +177,10 @@ fn concurrent_experiments_on_one_commit_share_one_baseline_run() {
         assert!(matches!(result, ExperimentResult::Success(_)), "{result:?}");
         baseline_runs += history
             .iter()
-            .filter(|h| h.operation == "create" && h.detail.contains("(baseline)"))
+            .filter(|h| {
+                h.operation == genesis::store::SandboxOperation::Create
+                    && h.detail.contains("(baseline)")
+            })
             .count();
     }
     assert_eq!(

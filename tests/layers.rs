@@ -187,7 +187,7 @@ fn a_second_experiment_on_a_commit_moves_only_its_delta() {
             .history(id)
             .unwrap()
             .into_iter()
-            .filter(|h| h.operation == "create")
+            .filter(|h| h.operation == genesis::store::SandboxOperation::Create)
             .collect()
     };
     // The first experiment ran the baseline from the bare layer.

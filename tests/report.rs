@@ -26,7 +26,10 @@ use genesis::contract::{
 };
 use genesis::errors::GenesisError;
 use genesis::report;
-use genesis::store::{BaselineFigures, ExperimentRecord, MetricsRow, Status, Store, TestOutcomes};
+use genesis::results::Outcome;
+use genesis::store::{
+    BaselineFigures, ExperimentRecord, MetricsRow, SandboxOperation, Status, Store, TestOutcomes,
+};
 use support::TestHome;
 
 const EVIL_TEST: &str = "<script>alert(1)</script></td>";
@@ -88,10 +91,9 @@ fn store_completed(
         regressions: regressions.clone(),
         flaky: vec!["tests/test_net.py::test_sometimes_times_out".into()],
         recommendation: rec,
-        reasons: vec![
-            "rule 3 merge_with_adaptations: success_rate 0.952 > 0.9 and regression 0.02 < 0.05"
-                .into(),
-        ],
+        reasons: vec![genesis::contract::Reason::parse(
+            "rule 3 merge_with_adaptations: success_rate 0.952 > 0.9 and regression 0.02 < 0.05",
+        )],
         candidate: CandidateRef {
             repo: "app".into(),
             base_commit: "a".repeat(40),
@@ -127,7 +129,7 @@ fn store_completed(
         timestamp: DateTime::from_timestamp_millis(at).unwrap(),
     };
     record.result_json = Some(ExperimentResult::Success(completed).to_json());
-    record.recommendation = Some(rec.as_str().into());
+    record.recommendation = Some(rec);
     let row = MetricsRow {
         experiment_id: id.into(),
         host: String::new(),
@@ -210,10 +212,10 @@ fn store_failed(store: &Store, id: &str, kind: &str, risk: &str, at: i64) {
         "the candidate's suite ran past its 600000 ms limit </div><h1>owned</h1>",
     );
     record.result_json = Some(result.to_json());
-    record.recommendation = Some("rollback".into());
+    record.recommendation = Some(Recommendation::Rollback);
     record.error =
         Some("the candidate's suite ran past its 600000 ms limit </div><h1>owned</h1>".into());
-    record.error_kind = Some("timeout".into());
+    record.error_kind = Some(genesis::contract::ErrorKind::Timeout);
     store.write_final(&record, None, None).unwrap();
 }
 
@@ -222,28 +224,40 @@ fn outcomes() -> TestOutcomes {
     let mut candidate = Vec::new();
     for i in 0..240 {
         let t = format!("tests/test_app.py::test_case_{i:03}");
-        baseline.push((t.clone(), "passed".to_owned()));
-        candidate.push((t, "passed".to_owned()));
+        baseline.push((t.clone(), Outcome::Passed));
+        candidate.push((t, Outcome::Passed));
     }
     let pairs = [
-        (EVIL_TEST, "passed", "failed"),
+        (EVIL_TEST, Outcome::Passed, Outcome::Failed),
         (
             "tests/test_parser.py::test_unicode[ü-😀]",
-            "passed",
-            "errored",
+            Outcome::Passed,
+            Outcome::Errored,
         ),
-        ("tests/test_db.py::test_fixed_by_change", "failed", "passed"),
-        ("tests/test_db.py::test_also_fixed", "errored", "passed"),
-        ("tests/test_slow.py::test_skipped_now", "passed", "skipped"),
+        (
+            "tests/test_db.py::test_fixed_by_change",
+            Outcome::Failed,
+            Outcome::Passed,
+        ),
+        (
+            "tests/test_db.py::test_also_fixed",
+            Outcome::Errored,
+            Outcome::Passed,
+        ),
+        (
+            "tests/test_slow.py::test_skipped_now",
+            Outcome::Passed,
+            Outcome::Skipped,
+        ),
         (
             "tests/test_net.py::test_sometimes_times_out",
-            "passed",
-            "passed",
+            Outcome::Passed,
+            Outcome::Passed,
         ),
     ];
     for (t, b, c) in pairs {
-        baseline.push((t.to_owned(), b.to_owned()));
-        candidate.push((t.to_owned(), c.to_owned()));
+        baseline.push((t.to_owned(), b));
+        candidate.push((t.to_owned(), c));
     }
     TestOutcomes {
         baseline,
@@ -275,7 +289,7 @@ fn filled_home(now: DateTime<Utc>) -> (TestHome, Config) {
     store
         .add_history(
             "exp-1f3a",
-            "create",
+            SandboxOperation::Create,
             "/var/genesis/sandboxes/exp-1f3a/<b>",
             0,
             "container 4be1c0",
@@ -284,7 +298,7 @@ fn filled_home(now: DateTime<Utc>) -> (TestHome, Config) {
     store
         .add_history(
             "exp-1f3a",
-            "archive",
+            SandboxOperation::Archive,
             "/var/genesis/archives/exp-1f3a.tar.gz",
             3_481_221,
             "",
@@ -717,7 +731,7 @@ fn month_of_experiments(store: &Store, config: &Config, now: DateTime<Utc>, coun
             let req = request(&id, kind, risk, "generated");
             if next() < 0.08 {
                 let mut record = ExperimentRecord::new(&req, Status::Failed, "host:1", at);
-                record.recommendation = Some("rollback".into());
+                record.recommendation = Some(Recommendation::Rollback);
                 return (record, None);
             }
             // Better towards today: the change stream improves.
@@ -730,7 +744,7 @@ fn month_of_experiments(store: &Store, config: &Config, now: DateTime<Utc>, coun
             let thresholds = config.thresholds.for_risk(req.risk_level);
             let (rec, _) = genesis::judgement::policy::verdict(&m, &thresholds);
             let mut record = ExperimentRecord::new(&req, Status::Completed, "host:1", at);
-            record.recommendation = Some(rec.as_str().into());
+            record.recommendation = Some(rec);
             let row = MetricsRow {
                 experiment_id: id,
                 host: String::new(),
@@ -883,7 +897,7 @@ fn trends_over_10000_experiments_stay_small_and_quick() {
                 2 => Recommendation::MergeWithAdaptations,
                 _ => Recommendation::Rollback,
             };
-            record.recommendation = Some(rec.as_str().into());
+            record.recommendation = Some(rec);
             let m = (!failed).then(|| MetricsRow {
                 experiment_id: id.clone(),
                 host: String::new(),

@@ -31,7 +31,7 @@ fn memory_peak_and_cpu_time_of_a_short_suite_are_exact() {
         cpus: 1.0,
         memory_mb: 512,
         pids: 64,
-        timeout_ms: 60_000,
+        timeout: std::time::Duration::from_secs(60),
         network: false,
         install_changes: true,
         disk_mb: 0,

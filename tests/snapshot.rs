@@ -68,14 +68,16 @@ fn snapshots_are_deterministic_cached_and_keep_links() {
         analysis_cap_bytes: 1 << 20,
         layered: false,
         patch_mb: 64,
-        risk_level: "high",
+        risk_level: genesis::contract::RiskLevel::High,
     };
     let first = snap.prepare(&input, "exp-1").unwrap();
     let bytes = std::fs::read(first.base.tarball.as_ref().unwrap()).unwrap();
-    let modified = std::fs::metadata(first.base.tarball.as_ref().unwrap())
-        .unwrap()
-        .modified()
-        .unwrap();
+    // A rewrite renames a new file into place (a new inode); a reuse only
+    // refreshes the mtime (the disk budget's "last used").
+    let inode = |path: &std::path::Path| {
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
+    };
+    let written = inode(first.base.tarball.as_ref().unwrap());
     let second = snap.prepare(&input, "exp-2").unwrap();
     assert_eq!(first.base, second.base);
     assert_eq!(
@@ -83,11 +85,8 @@ fn snapshots_are_deterministic_cached_and_keep_links() {
         "same patch, same base: same candidate"
     );
     assert_eq!(
-        std::fs::metadata(second.base.tarball.as_ref().unwrap())
-            .unwrap()
-            .modified()
-            .unwrap(),
-        modified,
+        inode(second.base.tarball.as_ref().unwrap()),
+        written,
         "cache reused"
     );
     assert_eq!(
@@ -143,7 +142,7 @@ fn a_missing_ref_or_repo_is_an_invalid_request() {
         analysis_cap_bytes: 1 << 20,
         layered: false,
         patch_mb: 64,
-        risk_level: "high",
+        risk_level: genesis::contract::RiskLevel::High,
     };
     let err = snap.prepare(&input, "e").unwrap_err();
     assert_eq!(err.kind(), genesis::contract::ErrorKind::InvalidRequest);

@@ -44,7 +44,13 @@ fn crash_writer_child() {
         let rec = ExperimentRecord::new(&request(n), Status::Completed, "child", n as i64);
         store.insert_new(&rec).unwrap();
         store
-            .add_history(&rec.experiment_id, "create", "/p", n, "")
+            .add_history(
+                &rec.experiment_id,
+                genesis::store::SandboxOperation::Create,
+                "/p",
+                n,
+                "",
+            )
             .unwrap();
         println!("committed {n}");
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, Env};
-use crate::contract::{ExperimentResult, Request};
+use crate::contract::{ExperimentResult, Request, Stage};
 use crate::errors::{GenesisError, Result};
 use crate::runner::{Admission, Progress, Runner};
 use crate::store::{open_store, Status};
@@ -292,7 +292,7 @@ impl StderrProgress {
 }
 
 impl Progress for StderrProgress {
-    fn stage(&self, id: &str, stage: &str, detail: &str) {
+    fn stage(&self, id: &str, stage: Stage, detail: &str) {
         let line = format!("{id}: {stage}: {detail}");
         match &self.bar {
             Some(bar) => {

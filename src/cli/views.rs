@@ -2,7 +2,7 @@
 //! text for people and as JSON.
 
 use crate::config::Config;
-use crate::contract::{BeforeAfter, ExperimentResult, LlmSummary};
+use crate::contract::{BeforeAfter, ErrorKind, ExperimentResult, LlmSummary, Recommendation};
 use crate::errors::{GenesisError, Result};
 use crate::store::{open_store, ExperimentRecord, MetricsRow, SandboxEvent, Status, TestOutcomes};
 use serde::Serialize;
@@ -33,11 +33,11 @@ impl<'a> From<&'a ExperimentRecord> for RecordView<'a> {
             instance_id: &r.instance_id,
             experiment_type: &r.experiment_type,
             description: &r.description,
-            risk_level: &r.risk_level,
+            risk_level: r.risk_level.as_str(),
             status: r.status.as_str(),
-            recommendation: r.recommendation.as_deref(),
+            recommendation: r.recommendation.map(Recommendation::as_str),
             error: r.error.as_deref(),
-            error_kind: r.error_kind.as_deref(),
+            error_kind: r.error_kind.map(ErrorKind::as_str),
             inserted_at: ms_to_rfc3339(r.inserted_at),
             updated_at: ms_to_rfc3339(r.updated_at),
         }
@@ -91,9 +91,9 @@ pub(super) async fn list(
             "{:<28} {:<10} {:<23} {:<16} {:<7} {}",
             r.experiment_id,
             r.status.as_str(),
-            r.recommendation.as_deref().unwrap_or("-"),
+            r.recommendation.map_or("-", Recommendation::as_str),
             r.experiment_type,
-            r.risk_level,
+            r.risk_level.as_str(),
             ms_to_rfc3339(r.updated_at)
         );
     }
@@ -148,7 +148,7 @@ pub(super) async fn show(config: &Config, id: &str, json: bool) -> Result<i32> {
         .iter()
         .map(|h| HistoryView {
             id: h.id,
-            operation: &h.operation,
+            operation: h.operation.as_str(),
             path: &h.path,
             size_bytes: h.size_bytes,
             detail: &h.detail,
@@ -225,7 +225,7 @@ fn render_show(
         let _ = writeln!(
             s,
             "error        [{}] {e}",
-            record.error_kind.as_deref().unwrap_or("?")
+            record.error_kind.map_or("?", ErrorKind::as_str)
         );
     }
     let completed = match record.result() {
@@ -243,40 +243,7 @@ fn render_show(
         );
     }
     if let Some(m) = metrics {
-        let x = &m.metrics;
-        let _ = writeln!(s, "metrics");
-        let _ = writeln!(
-            s,
-            "  tests        {} run, {} failed (baseline {} run, {} failed)",
-            x.test_count, x.failures, m.baseline.test_count, m.baseline.failures
-        );
-        let _ = writeln!(
-            s,
-            "  success_rate {:.4}   regression {:.4}   llm_reduction {:.4}",
-            x.success_rate, x.regression, x.llm_reduction
-        );
-        let _ = writeln!(
-            s,
-            "  runtime      {} ms (baseline {} ms, delta {:+.4})",
-            x.runtime_ms, m.baseline.runtime_ms, x.performance_delta
-        );
-        let _ = writeln!(
-            s,
-            "  resources    peak {:.1} MB, cpu {:.1}%, io {}",
-            x.memory_peak_mb, x.cpu_usage_percent, x.io_operations
-        );
-        if !m.regressions.is_empty() {
-            let _ = writeln!(s, "regressed tests");
-            for t in &m.regressions {
-                let _ = writeln!(s, "  {t}");
-            }
-        }
-        if !m.flaky.is_empty() {
-            let _ = writeln!(s, "flaky tests (not counted)");
-            for t in &m.flaky {
-                let _ = writeln!(s, "  {t}");
-            }
-        }
+        s.push_str(&render_metrics(m));
     }
     if let Some(llm) = completed.as_ref().and_then(|c| c.llm.as_ref()) {
         s.push_str(&render_llm(llm));
@@ -289,6 +256,46 @@ fn render_show(
                 "  {} {:<8} {} {}",
                 h.inserted_at, h.operation, h.path, h.detail
             );
+        }
+    }
+    s
+}
+
+/// The "metrics" block of `show`, with the regressed and flaky tests.
+fn render_metrics(m: &MetricsRow) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let x = &m.metrics;
+    let _ = writeln!(s, "metrics");
+    let _ = writeln!(
+        s,
+        "  tests        {} run, {} failed (baseline {} run, {} failed)",
+        x.test_count, x.failures, m.baseline.test_count, m.baseline.failures
+    );
+    let _ = writeln!(
+        s,
+        "  success_rate {:.4}   regression {:.4}   llm_reduction {:.4}",
+        x.success_rate, x.regression, x.llm_reduction
+    );
+    let _ = writeln!(
+        s,
+        "  runtime      {} ms (baseline {} ms, delta {:+.4})",
+        x.runtime_ms, m.baseline.runtime_ms, x.performance_delta
+    );
+    let _ = writeln!(
+        s,
+        "  resources    peak {:.1} MB, cpu {:.1}%, io {}",
+        x.memory_peak_mb, x.cpu_usage_percent, x.io_operations
+    );
+    for (title, tests) in [
+        ("regressed tests", &m.regressions),
+        ("flaky tests (not counted)", &m.flaky),
+    ] {
+        if !tests.is_empty() {
+            let _ = writeln!(s, "{title}");
+            for t in tests {
+                let _ = writeln!(s, "  {t}");
+            }
         }
     }
     s

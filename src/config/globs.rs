@@ -9,10 +9,25 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::errors::{GenesisError, Result};
 
-/// A compiled set of `install_inputs` globs.
-#[derive(Debug, Clone)]
+/// A compiled set of `install_inputs` globs (read from the config as the
+/// list of patterns, compiled once).
+#[derive(Debug, Clone, Default)]
 pub struct InputGlobs {
+    patterns: Vec<String>,
     set: GlobSet,
+}
+
+impl PartialEq for InputGlobs {
+    fn eq(&self, other: &Self) -> bool {
+        self.patterns == other.patterns
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for InputGlobs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let patterns = Vec::<String>::deserialize(d)?;
+        InputGlobs::new(&patterns).map_err(serde::de::Error::custom)
+    }
 }
 
 impl InputGlobs {
@@ -28,7 +43,10 @@ impl InputGlobs {
         let set = builder
             .build()
             .map_err(|e| GenesisError::InvalidRequest(format!("install_inputs: {e}")))?;
-        Ok(InputGlobs { set })
+        Ok(InputGlobs {
+            patterns: patterns.to_vec(),
+            set,
+        })
     }
 
     pub fn matches(&self, path: &str) -> bool {
@@ -37,6 +55,11 @@ impl InputGlobs {
 
     pub fn is_empty(&self) -> bool {
         self.set.is_empty()
+    }
+
+    /// The patterns as configured.
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
     }
 }
 

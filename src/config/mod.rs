@@ -14,11 +14,14 @@ use serde::Deserialize;
 use crate::analysis::{Analyzer, Shapes};
 use crate::contract::RiskLevel;
 use crate::errors::{GenesisError, Result};
+use crate::home::Home;
 use crate::results::ReportSpec;
 
 pub mod globs;
 pub mod host;
+mod millis;
 mod nats_keys;
+pub mod net_allow;
 pub mod schedule;
 mod sections;
 pub use sections::*;
@@ -55,11 +58,11 @@ pub struct RepoConfig {
     /// Globs (repo-relative, `*` does not cross `/`, `**` does) of the files
     /// whose contents key the environment, e.g. `["requirements*.txt"]`.
     #[serde(default)]
-    pub install_inputs: Vec<String>,
+    pub install_inputs: globs::InputGlobs,
     /// `cobertura:PATH`, `lcov:PATH` or `jacoco:PATH` under /genesis/out:
-    /// the line coverage of each run; empty for none.
-    #[serde(default)]
-    pub coverage: String,
+    /// the line coverage of each run; empty (or absent) for none.
+    #[serde(default, deserialize_with = "coverage_spec")]
+    pub coverage: Option<crate::results::coverage::CoverageSpec>,
     /// Whether every run gets the LLM endpoint of contract §2b.
     #[serde(default = "yes")]
     pub llm_stub: bool,
@@ -70,13 +73,14 @@ pub struct RepoConfig {
 }
 
 /// Resource profile for one risk level.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     pub cpus: f64,
     pub memory_mb: u64,
     pub pids: i64,
-    pub timeout_ms: u64,
+    #[serde(rename = "timeout_ms", with = "millis")]
+    pub timeout: std::time::Duration,
     pub network: bool,
     /// May a candidate whose patch changes an `install_inputs` file get an
     /// environment of its own? Otherwise it fails with `environment_changed`.
@@ -120,8 +124,10 @@ struct FileConfig {
     repos: BTreeMap<String, RepoConfig>,
     max_concurrent: usize,
     queue_capacity: usize,
-    drain_timeout_ms: u64,
-    full_home_wait_ms: u64,
+    #[serde(rename = "drain_timeout_ms", with = "millis")]
+    drain_timeout: std::time::Duration,
+    #[serde(rename = "full_home_wait_ms", with = "millis")]
+    full_home_wait: std::time::Duration,
     store_cache_mb: u64,
     #[serde(default)]
     llm_patterns: Option<PathBuf>,
@@ -147,17 +153,17 @@ pub struct Config {
     /// Named policy overlay in force (`policy = "strict"`), if any.
     pub policy: Option<String>,
     /// `GENESIS_HOME`: the only directory Genesis writes to.
-    pub home: PathBuf,
+    pub home: Home,
     /// The file the user's settings came from, if any.
     pub source: Option<PathBuf>,
     pub default_repo: Option<String>,
     pub repos: BTreeMap<String, RepoConfig>,
     pub max_concurrent: usize,
     pub queue_capacity: usize,
-    pub drain_timeout_ms: u64,
+    pub drain_timeout: std::time::Duration,
     /// How long `serve` lets a full GENESIS_HOME stall an experiment (it
     /// waits for space and runs it again) before answering it failed.
-    pub full_home_wait_ms: u64,
+    pub full_home_wait: std::time::Duration,
     /// redb page cache; bounds memory however large the store grows.
     pub store_cache_mb: u64,
     /// `[host] name`, resolved (the machine's hostname when unset): stamped
@@ -214,7 +220,7 @@ impl Env {
     fn resolve_home(&self) -> PathBuf {
         match (&self.genesis_home, &self.home_dir) {
             (Some(home), _) => home.clone(),
-            (None, Some(user_home)) => user_home.join(".genesis"),
+            (None, Some(user_dir)) => user_dir.join(".genesis"),
             (None, None) => PathBuf::from(".genesis"),
         }
     }
@@ -227,7 +233,7 @@ impl Config {
         let home = env.resolve_home();
         let file = match explicit {
             Some(path) => Some(path.to_path_buf()),
-            None => Some(home.join("genesis.toml")).filter(|p| p.exists()),
+            None => Some(Home::of(&home).config_file()).filter(|p| p.exists()),
         };
         let user = match &file {
             Some(path) => Some((path.clone(), read_file(path)?)),
@@ -300,14 +306,14 @@ impl Config {
         let llm_shapes = load_llm_shapes(parsed.llm_patterns.as_deref(), base_dir)?;
         Ok(Config {
             policy: parsed.policy,
-            home,
+            home: Home::new(home),
             source,
             default_repo: parsed.default_repo,
             repos,
             max_concurrent: parsed.max_concurrent,
             queue_capacity: parsed.queue_capacity,
-            drain_timeout_ms: parsed.drain_timeout_ms,
-            full_home_wait_ms: parsed.full_home_wait_ms,
+            drain_timeout: parsed.drain_timeout,
+            full_home_wait: parsed.full_home_wait,
             store_cache_mb: parsed.store_cache_mb,
             host: parsed.host.resolve(),
             nats,
@@ -382,21 +388,18 @@ impl Config {
                     "an install_command needs the files that key its environment, e.g. [\"requirements.txt\"]".into(),
                 ));
             }
-            if !repo.coverage.is_empty() {
-                repo.coverage
-                    .parse::<crate::results::coverage::CoverageSpec>()
-                    .map_err(|e| bad(&format!("repos.{name}.coverage"), e.to_string()))?;
-            }
-            globs::InputGlobs::new(&repo.install_inputs)
-                .map_err(|e| bad(&format!("repos.{name}.install_inputs"), e.to_string()))?;
         }
         self.validate_http()
             .map_err(|(key, message)| bad(key, message))?;
-        nats_keys::validate(&self.nats).map_err(|(key, message)| bad(key, message))?;
-        for (key, expr) in self.schedule.entries() {
-            schedule::parse_schedule(expr)
-                .map_err(|e| bad(&format!("schedule.{key}"), e.to_string()))?;
+        net_allow::parse_all(&self.environments.network_allow)
+            .map_err(|e| bad("environments.network_allow", e))?;
+        if self.environments.disk_check.is_zero() {
+            return Err(bad(
+                "environments.disk_check_ms",
+                "expected a number of milliseconds of at least 1".into(),
+            ));
         }
+        nats_keys::validate(&self.nats).map_err(|(key, message)| bad(key, message))?;
         Ok(())
     }
 
@@ -454,19 +457,19 @@ impl Config {
 
     /// Path of the redb store.
     pub fn store_path(&self) -> PathBuf {
-        self.home.join("genesis.redb")
+        self.home.store()
     }
 }
 
-impl Schedule {
-    pub fn entries(&self) -> [(&'static str, &str); 4] {
-        [
-            ("cleanup", &self.cleanup),
-            ("analysis", &self.analysis),
-            ("report", &self.report),
-            ("health", &self.health),
-        ]
+/// `coverage = "FORMAT:PATH"`, parsed once; `""` is none.
+fn coverage_spec<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<crate::results::coverage::CoverageSpec>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.is_empty() {
+        return Ok(None);
     }
+    text.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 fn read_file(path: &Path) -> Result<String> {

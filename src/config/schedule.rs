@@ -1,11 +1,20 @@
 //! Schedules of the `[schedule]` table: cron expressions with a seconds field.
 //!
-//! Lives with the config so a bad expression is refused when the config is
-//! loaded, naming the key; the scheduler in `jobs` only consumes parsed ones.
+//! Parsed when the config is loaded (a bad expression is refused naming
+//! its key), so the scheduler in `jobs` only consumes parsed ones.
 
 use std::str::FromStr;
 
 use crate::errors::{GenesisError, Result};
+
+/// One `[schedule]` entry: the parsed schedule (its `Display` is the
+/// expression as written).
+pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<cron::Schedule, D::Error> {
+    let expr = <String as serde::Deserialize>::deserialize(d)?;
+    parse_schedule(&expr).map_err(serde::de::Error::custom)
+}
 
 /// Parses a 6-field cron expression (seconds first), with a message that
 /// says what shape is expected.

@@ -5,6 +5,8 @@
 //! config file spell them. Every field's meaning is in the default policy
 //! file's comments; the docs here say why a field exists.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
 use super::*;
@@ -17,7 +19,8 @@ pub struct AnalysisPolicy {
     /// empty: always analyse locally.
     pub nats_subject: String,
     /// How long to wait for the peer before analysing locally.
-    pub timeout_ms: u64,
+    #[serde(rename = "timeout_ms", with = "super::millis")]
+    pub timeout: Duration,
     /// Touched files larger than this are not analysed.
     pub max_file_bytes: u64,
 }
@@ -32,7 +35,8 @@ pub struct FrameworkPolicy {
     /// empty: always detect locally.
     pub nats_subject: String,
     /// How long to wait for the peer before detecting locally.
-    pub timeout_ms: u64,
+    #[serde(rename = "timeout_ms", with = "super::millis")]
+    pub timeout: Duration,
     /// Manifests larger than this are sent to the peer by name only.
     pub max_manifest_bytes: u64,
 }
@@ -44,9 +48,11 @@ pub struct HttpPolicy {
     /// `HOST:PORT` of `/metrics`, `/healthz` and `/readyz`; empty: no server.
     pub listen: String,
     /// How long `/readyz` waits for the engine's ping.
-    pub ready_timeout_ms: u64,
+    #[serde(rename = "ready_timeout_ms", with = "super::millis")]
+    pub ready_timeout: Duration,
     /// How often the disk use of `GENESIS_HOME` is measured (a walk of it).
-    pub disk_interval_ms: u64,
+    #[serde(rename = "disk_interval_ms", with = "super::millis")]
+    pub disk_interval: Duration,
     /// Upper bounds (seconds) of the duration histograms' buckets.
     pub run_seconds_buckets: Vec<f64>,
     pub queue_seconds_buckets: Vec<f64>,
@@ -62,7 +68,8 @@ pub struct EnvironmentPolicy {
     pub memory_mb: u64,
     pub pids: i64,
     /// The install command's own time limit.
-    pub timeout_ms: u64,
+    #[serde(rename = "timeout_ms", with = "super::millis")]
+    pub timeout: Duration,
     /// Capabilities the install keeps (all others are dropped as in a test run).
     pub cap_add: Vec<String>,
     /// Host CA bundle copied into the install container, so a proxy that
@@ -75,6 +82,22 @@ pub struct EnvironmentPolicy {
     pub keep_days: u64,
     /// Upper bound on the images' total size; least recently used go first.
     pub disk_budget_mb: u64,
+    /// Installs run on genesis's own network, whose rules let them reach
+    /// public addresses only (`environment::guard`). False: Docker's
+    /// default bridge, unguarded, for hosts where the rules cannot be set.
+    pub network_guard: bool,
+    /// Private or reserved addresses the guard lets installs reach anyway
+    /// (a package mirror on the LAN): `ADDR`, `ADDR/PREFIX`, with an
+    /// optional `:PORT` (see [`super::net_allow`]).
+    pub network_allow: Vec<String>,
+    /// What an install may write into the layer that becomes its image.
+    /// No file system of the engine's caps a writable layer here, so a
+    /// watchdog measures it (`environment::watch`); 0 = no cap.
+    pub disk_mb: u64,
+    /// How often the watchdog measures the layer: the cap can be overshot
+    /// by what the install writes between two measurements.
+    #[serde(rename = "disk_check_ms", with = "super::millis")]
+    pub disk_check: Duration,
 }
 
 /// The recommendation rules' numbers (contract §5).
@@ -156,15 +179,20 @@ pub struct NatsConfig {
     /// claim experiment ids, so a duplicate or a reused id is recognised
     /// whichever host it reaches (see `service/registry.rs`).
     pub registry: String,
-    pub ack_wait_ms: u64,
-    pub progress_ack_ms: u64,
+    #[serde(rename = "ack_wait_ms", with = "super::millis")]
+    pub ack_wait: Duration,
+    #[serde(rename = "progress_ack_ms", with = "super::millis")]
+    pub progress_ack: Duration,
     /// What must wait for NATS (publishing an answer, setting up and
     /// pulling from JetStream) is retried after this long, doubling up to
     /// `retry_max_ms`, for as long as NATS is away.
-    pub retry_min_ms: u64,
-    pub retry_max_ms: u64,
+    #[serde(rename = "retry_min_ms", with = "super::millis")]
+    pub retry_min: Duration,
+    #[serde(rename = "retry_max_ms", with = "super::millis")]
+    pub retry_max: Duration,
     /// How long one JetStream pull waits for a request before it is renewed.
-    pub pull_expires_ms: u64,
+    #[serde(rename = "pull_expires_ms", with = "super::millis")]
+    pub pull_expires: Duration,
     /// `metrics.record`: after each stored result, one experiment record on
     /// this subject for the shared metrics store; empty: none.
     pub metrics_subject: String,
@@ -232,17 +260,22 @@ pub struct Judging {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Schedule {
-    pub cleanup: String,
-    pub analysis: String,
-    pub report: String,
-    pub health: String,
+    #[serde(with = "super::schedule")]
+    pub cleanup: cron::Schedule,
+    #[serde(with = "super::schedule")]
+    pub analysis: cron::Schedule,
+    #[serde(with = "super::schedule")]
+    pub report: cron::Schedule,
+    #[serde(with = "super::schedule")]
+    pub health: cron::Schedule,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct JobsPolicy {
     pub max_attempts: u32,
-    pub backoff_ms: u64,
+    #[serde(rename = "backoff_ms", with = "super::millis")]
+    pub backoff: Duration,
     /// After each `report` run, write `GENESIS_HOME/reports/trends.html`
     /// (the trends page of `genesis report --trends`).
     pub report_html: bool,
@@ -255,23 +288,28 @@ pub struct SandboxPolicy {
     pub log_cap_bytes: u64,
     pub tmp_mb: u64,
     pub out_cap_bytes: u64,
-    pub docker_timeout_ms: u64,
-    pub stats_interval_ms: u64,
+    #[serde(rename = "docker_timeout_ms", with = "super::millis")]
+    pub docker_timeout: Duration,
+    #[serde(rename = "stats_interval_ms", with = "super::millis")]
+    pub stats_interval: Duration,
     /// After a container stopped, how long its output stream may take to
     /// end before genesis closes it (an engine may keep it open).
-    pub stream_grace_ms: u64,
+    #[serde(rename = "stream_grace_ms", with = "super::millis")]
+    pub stream_grace: Duration,
     /// The OCI runtime containers run under: `runc`, or `runsc` (gVisor)
     /// where the engine has it registered. Must be a runtime `docker info`
     /// lists; `doctor` checks.
-    pub runtime: String,
+    pub runtime: Runtime,
     /// How often a run that failed for the infrastructure's sake (engine
     /// unreachable, container gone, engine 5xx, archive error) is tried
     /// again before the experiment fails with `sandbox_error`.
     pub infra_retries: u32,
     /// Before each such retry: how long to wait for the engine to answer
     /// again, and the first back-off (doubled per retry).
-    pub engine_wait_ms: u64,
-    pub infra_backoff_ms: u64,
+    #[serde(rename = "engine_wait_ms", with = "super::millis")]
+    pub engine_wait: Duration,
+    #[serde(rename = "infra_backoff_ms", with = "super::millis")]
+    pub infra_backoff: Duration,
     /// Under runsc every guest process is backed by host threads (about
     /// nine with Debian's ptrace platform) and the sandbox itself needs
     /// some (about fifty), all counted by the host's pids cgroup; the
@@ -286,11 +324,66 @@ pub struct SandboxPolicy {
     pub layers: bool,
 }
 
+/// `[sandbox] runtime`: the OCI runtime containers run under, by the name
+/// the engine registered it as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Runtime {
+    /// The engine's standard runtime.
+    Runc,
+    /// gVisor: a user-space kernel per sandbox, with its own network stack
+    /// and host threads that the pids cgroup counts.
+    Runsc,
+    /// Another runtime the engine has registered (`doctor` checks it is).
+    Other(String),
+}
+
+impl Runtime {
+    pub fn name(&self) -> &str {
+        match self {
+            Runtime::Runc => "runc",
+            Runtime::Runsc => "runsc",
+            Runtime::Other(name) => name,
+        }
+    }
+
+    pub fn is_gvisor(&self) -> bool {
+        matches!(self, Runtime::Runsc)
+    }
+}
+
+impl From<&str> for Runtime {
+    fn from(name: &str) -> Runtime {
+        match name {
+            "runc" => Runtime::Runc,
+            "runsc" => Runtime::Runsc,
+            other => Runtime::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Runtime {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Runtime, D::Error> {
+        let name = String::deserialize(d)?;
+        if name.trim().is_empty() {
+            return Err(serde::de::Error::custom(
+                "expected the name of a runtime the engine has registered, e.g. \"runc\"",
+            ));
+        }
+        Ok(Runtime::from(name.as_str()))
+    }
+}
+
 impl SandboxPolicy {
     /// The pids limit the engine enforces for a profile's `pids` guest
     /// processes under the configured runtime.
     pub fn host_pids_limit(&self, pids: i64) -> i64 {
-        if self.runtime == "runsc" {
+        if self.runtime.is_gvisor() {
             self.runsc_pids_base
                 .saturating_add(pids.saturating_mul(self.runsc_pids_per_process))
         } else {
@@ -308,12 +401,14 @@ pub struct CleanupPolicy {
     pub analysis_days: u64,
     /// Snapshot layers unused this long are removed (unless mounted).
     pub layer_keep_hours: u64,
+    /// Caches used this recently are never removed for the disk budget.
+    pub budget_grace_minutes: u64,
 }
 
 /// `[llm]`: the LLM endpoint every test run gets (contract §2b). Every
 /// bound here is per run, so a suite that floods its endpoint is cut off
 /// at the same place whatever else runs on the host.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LlmPolicy {
     /// Port the endpoint listens on at 127.0.0.1 inside each sandbox.
@@ -328,7 +423,8 @@ pub struct LlmPolicy {
     /// Connections served at once; more wait to be accepted.
     pub max_connections: usize,
     /// A connection that sends no complete request head for this long is closed.
-    pub header_timeout_ms: u64,
+    #[serde(rename = "header_timeout_ms", with = "super::millis")]
+    pub header_timeout: Duration,
     /// Answer when no line of the repo's `llm_answers` matches.
     pub answer: String,
     /// Length of the deterministic embedding vectors (a request's

@@ -69,6 +69,21 @@ fn errors_name_file_key_and_expectation() {
 
     let err = load("this is not toml").unwrap_err().to_string();
     assert!(err.contains("not valid TOML"), "{err}");
+
+    // Globs and coverage specs are parsed as the file is read, naming the key.
+    let repo = "[repos.app]\npath = \"/r\"\nimage = \"i\"\n";
+    let err = load(&format!(
+        "{repo}install_command = \"x\"\ninstall_inputs = [\"[\"]\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("repos.app.install_inputs"), "{err}");
+    let err = load(&format!("{repo}coverage = \"gcov:x\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("repos.app.coverage"), "{err}");
+    let ok = load(&format!("{repo}coverage = \"lcov:lcov.info\"\n")).unwrap();
+    assert!(ok.repos["app"].coverage.is_some());
 }
 
 #[test]

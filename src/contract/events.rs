@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{timestamp, ErrorKind, Metrics};
+use super::{timestamp, ErrorKind, Metrics, Reason, Stage};
 
 /// `agent.events.experiment.progress.{id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
     pub experiment_id: String,
-    pub stage: String,
+    pub stage: Stage,
     #[serde(with = "timestamp")]
     pub timestamp: DateTime<Utc>,
 }
@@ -35,7 +35,7 @@ pub struct Rejected {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RollbackEvent {
     pub experiment_id: String,
-    pub reasons: Vec<String>,
+    pub reasons: Vec<Reason>,
     pub metrics: Option<Metrics>,
 }
 

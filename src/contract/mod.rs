@@ -4,7 +4,7 @@
 //! Nothing else in the crate builds or picks apart JSON by hand: a request is
 //! parsed here (with the size limit, the field path of any error and the id
 //! rules of the contract), and every outgoing document is one of these types.
-//! The README's "Contract" section mirrors this file.
+//! `docs/contract.md` summarises it for readers.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -397,7 +397,7 @@ pub struct Completed {
     #[serde(default)]
     pub flaky: Vec<String>,
     pub recommendation: Recommendation,
-    pub reasons: Vec<String>,
+    pub reasons: Vec<Reason>,
     pub candidate: CandidateRef,
     /// The candidate's environment; null for a repo without one.
     #[serde(default)]
@@ -543,8 +543,12 @@ mod metrics_record;
 pub use metrics_record::*;
 mod llm;
 pub use llm::*;
+mod named;
+pub use named::{by_name, Named};
+mod reason;
+pub use reason::Reason;
 mod subjects_and_stages;
-pub use subjects_and_stages::{stage, subjects};
+pub use subjects_and_stages::{stage, subjects, Stage};
 
 #[cfg(test)]
 mod tests;

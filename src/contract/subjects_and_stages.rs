@@ -1,20 +1,97 @@
 //! Names of the contract (§3): the NATS subjects and headers, and the
 //! progress stages reported on `progress.{id}`.
 
-/// Stages reported on `progress.{id}` and in logs, named as the seed's events.
+/// A stage reported on `progress.{id}` and in logs, named as the seed's
+/// events (`snapshot_ready`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    Start,
+    Snapshot,
+    Changes,
+    EnvironmentBuilding,
+    EnvironmentReady,
+    Sandbox,
+    Baseline,
+    Tests,
+    Metrics,
+    Complete,
+    Failed,
+    Timeout,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Start => "experiment_start",
+            Stage::Snapshot => "snapshot_ready",
+            Stage::Changes => "changes_applied",
+            Stage::EnvironmentBuilding => "environment_building",
+            Stage::EnvironmentReady => "environment_ready",
+            Stage::Sandbox => "sandbox_created",
+            Stage::Baseline => "baseline_completed",
+            Stage::Tests => "tests_completed",
+            Stage::Metrics => "metrics_measured",
+            Stage::Complete => "experiment_complete",
+            Stage::Failed => "experiment_failed",
+            Stage::Timeout => "experiment_timeout",
+        }
+    }
+}
+
+impl super::Named for Stage {
+    const ALL: &'static [Self] = &[
+        Stage::Start,
+        Stage::Snapshot,
+        Stage::Changes,
+        Stage::EnvironmentBuilding,
+        Stage::EnvironmentReady,
+        Stage::Sandbox,
+        Stage::Baseline,
+        Stage::Tests,
+        Stage::Metrics,
+        Stage::Complete,
+        Stage::Failed,
+        Stage::Timeout,
+    ];
+    fn as_str(self) -> &'static str {
+        Stage::as_str(self)
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for Stage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        super::by_name::serialize(self, s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Stage {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        super::by_name::deserialize(d)
+    }
+}
+
+/// The stages by their short names, as the runner reports them.
 pub mod stage {
-    pub const START: &str = "experiment_start";
-    pub const SNAPSHOT: &str = "snapshot_ready";
-    pub const CHANGES: &str = "changes_applied";
-    pub const ENVIRONMENT_BUILDING: &str = "environment_building";
-    pub const ENVIRONMENT_READY: &str = "environment_ready";
-    pub const SANDBOX: &str = "sandbox_created";
-    pub const BASELINE: &str = "baseline_completed";
-    pub const TESTS: &str = "tests_completed";
-    pub const METRICS: &str = "metrics_measured";
-    pub const COMPLETE: &str = "experiment_complete";
-    pub const FAILED: &str = "experiment_failed";
-    pub const TIMEOUT: &str = "experiment_timeout";
+    use super::Stage;
+
+    pub const START: Stage = Stage::Start;
+    pub const SNAPSHOT: Stage = Stage::Snapshot;
+    pub const CHANGES: Stage = Stage::Changes;
+    pub const ENVIRONMENT_BUILDING: Stage = Stage::EnvironmentBuilding;
+    pub const ENVIRONMENT_READY: Stage = Stage::EnvironmentReady;
+    pub const SANDBOX: Stage = Stage::Sandbox;
+    pub const BASELINE: Stage = Stage::Baseline;
+    pub const TESTS: Stage = Stage::Tests;
+    pub const METRICS: Stage = Stage::Metrics;
+    pub const COMPLETE: Stage = Stage::Complete;
+    pub const FAILED: Stage = Stage::Failed;
+    pub const TIMEOUT: Stage = Stage::Timeout;
 }
 
 /// Subjects of contract §3.

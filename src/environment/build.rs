@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use crate::config::Limits;
 use crate::contract::EnvironmentRef;
 use crate::errors::{GenesisError, Result};
-use crate::sandbox::{tail, CappedLog, Role, RunOutcome, Sandbox, SandboxBuilder};
+use crate::sandbox::{tail, CappedLog, Redactor, Role, RunOutcome, Sandbox, SandboxBuilder};
 
 use super::{record_path, write_record, EnvRecord, EnvRequest, Environments, IMAGE_REPO};
-use super::{LABEL_ENV_KEY, LABEL_ENV_REPO};
+use super::{LABEL_ENV_KEY, LABEL_ENV_PRIVATE, LABEL_ENV_REPO};
 
 /// Where the host's CA bundle goes, and the variables that point the usual
 /// tools at it (pip and requests, cargo, node, git, curl, hex, OpenSSL).
@@ -58,26 +58,19 @@ pub(super) async fn build(
 ) -> Result<EnvironmentRef> {
     let config = &envs.config;
     let policy = &config.environments;
-    let limits = Limits {
-        cpus: policy.cpus,
-        memory_mb: policy.memory_mb,
-        pids: policy.pids,
-        timeout_ms: policy.timeout_ms,
-        network: true,
-        install_changes: true,
-        // The install writes into the image it becomes (site-packages, tool
-        // homes), so it runs on the container's writable layer; its own
-        // time and memory limits bound it.
-        disk_mb: 0,
-        // An install applies no patch.
-        patch_mb: 0,
-    };
+    let limits = install_limits(policy);
     let dir = envs.records_dir();
     std::fs::create_dir_all(&dir)
         .map_err(|e| GenesisError::io(format!("creating {}", dir.display()), e))?;
     let record = record_path(&dir, request.repo_name, key);
     let ca = ca_bundle(&policy.ca_bundle);
-    let sandbox = SandboxBuilder::new(
+    let passed = passed_env(&policy.pass_env);
+    // Every byte of install output, and every message made from it, goes
+    // through this before it is kept anywhere.
+    let redactor = Redactor::new(passed.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    let network = super::guard::prepare(&envs.docker, policy, &envs.home_label, &passed).await?;
+    let sandbox = SandboxBuilder::from_policy(
+        &config.sandbox,
         request.experiment_id,
         Role::Install,
         &request.repo.image,
@@ -85,24 +78,18 @@ pub(super) async fn build(
     )
     .user("0:0")
     .cap_add(&policy.cap_add)
-    .env(install_env(envs, request, ca.is_some()))
-    .tmp_mb(config.sandbox.tmp_mb)
+    .env(install_env(envs, request, ca.is_some(), &passed))
+    .network(network.as_ref().map(|n| n.name.as_str()))
     .home_label(&envs.home_label)
-    .docker_timeout(Duration::from_millis(config.sandbox.docker_timeout_ms))
-    .runtime(&config.sandbox)
-    .stats_interval(Duration::from_millis(config.sandbox.stats_interval_ms))
-    .stream_grace(Duration::from_millis(config.sandbox.stream_grace_ms))
     .command(request.repo_name, "", INSTALL_SCRIPT)
     .create(&envs.docker)
     .await?;
     let started = Instant::now();
-    let outcome = install(envs, &sandbox, request, ca, &record.with_extension("log")).await;
+    let log = record.with_extension("log");
+    let outcome = install(envs, &sandbox, request, ca, &log, redactor.clone()).await;
     let build_ms = started.elapsed().as_millis() as u64;
     let committed = match outcome {
-        Ok(run) => match judge_install(request, &run, limits.timeout_ms) {
-            Ok(()) => commit(&sandbox, request, key).await.map(|_| ()),
-            Err(e) => Err(e),
-        },
+        Ok(run) => keep_if_sound(&sandbox, request, key, &run, &redactor, envs).await,
         Err(e) => Err(e),
     };
     sandbox.remove().await?;
@@ -118,6 +105,7 @@ pub(super) async fn build(
             built_at_ms: now,
             build_ms,
             last_used_ms: now,
+            private_to: request.private.then(|| request.experiment_id.to_owned()),
         },
     )?;
     Ok(EnvironmentRef {
@@ -128,10 +116,63 @@ pub(super) async fn build(
     })
 }
 
+/// The install's limits: `[environments]`'s, with network on.
+fn install_limits(policy: &crate::config::EnvironmentPolicy) -> Limits {
+    Limits {
+        cpus: policy.cpus,
+        memory_mb: policy.memory_mb,
+        pids: policy.pids,
+        timeout: policy.timeout,
+        network: true,
+        install_changes: true,
+        // The install writes into the image it becomes (site-packages, tool
+        // homes), so it runs on the container's writable layer, which
+        // `watch` caps at `[environments] disk_mb`, not on a run disk.
+        disk_mb: 0,
+        // An install applies no patch.
+        patch_mb: 0,
+    }
+}
+
+/// Commits the install container as the environment image, if the install
+/// succeeded and its layer is within the disk cap.
+async fn keep_if_sound(
+    sandbox: &Sandbox,
+    request: &EnvRequest<'_>,
+    key: &str,
+    run: &RunOutcome,
+    redactor: &Redactor,
+    envs: &Environments,
+) -> Result<()> {
+    let policy = &envs.config.environments;
+    judge_install(request, run, policy.timeout, redactor)?;
+    super::watch::layer_within_cap(sandbox, policy.disk_mb)
+        .await
+        .map_err(|why| {
+            GenesisError::EnvironmentFailed(format!(
+                "the install command of repo {:?} ({}) {why}",
+                request.repo_name, request.repo.install_command
+            ))
+        })?;
+    commit(sandbox, request, key).await.map(|_| ())
+}
+
+/// The `pass_env` variables the host has, as (name, value).
+fn passed_env(names: &[String]) -> Vec<(String, String)> {
+    names
+        .iter()
+        .filter_map(|name| Some((name.clone(), std::env::var(name).ok()?)))
+        .collect()
+}
+
 /// The install's variables: the command, the sandbox owner, the CA bundle's
 /// variables when one is copied, and the named host variables only.
-fn install_env(envs: &Environments, request: &EnvRequest<'_>, with_ca: bool) -> Vec<String> {
-    let policy = &envs.config.environments;
+fn install_env(
+    envs: &Environments,
+    request: &EnvRequest<'_>,
+    with_ca: bool,
+    passed: &[(String, String)],
+) -> Vec<String> {
     let mut env = vec![
         format!("GENESIS_INSTALL={}", request.repo.install_command),
         format!("GENESIS_OWNER={}:{}", envs.owner.uid, envs.owner.gid),
@@ -139,11 +180,7 @@ fn install_env(envs: &Environments, request: &EnvRequest<'_>, with_ca: bool) -> 
     if with_ca {
         env.extend(CA_VARIABLES.iter().map(|v| format!("{v}={CA_PATH}")));
     }
-    for name in &policy.pass_env {
-        if let Ok(value) = std::env::var(name) {
-            env.push(format!("{name}={value}"));
-        }
-    }
+    env.extend(passed.iter().map(|(name, value)| format!("{name}={value}")));
     env
 }
 
@@ -167,6 +204,7 @@ async fn install(
     request: &EnvRequest<'_>,
     ca: Option<Vec<u8>>,
     log_path: &Path,
+    redactor: Redactor,
 ) -> Result<RunOutcome> {
     sandbox.upload_skeleton(envs.owner).await?;
     let tarball = match &request.snapshot.tarball {
@@ -193,19 +231,28 @@ async fn install(
         extra.push((CA_PATH, ca));
     }
     sandbox.upload("/", files_tar(&extra)?).await?;
-    let log = CappedLog::create(log_path, envs.config.sandbox.log_cap_bytes)?;
-    sandbox
-        .run(
-            Duration::from_millis(envs.config.environments.timeout_ms),
-            log,
-        )
-        .await
+    let log = CappedLog::create(log_path, envs.config.sandbox.log_cap_bytes)?.redacting(redactor);
+    let policy = &envs.config.environments;
+    let disk_cap = super::watch::layer_past_cap(sandbox, policy.disk_mb, policy.disk_check);
+    sandbox.run_watched(policy.timeout, log, disk_cap).await
 }
 
-/// A failed, killed or timed-out install is `environment_failed`, with the tail.
-fn judge_install(request: &EnvRequest<'_>, run: &RunOutcome, timeout_ms: u64) -> Result<()> {
-    let why = if run.timed_out {
-        format!("ran past its {timeout_ms} ms limit ([environments] timeout_ms) and was killed")
+/// A failed, killed or timed-out install is `environment_failed`, with the
+/// tail (already redacted as it was logged; the whole message is again, in
+/// case a value reached it another way, e.g. through the install command).
+fn judge_install(
+    request: &EnvRequest<'_>,
+    run: &RunOutcome,
+    timeout: Duration,
+    redactor: &Redactor,
+) -> Result<()> {
+    let why = if let Some(reason) = &run.stopped_by {
+        reason.clone()
+    } else if run.timed_out {
+        format!(
+            "ran past its {} ms limit ([environments] timeout_ms) and was killed",
+            timeout.as_millis()
+        )
     } else if run.oom_killed {
         "ran out of memory ([environments] memory_mb) and was killed".to_string()
     } else if run.exit_code != 0 {
@@ -213,21 +260,27 @@ fn judge_install(request: &EnvRequest<'_>, run: &RunOutcome, timeout_ms: u64) ->
     } else {
         return Ok(());
     };
-    Err(GenesisError::EnvironmentFailed(format!(
+    Err(GenesisError::EnvironmentFailed(redactor.text(&format!(
         "the install command of repo {:?} ({}) {why}; install log ({}) tail:\n{}",
         request.repo_name,
         request.repo.install_command,
         run.log.path.display(),
         tail(&run.log.text, 2000)
-    )))
+    ))))
 }
 
 async fn commit(sandbox: &Sandbox, request: &EnvRequest<'_>, key: &str) -> Result<String> {
     let repo = super::image_component(request.repo_name);
-    let labels = HashMap::from([
+    let mut labels = HashMap::from([
         (LABEL_ENV_REPO.to_string(), request.repo_name.to_string()),
         (LABEL_ENV_KEY.to_string(), key.to_string()),
     ]);
+    if request.private {
+        labels.insert(
+            LABEL_ENV_PRIVATE.to_string(),
+            request.experiment_id.to_string(),
+        );
+    }
     sandbox
         .commit(&format!("{IMAGE_REPO}/{repo}"), key, labels)
         .await

@@ -27,6 +27,16 @@
 //!   stays), the workspace is handed to the sandbox user and the tool homes
 //!   the image names in `GENESIS_TOOL_HOMES` are made readable and
 //!   writable for it, so the non-root, offline test step can use them.
+//!   Its network reaches public addresses only (`guard`), what it writes
+//!   into the layer is capped (`watch`), and the `pass_env` values are
+//!   redacted from everything made of its output.
+//! - **Private environments.** An install runs the tree's own code as root
+//!   (setup scripts, build hooks). The baseline's tree is the repo's own, so
+//!   its environment is shared; a candidate whose patch changes install
+//!   inputs is the agent's code, so its environment's key also holds the
+//!   experiment id (no other experiment can ever reuse what that code left
+//!   in the image) and the runner discards it when the experiment's runs
+//!   are done.
 //! - **Single flight.** One build per key at a time in this process; the
 //!   others wait for it and then reuse it. Across processes the image's
 //!   existence is the truth: a finished environment is never built twice.
@@ -44,12 +54,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, OnceCell};
 
 use crate::config::{Config, RepoConfig};
-use crate::contract::{hex_digest, stage, EnvironmentRef};
+use crate::contract::{hex_digest, stage, EnvironmentRef, Stage};
 use crate::errors::{GenesisError, Result};
 use crate::snapshot::{Owner, TreeSnapshot};
 
 mod build;
+pub mod guard;
 mod prune;
+mod watch;
 pub use prune::*;
 
 /// Repository part of every environment image.
@@ -57,6 +69,8 @@ pub const IMAGE_REPO: &str = "genesis-env";
 /// Labels on environment images.
 pub const LABEL_ENV_REPO: &str = "genesis.env.repo";
 pub const LABEL_ENV_KEY: &str = "genesis.env.key";
+/// The experiment a private environment belongs to.
+pub const LABEL_ENV_PRIVATE: &str = "genesis.env.private";
 
 /// What one environment is built from.
 pub struct EnvRequest<'a> {
@@ -69,6 +83,12 @@ pub struct EnvRequest<'a> {
     pub snapshot: &'a TreeSnapshot,
     /// The experiment that asked (names and labels the install container).
     pub experiment_id: &'a str,
+    /// Set for a tree whose install inputs the candidate changed: the
+    /// candidate's own code ran as root in that install, so its
+    /// environment belongs to this experiment alone (its key includes the
+    /// experiment id, so no other experiment can reuse it) and is removed
+    /// with [`Environments::discard`] once the experiment's runs are done.
+    pub private: bool,
 }
 
 /// Stored beside each environment image.
@@ -82,6 +102,9 @@ pub struct EnvRecord {
     pub built_at_ms: i64,
     pub build_ms: u64,
     pub last_used_ms: i64,
+    /// The one experiment that may use it (see [`EnvRequest::private`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_to: Option<String>,
 }
 
 type BuildSlot = Arc<OnceCell<std::result::Result<EnvironmentRef, (bool, String)>>>;
@@ -97,7 +120,7 @@ pub struct Environments {
 }
 
 /// Progress callback: (stage, detail).
-pub type Say<'a> = &'a (dyn Fn(&str, &str) + Sync);
+pub type Say<'a> = &'a (dyn Fn(Stage, &str) + Sync);
 
 impl Environments {
     pub fn new(docker: Docker, config: Arc<Config>, owner: Owner, home_label: String) -> Self {
@@ -113,7 +136,8 @@ impl Environments {
     /// The environment of `request`'s tree: the existing image, the one a
     /// concurrent experiment is building, or a new build.
     pub async fn ensure(&self, request: &EnvRequest<'_>, say: Say<'_>) -> Result<EnvironmentRef> {
-        let key = self.key(request.repo, request.inputs).await?;
+        let private_to = request.private.then_some(request.experiment_id);
+        let key = self.key(request.repo, request.inputs, private_to).await?;
         let image = image_name(request.repo_name, &key);
         if self.docker.inspect_image(&image).await.is_ok() {
             self.touch(request.repo_name, &key);
@@ -167,9 +191,15 @@ impl Environments {
         }
     }
 
-    /// The environment key of a repo's tree (see the module doc).
-    pub async fn key(&self, repo: &RepoConfig, inputs: &[(String, String)]) -> Result<String> {
-        let limit = std::time::Duration::from_millis(self.config.sandbox.docker_timeout_ms);
+    /// The environment key of a repo's tree (see the module doc); a
+    /// private environment's key also holds its experiment's id.
+    pub async fn key(
+        &self,
+        repo: &RepoConfig,
+        inputs: &[(String, String)],
+        private_to: Option<&str>,
+    ) -> Result<String> {
+        let limit = self.config.sandbox.docker_timeout;
         let inspect = async {
             self.docker
                 .inspect_image(&repo.image)
@@ -182,7 +212,29 @@ impl Environments {
             base.id.as_deref().unwrap_or_default(),
             &repo.install_command,
             inputs,
+            private_to,
         ))
+    }
+
+    /// Removes a private environment (image and records) once its
+    /// experiment no longer needs it. Best effort: what cannot be removed
+    /// now is logged, and `env prune` or the cleanup job removes it later.
+    pub async fn discard(&self, repo_name: &str, env: &EnvironmentRef) {
+        if let Err(e) = self
+            .docker
+            .remove_image(
+                &env.image,
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await
+        {
+            tracing::warn!(image = %env.image, error = %e, "a private environment was not removed");
+            return;
+        }
+        let record = record_path(&self.records_dir(), repo_name, &env.key);
+        let _ = std::fs::remove_file(record.with_extension("log"));
+        let _ = std::fs::remove_file(record);
     }
 
     fn records_dir(&self) -> PathBuf {
@@ -210,10 +262,14 @@ pub fn environment_key(
     base_image_id: &str,
     install_command: &str,
     inputs: &[(String, String)],
+    private_to: Option<&str>,
 ) -> String {
     let mut material = format!("{LAYOUT}\0{home_label}\0{base_image_id}\0{install_command}\0");
     for (path, blob) in inputs {
         material.push_str(&format!("{path}\0{blob}\0"));
+    }
+    if let Some(experiment) = private_to {
+        material.push_str(&format!("private\0{experiment}\0"));
     }
     let digest = <sha2::Sha256 as sha2::Digest>::digest(material.as_bytes());
     hex_digest(&digest)[..32].to_owned()
@@ -245,7 +301,7 @@ fn image_component(repo: &str) -> String {
 }
 
 pub fn records_dir(home: &Path) -> PathBuf {
-    home.join("environments")
+    crate::home::Home::of(home).environments()
 }
 
 fn record_path(dir: &Path, repo: &str, key: &str) -> PathBuf {
@@ -280,7 +336,7 @@ mod tests {
     #[test]
     fn the_key_changes_with_each_input_and_only_with_them() {
         let key = |home, image, command, files: &[(&str, &str)]| {
-            environment_key(home, image, command, &inputs(files))
+            environment_key(home, image, command, &inputs(files), None)
         };
         let base = key("h", "sha256:1", "pip install -r r.txt", &[("r.txt", "aa")]);
         assert_eq!(
@@ -297,6 +353,11 @@ mod tests {
             assert_ne!(base, other);
         }
         assert_eq!(base.len(), 32);
+        let files = inputs(&[("r.txt", "aa")]);
+        let private = |id| environment_key("h", "sha256:1", "pip install -r r.txt", &files, id);
+        assert_ne!(private(Some("exp-1")), base);
+        assert_ne!(private(Some("exp-1")), private(Some("exp-2")));
+        assert_eq!(private(Some("exp-1")), private(Some("exp-1")));
     }
 
     #[test]

@@ -69,7 +69,7 @@ fn every_row_has_one_field_per_column() {
         id: 1,
         host: "h".into(),
         experiment_id: "e".into(),
-        operation: "create".into(),
+        operation: crate::store::SandboxOperation::Create,
         path: "/p".into(),
         size_bytes: 0,
         detail: String::new(),

@@ -134,7 +134,7 @@ pub async fn build(
     owner: Owner,
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<()> {
-    let work = home.join("images").join(def.tag.replace(['/', ':'], "_"));
+    let work = crate::home::Home::of(home).image_work(&def.tag);
     std::fs::create_dir_all(&work)
         .map_err(|e| GenesisError::io(format!("creating {}", work.display()), e))?;
     let tarball = work.join("rootfs.tar");

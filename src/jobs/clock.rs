@@ -208,7 +208,7 @@ where
         if n >= max {
             return (Err(error), n);
         }
-        let wait = backoff_ms(policy.backoff_ms, n);
+        let wait = backoff_ms(policy.backoff.as_millis() as u64, n);
         tracing::warn!(attempt = n, of = max, retry_in_ms = wait, error = %error, "job attempt failed");
         let deadline = later(clock.now(), wait);
         if !sleep_unless_shutdown(clock, deadline, shutdown.as_mut()).await {

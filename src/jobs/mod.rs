@@ -91,7 +91,7 @@ impl Job {
     }
 
     /// The job's cron expression from `[schedule]`.
-    pub fn schedule(self, config: &Config) -> &str {
+    pub fn schedule(self, config: &Config) -> &cron::Schedule {
         match self {
             Job::Cleanup => &config.schedule.cleanup,
             Job::Analysis => &config.schedule.analysis,
@@ -193,7 +193,7 @@ struct JobLock {
 
 impl JobLock {
     fn try_acquire(home: &Path, job: Job) -> Result<Option<JobLock>> {
-        let dir = home.join("jobs");
+        let dir = crate::home::Home::of(home).jobs();
         let path = dir.join(format!("{}.lock", job.name()));
         let context = || format!("locking {}", path.display());
         let mut held = HELD_LOCKS.lock().unwrap_or_else(|p| p.into_inner());
@@ -437,7 +437,7 @@ async fn publish(ctx: &JobContext, subject: &str, document: &str) -> Result<Opti
         return Ok(None);
     };
     // How long a server may take to acknowledge anything, from the config.
-    let wait = Duration::from_millis(ctx.config.nats.ack_wait_ms);
+    let wait = ctx.config.nats.ack_wait;
     let sent = async {
         client
             .publish(subject.to_owned(), document.to_owned().into())
@@ -453,7 +453,7 @@ async fn publish(ctx: &JobContext, subject: &str, document: &str) -> Result<Opti
         Ok(Err(e)) => Err(e),
         Err(_) => Err(GenesisError::Nats(format!(
             "{subject}: the server did not take the document within {} ms",
-            ctx.config.nats.ack_wait_ms
+            ctx.config.nats.ack_wait.as_millis()
         ))),
     }
 }

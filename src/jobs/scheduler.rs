@@ -1,7 +1,6 @@
 //! The scheduler: one loop per job, each sleeping through the clock until
 //! its next instant, catching up once after downtime.
 
-use crate::config::schedule::parse_schedule;
 use crate::errors::Result;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
@@ -44,14 +43,7 @@ async fn stored_last_run(ctx: &JobContext, job: Job) -> Option<DateTime<Utc>> {
 
 /// One job's life in the service: sleep until due, run, repeat.
 pub(super) async fn job_loop(ctx: JobContext, job: Job, mut shutdown: watch::Receiver<bool>) {
-    let schedule = match parse_schedule(job.schedule(&ctx.config)) {
-        Ok(s) => s,
-        Err(e) => {
-            // Config validation parses every schedule, so this is unexpected.
-            tracing::error!(job = job.name(), error = %e, "job not scheduled");
-            return;
-        }
-    };
+    let schedule = job.schedule(&ctx.config).clone();
     let mut since = stored_last_run(&ctx, job)
         .await
         .unwrap_or_else(|| ctx.clock.now());

@@ -18,7 +18,7 @@ fn context(clock: Arc<FakeClock>) -> (tempfile::TempDir, JobContext) {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().to_path_buf();
     let config = Config::from_layers(home.clone(), None, &Env::default()).unwrap();
-    let store = Store::open(&home.join("genesis.redb")).unwrap();
+    let store = Store::open(&config.store_path()).unwrap();
     let ctx = JobContext {
         config: Arc::new(config),
         store,
@@ -115,7 +115,7 @@ async fn retries_wait_the_backoff_on_the_clock() {
     let clock = Arc::new(FakeClock::new(start));
     let policy = JobsPolicy {
         max_attempts: 3,
-        backoff_ms: 1000,
+        backoff: std::time::Duration::from_millis(1000),
         report_html: false,
     };
     let calls = Arc::new(AtomicU32::new(0));
@@ -148,7 +148,7 @@ async fn retries_wait_the_backoff_on_the_clock() {
     // Out of attempts: the last error, after max_attempts tries.
     let policy = JobsPolicy {
         max_attempts: 1,
-        backoff_ms: 1000,
+        backoff: std::time::Duration::from_millis(1000),
         report_html: false,
     };
     let (result, attempts) = retry(clock.as_ref(), &policy, None, |_| async {

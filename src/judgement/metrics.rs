@@ -1,6 +1,6 @@
 //! The numbers of contract §5, computed from the baseline's and candidate's
-//! per-test outcomes. Pure functions; the README's "Metrics" section and the
-//! contract define each one.
+//! per-test outcomes. Pure functions; the contract defines each one
+//! (summarised in `docs/contract.md`).
 //!
 //! Choices the contract leaves open, made here once:
 //! - A test that passed on the baseline and is *skipped* in the candidate
@@ -132,17 +132,11 @@ pub fn judge(
 }
 
 /// (id, outcome) pairs for storage.
-pub fn outcome_pairs(report: &TestReport) -> Vec<(String, String)> {
+pub fn outcome_pairs(report: &TestReport) -> Vec<(String, Outcome)> {
     report
         .cases
         .iter()
-        .map(|c| {
-            let o = serde_json::to_value(c.outcome)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            (c.id.clone(), o)
-        })
+        .map(|c| (c.id.clone(), c.outcome))
         .collect()
 }
 

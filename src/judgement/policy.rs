@@ -6,71 +6,72 @@
 //! that decided and the numbers it compared, so a reader can check the call.
 
 use crate::config::Thresholds;
-use crate::contract::{Metrics, Recommendation};
+use crate::contract::{Metrics, Reason, Recommendation};
 
 /// Applies the rules and explains the outcome.
-pub fn verdict(m: &Metrics, t: &Thresholds) -> (Recommendation, Vec<String>) {
+pub fn verdict(m: &Metrics, t: &Thresholds) -> (Recommendation, Vec<Reason>) {
     let mut rollback = Vec::new();
     if m.regression > t.rollback_regression {
-        rollback.push(format!(
-            "rule 1 rollback: regression {} > {}",
-            num(m.regression),
-            num(t.rollback_regression)
+        rollback.push(Reason::of_rule(
+            1,
+            format_args!(
+                "rollback: regression {} > {}",
+                num(m.regression),
+                num(t.rollback_regression)
+            ),
         ));
     }
     if m.success_rate < t.rollback_success_rate {
-        rollback.push(format!(
-            "rule 1 rollback: success_rate {} < {}",
-            num(m.success_rate),
-            num(t.rollback_success_rate)
+        rollback.push(Reason::of_rule(
+            1,
+            format_args!(
+                "rollback: success_rate {} < {}",
+                num(m.success_rate),
+                num(t.rollback_success_rate)
+            ),
         ));
     }
     if !rollback.is_empty() {
         return (Recommendation::Rollback, rollback);
     }
     if m.llm_reduction > t.merge_llm_reduction && m.regression < t.merge_regression {
-        return (
-            Recommendation::Merge,
-            vec![format!(
-                "rule 2 merge: llm_reduction {} > {} and regression {} < {}",
-                num(m.llm_reduction),
-                num(t.merge_llm_reduction),
-                num(m.regression),
-                num(t.merge_regression)
-            )],
+        let says = format_args!(
+            "merge: llm_reduction {} > {} and regression {} < {}",
+            num(m.llm_reduction),
+            num(t.merge_llm_reduction),
+            num(m.regression),
+            num(t.merge_regression)
         );
+        return (Recommendation::Merge, vec![Reason::of_rule(2, says)]);
     }
     if m.success_rate > t.merge_success_rate {
-        return (
-            Recommendation::Merge,
-            vec![format!(
-                "rule 2 merge: success_rate {} > {}",
-                num(m.success_rate),
-                num(t.merge_success_rate)
-            )],
+        let says = format_args!(
+            "merge: success_rate {} > {}",
+            num(m.success_rate),
+            num(t.merge_success_rate)
         );
+        return (Recommendation::Merge, vec![Reason::of_rule(2, says)]);
     }
     if m.success_rate > t.adapt_success_rate && m.regression < t.adapt_regression {
+        let says = format_args!(
+            "merge_with_adaptations: success_rate {} > {} and regression {} < {}",
+            num(m.success_rate),
+            num(t.adapt_success_rate),
+            num(m.regression),
+            num(t.adapt_regression)
+        );
         return (
             Recommendation::MergeWithAdaptations,
-            vec![format!(
-                "rule 3 merge_with_adaptations: success_rate {} > {} and regression {} < {}",
-                num(m.success_rate),
-                num(t.adapt_success_rate),
-                num(m.regression),
-                num(t.adapt_regression)
-            )],
+            vec![Reason::of_rule(3, says)],
         );
     }
-    (
-        Recommendation::Rollback,
-        vec![format!(
-            "rule 4 rollback: no merge rule held (success_rate {}, regression {}, llm_reduction {})",
-            num(m.success_rate),
-            num(m.regression),
-            num(m.llm_reduction)
-        )],
-    )
+    let says = format_args!(
+        "rollback: no merge rule held (success_rate {}, regression {}, llm_reduction {})",
+        num(m.success_rate),
+        num(m.regression),
+        num(m.llm_reduction)
+    );
+    (Recommendation::Rollback, vec![Reason::of_rule(4, says)])
 }
 
 /// Numbers in reasons: up to 4 decimals, trailing zeros dropped.
@@ -136,9 +137,10 @@ mod tests {
     #[test]
     fn reasons_name_rule_and_numbers() {
         let (_, reasons) = verdict(&m(0.95, 0.02, 0.0), &thresholds());
+        assert_eq!(reasons[0].rule, 3);
         assert_eq!(
-            reasons,
-            ["rule 3 merge_with_adaptations: success_rate 0.95 > 0.9 and regression 0.02 < 0.05"]
+            reasons[0].text,
+            "rule 3 merge_with_adaptations: success_rate 0.95 > 0.9 and regression 0.02 < 0.05"
         );
         let (_, reasons) = verdict(&m(0.5, 0.2, 0.0), &thresholds());
         assert_eq!(reasons.len(), 2);

@@ -155,8 +155,8 @@ pub(super) const SPOOL_PREFIX: &str = "bundle-";
 impl Spool {
     fn create(home: &Path) -> Result<Spool> {
         let seq = SPOOL_SEQ.fetch_add(1, Ordering::Relaxed);
-        let path = home
-            .join("tmp")
+        let path = crate::home::Home::of(home)
+            .tmp()
             .join(format!("{SPOOL_PREFIX}{}-{seq}", std::process::id()));
         // A leftover of a crashed process with the same pid.
         let _ = fs::remove_dir_all(&path);

@@ -5,7 +5,7 @@
 use crate::config::{CleanupPolicy, Config};
 use crate::contract::{validate_experiment_id, Recommendation};
 use crate::errors::{GenesisError, Result};
-use crate::store::{ExperimentRecord, Status, Store};
+use crate::store::{ExperimentRecord, SandboxOperation, Status, Store};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -14,9 +14,10 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::*;
+
+mod budget;
 
 /// What cleanup should do with a sandbox directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,29 +40,29 @@ pub fn sandbox_action(
         let limit = i64::try_from(hours.saturating_mul(MS_PER_HOUR)).unwrap_or(i64::MAX);
         age_ms > limit
     };
-    let recommendation = record.recommendation.as_deref();
-    let kept = [
-        Recommendation::Merge.as_str(),
-        Recommendation::MergeWithAdaptations.as_str(),
-    ];
     match record.status {
         Status::Queued | Status::Running => SandboxAction::Keep,
         Status::Failed if older_than(policy.delete_after_hours) => SandboxAction::Delete,
-        Status::Completed if recommendation == Some(Recommendation::Rollback.as_str()) => {
+        Status::Completed if record.recommendation == Some(Recommendation::Rollback) => {
             if older_than(policy.delete_after_hours) {
                 SandboxAction::Delete
             } else {
                 SandboxAction::Keep
             }
         }
-        Status::Completed
-            if recommendation.is_some_and(|r| kept.contains(&r))
-                && older_than(policy.archive_after_hours) =>
-        {
+        Status::Completed if keeps_an_archive(record) && older_than(policy.archive_after_hours) => {
             SandboxAction::Archive
         }
         _ => SandboxAction::Keep,
     }
+}
+
+/// Merged experiments' sandboxes are archived (kept); the rest are not.
+fn keeps_an_archive(record: &ExperimentRecord) -> bool {
+    matches!(
+        record.recommendation,
+        Some(Recommendation::Merge | Recommendation::MergeWithAdaptations)
+    )
 }
 
 /// What a cleanup run did; printed by `genesis jobs run cleanup`.
@@ -77,8 +78,10 @@ pub struct CleanupReport {
     pub containers_removed: Vec<String>,
     /// Environment images removed (unused past keep_days, or over budget).
     pub environments_removed: Vec<String>,
-    /// Snapshot layers removed (unused past layer_keep_hours).
+    /// Snapshot layers removed (unused past layer_keep_hours, or over budget).
     pub layers_removed: Vec<String>,
+    /// Snapshot tarballs removed (over budget).
+    pub snapshots_removed: Vec<String>,
     /// Archives failing verification; kept for inspection.
     pub corrupt_archives: Vec<String>,
     pub freed_bytes: u64,
@@ -95,13 +98,14 @@ impl CleanupReport {
     /// One line for logs and the job state.
     pub fn summary(&self) -> String {
         format!(
-            "deleted {}, archived {}, pruned {}, containers removed {}, environments removed {}, layers removed {}, corrupt archives {}, freed {:.1} MB, home {:.1} of {:.0} MB{}",
+            "deleted {}, archived {}, pruned {}, containers removed {}, environments removed {}, layers removed {}, snapshots removed {}, corrupt archives {}, freed {:.1} MB, home {:.1} of {:.0} MB{}",
             self.deleted.len(),
             self.archived.len(),
             self.pruned.len(),
             self.containers_removed.len(),
             self.environments_removed.len(),
             self.layers_removed.len(),
+            self.snapshots_removed.len(),
             self.corrupt_archives.len(),
             self.freed_bytes as f64 / BYTES_PER_MB as f64,
             self.disk_used_bytes as f64 / BYTES_PER_MB as f64,
@@ -142,16 +146,25 @@ pub async fn cleanup(
     store: &Store,
     now: DateTime<Utc>,
 ) -> Result<CleanupReport> {
+    // Containers and environments first: a reaped container releases the
+    // layers it mounted, and environments go before any archive (see
+    // `budget`).
+    let mut early = CleanupReport::default();
+    reap_containers(config, store, &mut early).await;
+    prune_environments(config, now, &mut early).await;
     let (cfg, st) = (config.clone(), store.clone());
     let mut report = tokio::task::spawn_blocking(move || {
         let mut files = Cleaner::new(&cfg, &st, now.timestamp_millis());
+        files.report.containers_removed = early.containers_removed;
+        files.report.environments_removed = early.environments_removed;
+        files.report.freed_bytes = early.freed_bytes;
+        files.report.notes = early.notes;
+        files.report.errors = early.errors;
         files.run();
         files.report
     })
     .await
     .map_err(|e| GenesisError::Internal(format!("cleanup task: {e}")))?;
-    reap_containers(config, store, &mut report).await;
-    prune_environments(config, now, &mut report).await;
     report.disk_used_bytes = disk_usage_bytes(&config.home);
     Ok(report)
 }
@@ -232,7 +245,7 @@ impl<'a> Cleaner<'a> {
         }
     }
 
-    fn history(&mut self, id: &str, op: &str, path: &Path, size: u64, detail: &str) {
+    fn history(&mut self, id: &str, op: SandboxOperation, path: &Path, size: u64, detail: &str) {
         let path = path.display().to_string();
         if let Err(e) = self.store.add_history(id, op, &path, size, detail) {
             self.report
@@ -285,22 +298,33 @@ impl<'a> Cleaner<'a> {
         match sandbox_action(&record, self.now_ms, &self.config.cleanup) {
             SandboxAction::Keep => Ok(()),
             SandboxAction::Delete => {
-                let size = remove_tree(&path)?;
-                self.report.freed_bytes += size;
-                self.report.deleted.push(id.to_owned());
-                let detail = format!(
-                    "sandbox of a {} experiment removed after {} h",
-                    record
-                        .recommendation
-                        .as_deref()
-                        .unwrap_or(record.status.as_str()),
-                    self.config.cleanup.delete_after_hours
-                );
-                self.history(id, "delete", &path, size, &detail);
-                Ok(())
+                let why = format!("after {} h", self.config.cleanup.delete_after_hours);
+                self.delete_sandbox(id, &path, &record, &why)
             }
             SandboxAction::Archive => self.archive(id, &path),
         }
+    }
+
+    /// Removes a finished experiment's sandbox directory (never its
+    /// record) and says so in its history: `why` ends the sentence.
+    fn delete_sandbox(
+        &mut self,
+        id: &str,
+        path: &Path,
+        record: &ExperimentRecord,
+        why: &str,
+    ) -> Result<()> {
+        let size = remove_tree(path)?;
+        self.report.freed_bytes += size;
+        self.report.deleted.push(id.to_owned());
+        let detail = format!(
+            "sandbox of a {} experiment removed {why}",
+            record
+                .recommendation
+                .map_or(record.status.as_str(), Recommendation::as_str),
+        );
+        self.history(id, SandboxOperation::Delete, path, size, &detail);
+        Ok(())
     }
 
     /// Packs a sandbox into `archives/ID.tar.gz`, verifies the archive, and
@@ -313,7 +337,7 @@ impl<'a> Cleaner<'a> {
             // archive only if it verifies.
             let report = verify_archive(&dest)?;
             let size = fs::symlink_metadata(&dest).map(|m| m.len()).unwrap_or(0);
-            self.history(id, "verify", &dest, size, &report.summary());
+            self.history(id, SandboxOperation::Verify, &dest, size, &report.summary());
             let summary = report.summary();
             let ok = report.is_ok();
             self.verified.insert(id.to_owned(), report);
@@ -344,8 +368,14 @@ impl<'a> Cleaner<'a> {
             if !notes.is_empty() {
                 detail.push_str(&format!("; {}", notes.join("; ")));
             }
-            self.history(id, "archive", &dest, info.bytes, &detail);
-            self.history(id, "verify", &dest, info.bytes, &report.summary());
+            self.history(id, SandboxOperation::Archive, &dest, info.bytes, &detail);
+            self.history(
+                id,
+                SandboxOperation::Verify,
+                &dest,
+                info.bytes,
+                &report.summary(),
+            );
             let mut report = report;
             report.path = dest.clone();
             self.verified.insert(id.to_owned(), report);
@@ -354,57 +384,8 @@ impl<'a> Cleaner<'a> {
         self.report.freed_bytes += size;
         self.report.archived.push(id.to_owned());
         let detail = format!("archived to {}", dest.display());
-        self.history(id, "delete", dir, size, &detail);
+        self.history(id, SandboxOperation::Delete, dir, size, &detail);
         Ok(())
-    }
-
-    /// Prunes intact archives, oldest experiment first, while GENESIS_HOME
-    /// is over budget. Corrupt archives and those of unfinished experiments stay.
-    fn budget(&mut self, checks: &[ArchiveCheck]) {
-        let budget = self.report.disk_budget_bytes;
-        let mut used = disk_usage_bytes(&self.config.home);
-        if used <= budget {
-            return;
-        }
-        let mut candidates: Vec<(i64, &ArchiveCheck)> = Vec::new();
-        for check in checks.iter().filter(|c| c.report.is_ok()) {
-            match self.store.get(&check.id) {
-                Ok(Some(r)) if !r.status.is_final() => continue,
-                Ok(Some(r)) => candidates.push((r.updated_at, check)),
-                // An archive without a record: its file time is all we know.
-                Ok(None) => candidates.push((mtime_ms(&check.path), check)),
-                Err(e) => self.report.errors.push(format!("{}: {e}", check.id)),
-            }
-        }
-        candidates.sort_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
-        for (_, check) in candidates {
-            if used <= budget {
-                break;
-            }
-            if let Err(e) = fs::remove_file(&check.path) {
-                self.report.errors.push(format!(
-                    "{}: pruning {}: {e}",
-                    check.id,
-                    check.path.display()
-                ));
-                continue;
-            }
-            used = used.saturating_sub(check.size_bytes);
-            self.report.freed_bytes += check.size_bytes;
-            self.report.pruned.push(check.id.clone());
-            let detail = format!(
-                "archive pruned: GENESIS_HOME over its {} MB budget",
-                self.config.cleanup.disk_budget_mb
-            );
-            self.history(&check.id, "delete", &check.path, check.size_bytes, &detail);
-        }
-        if used > budget {
-            self.report.notes.push(format!(
-                "GENESIS_HOME still uses {:.1} MB of a {} MB budget; nothing else may be pruned (snapshots, mirrors and the store are not)",
-                used as f64 / BYTES_PER_MB as f64,
-                self.config.cleanup.disk_budget_mb
-            ));
-        }
     }
 
     /// Removes spool directories and half-written archives, layers and
@@ -413,11 +394,11 @@ impl<'a> Cleaner<'a> {
     fn stale_temp(&mut self) {
         let limit_ms = hours_in_ms(self.config.cleanup.delete_after_hours);
         let home = &self.config.home;
-        let spools = (home.join("tmp"), SPOOL_PREFIX, "");
+        let spools = (home.tmp(), SPOOL_PREFIX, "");
         let archives = (archives_dir(home), ".", ".tmp");
         let layers = (crate::snapshot::layers_dir(home), ".", ".tmp");
         // Tarballs are still packed for environments and non-layered runs.
-        let snapshots = (home.join("snapshots"), ".", ".tmp");
+        let snapshots = (home.snapshots(), ".", ".tmp");
         for (dir, prefix, suffix) in [spools, archives, layers, snapshots] {
             let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
@@ -472,7 +453,7 @@ fn remove_tree(path: &Path) -> Result<u64> {
 /// Environments unused for `[environments] keep_days`, then the least
 /// recently used over its disk budget (see `environment::prune`).
 async fn prune_environments(config: &Config, now: DateTime<Utc>, report: &mut CleanupReport) {
-    let timeout = Duration::from_millis(config.sandbox.docker_timeout_ms);
+    let timeout = config.sandbox.docker_timeout;
     let Ok(Ok(docker)) = tokio::time::timeout(timeout, crate::sandbox::connect()).await else {
         report
             .notes
@@ -507,7 +488,7 @@ async fn prune_environments(config: &Config, now: DateTime<Utc>, report: &mut Cl
 }
 
 async fn reap_containers(config: &Config, store: &Store, report: &mut CleanupReport) {
-    let timeout = Duration::from_millis(config.sandbox.docker_timeout_ms);
+    let timeout = config.sandbox.docker_timeout;
     let docker = match tokio::time::timeout(timeout, crate::sandbox::connect()).await {
         Ok(Ok(docker)) => docker,
         Ok(Err(e)) => {
@@ -519,7 +500,7 @@ async fn reap_containers(config: &Config, store: &Store, report: &mut CleanupRep
         Err(_) => {
             report.notes.push(format!(
                 "orphan containers not checked: Docker did not answer within {} ms",
-                config.sandbox.docker_timeout_ms
+                config.sandbox.docker_timeout.as_millis()
             ));
             return;
         }
@@ -541,7 +522,7 @@ async fn reap_containers(config: &Config, store: &Store, report: &mut CleanupRep
         Err(_) => {
             report.notes.push(format!(
                 "orphan containers not checked: listing took over {} ms",
-                config.sandbox.docker_timeout_ms
+                config.sandbox.docker_timeout.as_millis()
             ));
             return;
         }
@@ -573,7 +554,7 @@ async fn reap_one(
     );
     let key = experiment.to_owned();
     store
-        .call(move |s| s.add_history(&key, "cleanup", "", 0, &detail))
+        .call(move |s| s.add_history(&key, SandboxOperation::Cleanup, "", 0, &detail))
         .await?;
     Ok(())
 }

@@ -88,12 +88,12 @@ const SUMMARY_PROBLEMS: usize = 3;
 
 /// `GENESIS_HOME/sandboxes`.
 pub fn sandboxes_dir(home: &Path) -> PathBuf {
-    home.join("sandboxes")
+    crate::home::Home::of(home).sandboxes()
 }
 
 /// `GENESIS_HOME/archives`.
 pub fn archives_dir(home: &Path) -> PathBuf {
-    home.join("archives")
+    crate::home::Home::of(home).archives()
 }
 
 /// Where the archive of an experiment lives: `GENESIS_HOME/archives/ID.tar.gz`.
@@ -119,7 +119,8 @@ mod tests {
         )
         .unwrap();
         let mut r = ExperimentRecord::new(&request, status, "h:1", updated_at);
-        r.recommendation = recommendation.map(str::to_owned);
+        r.recommendation =
+            recommendation.map(|name| crate::contract::Named::from_name(name).expect("a verdict"));
         r
     }
 
@@ -130,6 +131,7 @@ mod tests {
             disk_budget_mb: 1,
             analysis_days: 30,
             layer_keep_hours: 72,
+            budget_grace_minutes: 30,
         }
     }
 
@@ -265,7 +267,7 @@ mod tests {
     async fn half_written_snapshot_tarballs_are_removed_once_stale() {
         let dir = tempfile::tempdir().unwrap();
         let home = dir.path().to_path_buf();
-        let snapshots = home.join("snapshots");
+        let snapshots = crate::home::Home::of(&home).snapshots();
         fs::create_dir_all(&snapshots).unwrap();
         let half = snapshots.join(".0123abcd-0123456789ab.77-0.tmp");
         let whole = snapshots.join("0123abcd-0123456789ab.tar.gz");
@@ -274,7 +276,7 @@ mod tests {
         let config = std::sync::Arc::new(
             Config::from_layers(home.clone(), None, &crate::config::Env::default()).unwrap(),
         );
-        let store = crate::store::Store::open(&home.join("genesis.redb")).unwrap();
+        let store = crate::store::Store::open(&config.store_path()).unwrap();
         let soon = chrono::Utc::now() + chrono::Duration::hours(1);
         cleanup(&config, &store, soon).await.unwrap();
         assert!(half.exists(), "removed before delete_after_hours");

@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::contract::validate_experiment_id;
 use crate::errors::{GenesisError, Result};
-use crate::store::Store;
+use crate::store::{SandboxOperation, Store};
 use serde::Serialize;
 use std::fs;
 use std::io;
@@ -181,7 +181,7 @@ pub async fn export_sandbox(
             .map(|m| m.len())
             .unwrap_or(0);
         store
-            .call(move |s| s.add_history(&key, "verify", &path, size, &summary))
+            .call(move |s| s.add_history(&key, SandboxOperation::Verify, &path, size, &summary))
             .await?;
     }
     let summary = match exported {
@@ -207,7 +207,7 @@ pub async fn export_sandbox(
         summary.bundle.bytes,
     );
     store
-        .call(move |s| s.add_history(&key, "export", &path, size, &detail))
+        .call(move |s| s.add_history(&key, SandboxOperation::Export, &path, size, &detail))
         .await?;
     for note in &summary.notes {
         tracing::info!(experiment_id = %id, "export: {note}");

@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::contract::validate_experiment_id;
 use crate::errors::{GenesisError, Result};
-use crate::store::Store;
+use crate::store::{SandboxOperation, Store};
 use flate2::read::MultiGzDecoder;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -434,7 +434,7 @@ pub fn record_checks(store: &Store, checks: &[ArchiveCheck]) -> Result<()> {
     for c in checks.iter().filter(|c| c.fresh) {
         store.add_history(
             &c.id,
-            "verify",
+            SandboxOperation::Verify,
             &c.path.display().to_string(),
             c.size_bytes,
             &c.report.summary(),

@@ -164,7 +164,7 @@ fn from_cache(
     notes: &mut Vec<String>,
 ) -> Result<usize> {
     let prefix = format!("{}-", tested.commit);
-    let mut found: Vec<PathBuf> = match fs::read_dir(home.join("snapshots")) {
+    let mut found: Vec<PathBuf> = match fs::read_dir(crate::home::Home::of(home).snapshots()) {
         Ok(entries) => entries
             .flatten()
             .filter(|e| {

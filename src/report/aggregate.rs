@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::contract::{GroupStats, Recommendation, Totals};
+use crate::contract::{GroupStats, Recommendation, RiskLevel, Totals};
 use crate::errors::Result;
 use crate::judgement::metrics::ratio;
 use crate::store::{Status, Store};
@@ -57,9 +57,9 @@ struct Acc {
 /// The parts of a record (and its metrics) the aggregates use.
 struct Row {
     experiment_type: String,
-    risk_level: String,
+    risk_level: RiskLevel,
     status: Status,
-    recommendation: Option<String>,
+    recommendation: Option<Recommendation>,
     /// (regression, llm_reduction) of a completed experiment.
     metrics: Option<(f64, f64)>,
     /// The reduction of the calls the runs made, when the result's
@@ -151,14 +151,15 @@ fn aggregate<'a>(rows: impl IntoIterator<Item = &'a Row>, from_ms: i64, to_ms: i
             .entry(row.experiment_type.clone())
             .or_default()
             .add(row);
-        by_risk.entry(row.risk_level.clone()).or_default().add(row);
-        let rec = row.recommendation.as_deref();
-        if rec == Some(Recommendation::Merge.as_str()) {
-            totals.merge += 1;
-        } else if rec == Some(Recommendation::MergeWithAdaptations.as_str()) {
-            totals.merge_with_adaptations += 1;
-        } else if rec == Some(Recommendation::Rollback.as_str()) {
-            totals.rollback += 1;
+        by_risk
+            .entry(row.risk_level.as_str().to_owned())
+            .or_default()
+            .add(row);
+        match row.recommendation {
+            Some(Recommendation::Merge) => totals.merge += 1,
+            Some(Recommendation::MergeWithAdaptations) => totals.merge_with_adaptations += 1,
+            Some(Recommendation::Rollback) => totals.rollback += 1,
+            None => {}
         }
     }
     totals.experiments = overall.count;
@@ -253,7 +254,7 @@ mod tests {
         let request = Request::parse(body.to_string().as_bytes()).unwrap();
         let at = t(at).timestamp_millis();
         let mut record = ExperimentRecord::new(&request, status, "test:1", at);
-        record.recommendation = Some(rec.into());
+        record.recommendation = crate::contract::Named::from_name(rec);
         record.result_json =
             llm.map(|llm| serde_json::json!({"status": "success", "llm": llm}).to_string());
         let metrics = (status == Status::Completed).then(|| MetricsRow {

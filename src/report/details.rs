@@ -8,6 +8,7 @@ use std::path::Path;
 use super::bytes;
 use super::svg::{self, Svg};
 use crate::contract::{Completed, Metrics};
+use crate::results::Outcome;
 use crate::store::{BaselineFigures, MetricsRow, TestOutcomes};
 
 /// Rows shown per test list; the rest are counted.
@@ -50,15 +51,15 @@ pub(super) struct LogTail {
 }
 
 pub(super) fn counts(o: &TestOutcomes) -> Vec<CountRow> {
-    let row = |run, list: &[(String, String)]| {
-        let count = |what: &str| list.iter().filter(|(_, o)| o == what).count();
+    let row = |run, list: &[(String, Outcome)]| {
+        let count = |what: Outcome| list.iter().filter(|(_, o)| *o == what).count();
         CountRow {
             run,
             total: list.len(),
-            passed: count("passed"),
-            failed: count("failed"),
-            errored: count("errored"),
-            skipped: count("skipped"),
+            passed: count(Outcome::Passed),
+            failed: count(Outcome::Failed),
+            errored: count(Outcome::Errored),
+            skipped: count(Outcome::Skipped),
         }
     };
     vec![row("baseline", &o.baseline), row("candidate", &o.candidate)]
@@ -71,18 +72,10 @@ pub(super) fn test_lists(
 ) -> Vec<TestList> {
     let empty = TestOutcomes::default();
     let o = outcomes.unwrap_or(&empty);
-    let base: HashMap<&str, &str> = o
-        .baseline
-        .iter()
-        .map(|(t, r)| (t.as_str(), r.as_str()))
-        .collect();
-    let cand: HashMap<&str, &str> = o
-        .candidate
-        .iter()
-        .map(|(t, r)| (t.as_str(), r.as_str()))
-        .collect();
+    let base: HashMap<&str, Outcome> = o.baseline.iter().map(|(t, r)| (t.as_str(), *r)).collect();
+    let cand: HashMap<&str, Outcome> = o.candidate.iter().map(|(t, r)| (t.as_str(), *r)).collect();
     let outcome =
-        |m: &HashMap<&str, &str>, t: &str| m.get(t).copied().unwrap_or("missing").to_owned();
+        |m: &HashMap<&str, Outcome>, t: &str| m.get(t).map_or("missing", |o| o.as_str()).to_owned();
     let list = |title, about, names: Vec<&str>| {
         let total = names.len();
         let rows = names
@@ -101,14 +94,18 @@ pub(super) fn test_lists(
         .candidate
         .iter()
         .filter(|(t, r)| {
-            r == "passed" && matches!(base.get(t.as_str()), Some(&"failed" | &"errored"))
+            *r == Outcome::Passed
+                && matches!(
+                    base.get(t.as_str()),
+                    Some(Outcome::Failed | Outcome::Errored)
+                )
         })
         .map(|(t, _)| t.as_str())
         .collect();
     let skipped: Vec<&str> = o
         .candidate
         .iter()
-        .filter(|(_, r)| r == "skipped")
+        .filter(|(_, r)| *r == Outcome::Skipped)
         .map(|(t, _)| t.as_str())
         .collect();
     vec![

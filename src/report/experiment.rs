@@ -12,8 +12,8 @@ use super::details::{
 use super::llm::{llm_view, reduction_definition, LlmView};
 use super::svg::{self, gauge, num, Mark, Svg, Zone};
 use super::{bytes, fmt_ms, generated_at, verdict_class};
-use crate::config::{Config, ThresholdTable, Thresholds};
-use crate::contract::{Completed, ExperimentResult, LlmSource, Metrics, RiskLevel};
+use crate::config::{Config, Thresholds};
+use crate::contract::{Completed, ErrorKind, ExperimentResult, LlmSource, Metrics};
 use crate::errors::{GenesisError, Result};
 use crate::store::{ExperimentRecord, MetricsRow, SandboxEvent, Store, TestOutcomes};
 
@@ -70,14 +70,7 @@ pub(super) fn build(store: &Store, config: &Config, id: &str) -> Result<String> 
     let metrics_row = store.metrics(id)?;
     let outcomes = store.outcomes(id)?;
     let history = store.history(id)?;
-    let log = log_tail(
-        &config
-            .home
-            .join("sandboxes")
-            .join(id)
-            .join("candidate")
-            .join("test.log"),
-    );
+    let log = log_tail(&config.home.sandbox(id).join("candidate").join("test.log"));
     let page = page(
         &record,
         metrics_row.as_ref(),
@@ -107,22 +100,13 @@ fn page(
         Some(ExperimentResult::Success(c)) => Some(c),
         _ => None,
     };
-    let failure = match &result {
-        Some(ExperimentResult::Failed(f)) => Some((f.error_kind.to_string(), f.error.clone())),
-        _ => record.error.as_ref().map(|e| {
-            let kind = record
-                .error_kind
-                .clone()
-                .unwrap_or_else(|| "unknown".into());
-            (kind, e.clone())
-        }),
-    };
+    let failure = failure(record, result.as_ref());
     let metrics = completed
         .map(|c| &c.metrics)
         .or(metrics_row.map(|m| &m.metrics));
-    let thresholds = thresholds_for(&config.thresholds, &record.risk_level);
+    let thresholds = config.thresholds.for_risk(record.risk_level);
     let reasons = completed.map(|c| c.reasons.clone()).unwrap_or_default();
-    let decided = reasons.first().and_then(|r| rule_number(r));
+    let decided = reasons.first().map(|r| r.rule).filter(|&rule| rule > 0);
     let regressions = completed
         .map(|c| c.regressions.clone())
         .or(metrics_row.map(|m| m.regressions.clone()))
@@ -137,16 +121,16 @@ fn page(
         generated: generated_at(),
         id: record.experiment_id.clone(),
         status: record.status.as_str(),
-        verdict: record.recommendation.clone(),
-        verdict_class: verdict_class(record.recommendation.as_deref()),
+        verdict: record.recommendation.map(|r| r.as_str().to_owned()),
+        verdict_class: verdict_class(record.recommendation),
         facts: facts(
             record,
             completed,
             result.as_ref().map_or(record.host.as_str(), |r| r.host()),
         ),
-        reasons,
+        reasons: reasons.into_iter().map(|r| r.text).collect(),
         rules: rules(&thresholds, if failure.is_some() { None } else { decided }),
-        risk: record.risk_level.clone(),
+        risk: record.risk_level.as_str().to_owned(),
         failure,
         gauges: metrics
             .map(|m| gauges(m, &thresholds, llm_source))
@@ -161,44 +145,33 @@ fn page(
         analysis: raw.as_ref().and_then(analysis),
         llm: llm_view(llm, completed.and_then(|c| c.analysis.as_ref())),
         log,
-        history: history
-            .iter()
-            .map(|h| HistoryRow {
-                at: fmt_ms(h.inserted_at),
-                operation: h.operation.clone(),
-                path: h.path.clone(),
-                size: bytes(h.size_bytes),
-                detail: h.detail.clone(),
-            })
-            .collect(),
+        history: history.iter().map(history_row).collect(),
     }
 }
 
-/// The thresholds in force for a risk level (the global ones for a level
-/// this build does not know).
-fn thresholds_for(table: &ThresholdTable, risk: &str) -> Thresholds {
-    match RiskLevel::ALL.into_iter().find(|r| r.as_str() == risk) {
-        Some(r) => table.for_risk(r),
-        None => Thresholds {
-            rollback_regression: table.rollback_regression,
-            rollback_success_rate: table.rollback_success_rate,
-            merge_llm_reduction: table.merge_llm_reduction,
-            merge_regression: table.merge_regression,
-            merge_success_rate: table.merge_success_rate,
-            adapt_success_rate: table.adapt_success_rate,
-            adapt_regression: table.adapt_regression,
-        },
+/// (error kind, error) of a failed experiment, from its result or, before
+/// one was stored, its record.
+fn failure(
+    record: &ExperimentRecord,
+    result: Option<&ExperimentResult>,
+) -> Option<(String, String)> {
+    match result {
+        Some(ExperimentResult::Failed(f)) => Some((f.error_kind.to_string(), f.error.clone())),
+        _ => record.error.as_ref().map(|e| {
+            let kind = record.error_kind.map_or("unknown", ErrorKind::as_str);
+            (kind.to_owned(), e.clone())
+        }),
     }
 }
 
-/// `rule 2 merge: ...` → 2.
-fn rule_number(reason: &str) -> Option<u8> {
-    reason
-        .strip_prefix("rule ")?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+fn history_row(h: &SandboxEvent) -> HistoryRow {
+    HistoryRow {
+        at: fmt_ms(h.inserted_at),
+        operation: h.operation.as_str().to_owned(),
+        path: h.path.clone(),
+        size: bytes(h.size_bytes),
+        detail: h.detail.clone(),
+    }
 }
 
 fn rules(t: &Thresholds, decided: Option<u8>) -> Vec<Rule> {
@@ -234,7 +207,7 @@ fn facts(r: &ExperimentRecord, c: Option<&Completed>, host: &str) -> Vec<(&'stat
     let mut facts = vec![
         ("Instance", r.instance_id.clone()),
         ("Type", r.experiment_type.clone()),
-        ("Risk level", r.risk_level.clone()),
+        ("Risk level", r.risk_level.as_str().to_owned()),
         ("Description", r.description.clone()),
         ("Created", fmt_ms(r.inserted_at)),
         ("Updated", fmt_ms(r.updated_at)),
@@ -267,109 +240,91 @@ fn marks(list: &[(&str, f64)]) -> Vec<Mark> {
 /// `llm_source` is the result's `llm.source` (None for a result stored
 /// before the endpoint): it decides what `llm_reduction` is said to count.
 fn gauges(m: &Metrics, t: &Thresholds, llm_source: Option<LlmSource>) -> Vec<GaugeView> {
-    let sr = gauge(
-        "success_rate against its thresholds",
-        m.success_rate,
-        (0.0, 1.0),
-        &[
-            Zone {
-                from: 0.0,
-                to: t.rollback_success_rate,
-                class: "bad",
-            },
-            Zone {
-                from: t.adapt_success_rate,
-                to: t.merge_success_rate,
-                class: "warn",
-            },
-            Zone {
-                from: t.merge_success_rate,
-                to: 1.0,
-                class: "good",
-            },
-        ],
-        &marks(&[
-            ("rollback <", t.rollback_success_rate),
-            ("adapt >", t.adapt_success_rate),
-            ("merge >", t.merge_success_rate),
-        ]),
-    );
-    let highest = t
-        .rollback_regression
-        .max(t.adapt_regression)
-        .max(t.merge_regression);
-    let hi = svg::nice_ceil((2.0 * highest).max(m.regression)).min(1.0);
-    let reg = gauge(
-        "regression against its thresholds",
-        m.regression,
-        (0.0, hi),
-        &[
-            Zone {
-                from: 0.0,
-                to: t.merge_regression,
-                class: "good",
-            },
-            Zone {
-                from: t.merge_regression,
-                to: t.adapt_regression,
-                class: "warn",
-            },
-            Zone {
-                from: t.rollback_regression,
-                to: hi,
-                class: "bad",
-            },
-        ],
-        &marks(&[
-            ("merge <", t.merge_regression),
-            ("adapt <", t.adapt_regression),
-            ("rollback >", t.rollback_regression),
-        ]),
-    );
-    let lo = if m.llm_reduction < 0.0 { -1.0 } else { 0.0 };
-    let llm = gauge(
-        "llm_reduction against its threshold",
-        m.llm_reduction,
-        (lo, 1.0),
-        &[Zone {
-            from: t.merge_llm_reduction,
-            to: 1.0,
-            class: "good",
-        }],
-        &marks(&[("merge >", t.merge_llm_reduction)]),
-    );
     vec![
         GaugeView {
             name: "success_rate",
             value: num(m.success_rate),
             definition: "(test_count − failures) / test_count in the candidate",
-            svg: sr,
+            svg: success_gauge(m, t),
         },
         GaugeView {
             name: "regression",
             value: num(m.regression),
             definition:
                 "share of baseline passes that fail, vanish or are skipped in the candidate",
-            svg: reg,
+            svg: regression_gauge(m, t),
         },
         GaugeView {
             name: "llm_reduction",
             value: num(m.llm_reduction),
             definition: reduction_definition(llm_source),
-            svg: llm,
+            svg: llm_gauge(m, t),
         },
     ]
+}
+
+fn zone(from: f64, to: f64, class: &'static str) -> Zone {
+    Zone { from, to, class }
+}
+
+fn success_gauge(m: &Metrics, t: &Thresholds) -> Svg {
+    gauge(
+        "success_rate against its thresholds",
+        m.success_rate,
+        (0.0, 1.0),
+        &[
+            zone(0.0, t.rollback_success_rate, "bad"),
+            zone(t.adapt_success_rate, t.merge_success_rate, "warn"),
+            zone(t.merge_success_rate, 1.0, "good"),
+        ],
+        &marks(&[
+            ("rollback <", t.rollback_success_rate),
+            ("adapt >", t.adapt_success_rate),
+            ("merge >", t.merge_success_rate),
+        ]),
+    )
+}
+
+/// The scale reaches twice the highest threshold (or the value, if
+/// larger), so the zones stay readable.
+fn regression_gauge(m: &Metrics, t: &Thresholds) -> Svg {
+    let highest = t
+        .rollback_regression
+        .max(t.adapt_regression)
+        .max(t.merge_regression);
+    let hi = svg::nice_ceil((2.0 * highest).max(m.regression)).min(1.0);
+    gauge(
+        "regression against its thresholds",
+        m.regression,
+        (0.0, hi),
+        &[
+            zone(0.0, t.merge_regression, "good"),
+            zone(t.merge_regression, t.adapt_regression, "warn"),
+            zone(t.rollback_regression, hi, "bad"),
+        ],
+        &marks(&[
+            ("merge <", t.merge_regression),
+            ("adapt <", t.adapt_regression),
+            ("rollback >", t.rollback_regression),
+        ]),
+    )
+}
+
+/// A negative reduction (more calls) widens the scale to −1.
+fn llm_gauge(m: &Metrics, t: &Thresholds) -> Svg {
+    let lo = if m.llm_reduction < 0.0 { -1.0 } else { 0.0 };
+    gauge(
+        "llm_reduction against its threshold",
+        m.llm_reduction,
+        (lo, 1.0),
+        &[zone(t.merge_llm_reduction, 1.0, "good")],
+        &marks(&[("merge >", t.merge_llm_reduction)]),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rules_are_read_from_reasons() {
-        assert_eq!(rule_number("rule 3 merge_with_adaptations: x"), Some(3));
-        assert_eq!(rule_number("no rule"), None);
-    }
 
     #[test]
     fn equal_thresholds_share_a_tick() {

@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 
 use crate::config::Config;
+use crate::contract::Recommendation;
 use crate::errors::{GenesisError, Result};
 use crate::store::Store;
 
@@ -62,7 +63,7 @@ pub fn trends(store: &Store, config: &Config, days: u64, now: DateTime<Utc>) -> 
 
 /// `GENESIS_HOME/reports`.
 pub fn reports_dir(config: &Config) -> PathBuf {
-    config.home.join("reports")
+    config.home.reports()
 }
 
 /// Where `genesis report ID` writes by default, and where `show` looks.
@@ -126,12 +127,12 @@ fn bytes(n: u64) -> String {
 }
 
 /// CSS class of a recommendation's badge.
-fn verdict_class(recommendation: Option<&str>) -> &'static str {
+fn verdict_class(recommendation: Option<Recommendation>) -> &'static str {
     match recommendation {
-        Some("merge") => "good",
-        Some("merge_with_adaptations") => "warn",
-        Some("rollback") => "bad",
-        _ => "none",
+        Some(Recommendation::Merge) => "good",
+        Some(Recommendation::MergeWithAdaptations) => "warn",
+        Some(Recommendation::Rollback) => "bad",
+        None => "none",
     }
 }
 

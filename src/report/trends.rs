@@ -8,7 +8,7 @@ use super::aggregate::{summarize_days, Day};
 use super::svg::{self, num, Svg};
 use super::{generated_at, pct};
 use crate::config::Config;
-use crate::contract::GroupStats;
+use crate::contract::{GroupStats, Recommendation, RiskLevel};
 use crate::errors::{GenesisError, Result};
 use crate::store::Store;
 
@@ -103,12 +103,15 @@ pub(super) fn build(
                 "with observed LLM calls",
                 period.overall.observed_llm_experiments.to_string(),
             ),
-            ("merge", totals.merge.to_string()),
+            (Recommendation::Merge.as_str(), totals.merge.to_string()),
             (
                 "merge with adaptations",
                 totals.merge_with_adaptations.to_string(),
             ),
-            ("rollback", totals.rollback.to_string()),
+            (
+                Recommendation::Rollback.as_str(),
+                totals.rollback.to_string(),
+            ),
             ("not finished", pending.to_string()),
         ],
         empty: totals.experiments == 0,
@@ -153,13 +156,24 @@ fn recommendations_chart(labels: &[String], daily: &[Day]) -> Svg {
             let other = t.experiments - t.merge - t.merge_with_adaptations - t.rollback;
             let tip = |what: &str, n: u64| format!("{}: {n} {what}", d.date);
             vec![
-                (t.merge as f64, "bar-good", tip("merge", t.merge)),
+                (
+                    t.merge as f64,
+                    "bar-good",
+                    tip(Recommendation::Merge.as_str(), t.merge),
+                ),
                 (
                     t.merge_with_adaptations as f64,
                     "bar-warn",
-                    tip("merge_with_adaptations", t.merge_with_adaptations),
+                    tip(
+                        Recommendation::MergeWithAdaptations.as_str(),
+                        t.merge_with_adaptations,
+                    ),
                 ),
-                (t.rollback as f64, "bar-bad", tip("rollback", t.rollback)),
+                (
+                    t.rollback as f64,
+                    "bar-bad",
+                    tip(Recommendation::Rollback.as_str(), t.rollback),
+                ),
                 (other as f64, "bar-none", tip("not finished", other)),
             ]
         })
@@ -171,8 +185,16 @@ fn recommendations_chart(labels: &[String], daily: &[Day]) -> Svg {
 fn risk_series(
     by_risk: &std::collections::BTreeMap<String, GroupStats>,
 ) -> Vec<(&'static str, &'static str)> {
-    [("s-low", "low"), ("s-medium", "medium"), ("s-high", "high")]
+    RiskLevel::ALL
         .into_iter()
+        .map(|risk| {
+            let class = match risk {
+                RiskLevel::Low => "s-low",
+                RiskLevel::Medium => "s-medium",
+                RiskLevel::High => "s-high",
+            };
+            (class, risk.as_str())
+        })
         .filter(|(_, r)| by_risk.contains_key(*r))
         .collect()
 }

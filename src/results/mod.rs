@@ -55,6 +55,18 @@ pub enum Outcome {
     Skipped,
 }
 
+impl crate::contract::Named for Outcome {
+    const ALL: &'static [Self] = &[
+        Outcome::Passed,
+        Outcome::Failed,
+        Outcome::Errored,
+        Outcome::Skipped,
+    ];
+    fn as_str(self) -> &'static str {
+        Outcome::as_str(self)
+    }
+}
+
 impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {

@@ -72,7 +72,7 @@ impl Runner {
         let peer = Peer {
             name: "analysis",
             subject: &policy.nats_subject,
-            timeout_ms: policy.timeout_ms,
+            timeout: policy.timeout,
             fallback: "analysing locally",
         };
         let payload = self.ask(&peer, serde_json::to_vec(request).ok()?).await?;

@@ -1,8 +1,7 @@
 //! Which images an experiment's runs start from: the repo's image, or the
 //! environments of its baseline and candidate trees (contract §2a).
 
-use crate::config::globs::InputGlobs;
-use crate::contract::{stage, EnvironmentRef, Request};
+use crate::contract::{stage, EnvironmentRef, Request, Stage};
 use crate::environment::EnvRequest;
 use crate::errors::{GenesisError, Result};
 use crate::snapshot::RepoInput;
@@ -33,7 +32,7 @@ impl Runner {
             .iter()
             .find(|p| p.name == plan.primary)
             .ok_or_else(|| GenesisError::Internal("primary repo not prepared".into()))?;
-        let say = |s: &str, detail: &str| progress.stage(id, s, detail);
+        let say = |s: Stage, detail: &str| progress.stage(id, s, detail);
         let base = self
             .environments
             .ensure(
@@ -43,6 +42,7 @@ impl Runner {
                     inputs: &primary.base_inputs,
                     snapshot: &primary.base,
                     experiment_id: id,
+                    private: false,
                 },
                 &say,
             )
@@ -65,7 +65,8 @@ impl Runner {
                 stage::ENVIRONMENT_BUILDING,
                 "the patch changes install inputs",
             );
-            self.environments
+            let private = self
+                .environments
                 .ensure(
                     &EnvRequest {
                         repo_name: &plan.primary,
@@ -73,10 +74,13 @@ impl Runner {
                         inputs: &primary.candidate_inputs,
                         snapshot: &primary.candidate,
                         experiment_id: id,
+                        private: true,
                     },
                     &say,
                 )
-                .await?
+                .await?;
+            plan.private_environment = Some(private.clone());
+            private
         };
         self.telemetry.environment_ready(&base);
         if candidate != base {
@@ -86,6 +90,16 @@ impl Runner {
         plan.candidate_image = candidate.image.clone();
         plan.environment = Some(candidate);
         Ok(())
+    }
+}
+
+impl Runner {
+    /// Removes the candidate's private environment, if it had one: no
+    /// other experiment may use it (see `environment` "Private environments").
+    pub(super) async fn discard_private_environment(&self, plan: &Plan) {
+        if let Some(env) = &plan.private_environment {
+            self.environments.discard(&plan.primary, env).await;
+        }
     }
 }
 
@@ -117,7 +131,7 @@ impl Runner {
                 "repo {name:?} has no install_command, so it has no environment"
             )));
         }
-        let globs = InputGlobs::new(&repo.install_inputs)?;
+        let globs = repo.install_inputs.clone();
         let snapshotter = self.snapshotter.clone();
         let analysis_cap_bytes = self.config.analysis.max_file_bytes;
         let (source, base_ref, task_name) = (repo.path.clone(), reference.to_owned(), name.clone());
@@ -135,14 +149,15 @@ impl Runner {
                     layered: false,
                     // No patch: nothing to bound.
                     patch_mb: 0,
-                    risk_level: "none",
+                    // No patch, so neither the bound nor its level is read.
+                    risk_level: crate::contract::RiskLevel::High,
                 },
                 ENV_BUILD_ID,
             )
         })
         .await
         .map_err(|e| GenesisError::Internal(format!("snapshot task: {e}")))??;
-        let say = |s: &str, detail: &str| progress.stage(ENV_BUILD_ID, s, detail);
+        let say = |s: Stage, detail: &str| progress.stage(ENV_BUILD_ID, s, detail);
         self.environments
             .ensure(
                 &EnvRequest {
@@ -151,6 +166,7 @@ impl Runner {
                     inputs: &prepared.base_inputs,
                     snapshot: &prepared.base,
                     experiment_id: ENV_BUILD_ID,
+                    private: false,
                 },
                 &say,
             )

@@ -112,7 +112,7 @@ impl Runner {
         let peer = Peer {
             name: "framework",
             subject: &policy.nats_subject,
-            timeout_ms: policy.timeout_ms,
+            timeout: policy.timeout,
             fallback: "detecting locally",
         };
         // Not configured: spare reading the manifests for nobody.

@@ -28,15 +28,15 @@ use tokio::sync::{Mutex, OnceCell};
 use crate::analysis::Analyzer;
 use crate::config::Config;
 use crate::contract::{
-    CandidateRef, Completed, ErrorKind, ExperimentResult, LlmSummary, LlmTally, Request,
+    CandidateRef, Completed, ErrorKind, ExperimentResult, LlmSummary, LlmTally, Request, Stage,
 };
 use crate::environment::Environments;
 use crate::errors::{GenesisError, Result};
 use crate::judgement::metrics::{judge, outcome_pairs, MeasuredRun};
 use crate::results::TestReport;
 use crate::sandbox::{self, home_label, Resources, Role};
-use crate::snapshot::{Owner, Snapshotter};
-use crate::store::{ExperimentRecord, MetricsRow, Status, Store, TestOutcomes};
+use crate::snapshot::{Owner, PreparedRepo, Snapshotter};
+use crate::store::{ExperimentRecord, MetricsRow, SandboxOperation, Status, Store, TestOutcomes};
 
 mod admission;
 pub use admission::{instance_name, owner_is_dead};
@@ -53,13 +53,13 @@ pub use crate::contract::stage;
 
 /// Receives stage changes: stderr for the CLI, NATS for the service.
 pub trait Progress: Send + Sync {
-    fn stage(&self, experiment_id: &str, stage: &str, detail: &str);
+    fn stage(&self, experiment_id: &str, stage: Stage, detail: &str);
 }
 
 /// Discards progress.
 pub struct NoProgress;
 impl Progress for NoProgress {
-    fn stage(&self, _: &str, _: &str, _: &str) {}
+    fn stage(&self, _: &str, _: Stage, _: &str) {}
 }
 
 /// What `accept` decided about a request.
@@ -144,7 +144,7 @@ pub struct Runner {
 
 /// `GENESIS_HOME/scratch`: the runs' disks (see `sandbox::ScratchDisk`).
 pub fn scratch_dir(home: &std::path::Path) -> PathBuf {
-    home.join("scratch")
+    crate::home::Home::of(home).scratch()
 }
 
 impl Runner {
@@ -357,10 +357,10 @@ impl Runner {
                 } else {
                     Status::Failed
                 };
-                rec.recommendation = Some(result.recommendation().as_str().into());
+                rec.recommendation = Some(result.recommendation());
                 if let ExperimentResult::Failed(f) = &result {
                     rec.error = Some(f.error.clone());
-                    rec.error_kind = Some(f.error_kind.as_str().into());
+                    rec.error_kind = Some(f.error_kind);
                 }
                 rec.result_json = Some(json);
                 rec.updated_at = now_ms();
@@ -373,7 +373,7 @@ impl Runner {
 
     /// `GENESIS_HOME/sandboxes/ID`: logs, reports, patch, result of one experiment.
     pub fn sandbox_dir(&self, id: &str) -> PathBuf {
-        self.config.home.join("sandboxes").join(id)
+        self.config.home.sandbox(id)
     }
 
     /// Where runs' own file systems are mounted (`[limits.*] disk_mb`).
@@ -410,9 +410,24 @@ impl Runner {
         );
 
         self.environments_for(request, &mut plan, progress).await?;
-        let baseline = self.baseline(request, &plan, progress).await?;
+        let measured = self.measure(request, &plan, &primary, progress).await;
+        self.discard_private_environment(&plan).await;
+        measured
+    }
+
+    /// Runs the baseline, the candidate and the flaky checks of a planned
+    /// experiment, then judges them.
+    async fn measure(
+        &self,
+        request: &Request,
+        plan: &Plan,
+        primary: &PreparedRepo,
+        progress: &dyn Progress,
+    ) -> Result<(Completed, MetricsRow, TestOutcomes)> {
+        let id = &request.experiment_id;
+        let baseline = self.baseline(request, plan, progress).await?;
         let candidate = self
-            .suite(id, Role::Candidate, &plan, false, progress)
+            .suite(id, Role::Candidate, plan, false, progress)
             .await?;
         let cand_report = candidate.report.clone().ok_or_else(|| {
             GenesisError::NoTests(candidate.report_error.clone().unwrap_or_default())
@@ -433,10 +448,10 @@ impl Runner {
         };
         let base_report = baseline.report.as_ref().unwrap_or(&empty);
         let flaky = self
-            .find_flaky(id, &plan, base_report, &cand_report, progress)
+            .find_flaky(id, plan, base_report, &cand_report, progress)
             .await?;
-        let (analysis, change) = self.analyze_change(id, &plan).await;
-        let llm = llm_summary(&plan, &baseline, &candidate);
+        let (analysis, change) = self.analyze_change(id, plan).await;
+        let llm = llm_summary(plan, &baseline, &candidate);
         let base_resources = baseline.resources();
         let cand_resources = candidate.resources();
         let judged = judge(
@@ -506,16 +521,11 @@ impl Runner {
         Ok((completed, row, outcomes))
     }
 
-    async fn history(&self, id: &str, op: &str, path: &Path, size: u64, detail: &str) {
-        let (id, op, path, detail) = (
-            id.to_owned(),
-            op.to_owned(),
-            path.display().to_string(),
-            detail.to_owned(),
-        );
+    async fn history(&self, id: &str, op: SandboxOperation, path: &Path, size: u64, detail: &str) {
+        let (id, path, detail) = (id.to_owned(), path.display().to_string(), detail.to_owned());
         if let Err(e) = self
             .store
-            .call(move |s| s.add_history(&id, &op, &path, size, &detail))
+            .call(move |s| s.add_history(&id, op, &path, size, &detail))
             .await
         {
             tracing::warn!(error = %e, "could not write sandbox history");

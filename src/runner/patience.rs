@@ -55,8 +55,8 @@ impl FullHomeWait {
         let config = &runner.config;
         FullHomeWait {
             left: runner.full_home_patience.unwrap_or_default(),
-            next: Duration::from_millis(config.sandbox.infra_backoff_ms.max(1)),
-            max: Duration::from_millis(config.nats.retry_max_ms.max(1)),
+            next: config.sandbox.infra_backoff.max(Duration::from_millis(1)),
+            max: config.nats.retry_max.max(Duration::from_millis(1)),
         }
     }
 
@@ -77,7 +77,7 @@ impl Runner {
     /// Waits up to `full_home_wait_ms` for space on a full home before an
     /// experiment or its result gives up (see the module doc). For services.
     pub fn patient(mut self) -> Runner {
-        self.full_home_patience = Some(Duration::from_millis(self.config.full_home_wait_ms));
+        self.full_home_patience = Some(self.config.full_home_wait);
         self
     }
 
@@ -112,7 +112,7 @@ impl Runner {
             );
             match fault {
                 HostFault::Engine => {
-                    let wait = Duration::from_millis(self.config.sandbox.engine_wait_ms);
+                    let wait = self.config.sandbox.engine_wait;
                     sandbox::wait_for_engine(&self.docker, wait).await?;
                 }
                 HostFault::FullHome => {

@@ -13,7 +13,7 @@ use super::Runner;
 pub(super) struct Peer<'a> {
     pub(super) name: &'a str,
     pub(super) subject: &'a str,
-    pub(super) timeout_ms: u64,
+    pub(super) timeout: Duration,
     pub(super) fallback: &'a str,
 }
 
@@ -24,9 +24,8 @@ impl Runner {
             return None;
         }
         let client = self.analysis_peer.get()?;
-        let timeout = Duration::from_millis(peer.timeout_ms);
         let request = client.request(peer.subject.to_owned(), payload.into());
-        match tokio::time::timeout(timeout, request).await {
+        match tokio::time::timeout(peer.timeout, request).await {
             Ok(Ok(message)) => Some(message.payload),
             Ok(Err(e)) => {
                 tracing::warn!(subject = peer.subject, error = %e, "{} peer failed; {}", peer.name, peer.fallback);
@@ -35,7 +34,7 @@ impl Runner {
             Err(_) => {
                 tracing::warn!(
                     subject = peer.subject,
-                    timeout_ms = peer.timeout_ms,
+                    timeout_ms = peer.timeout.as_millis(),
                     "{} peer timed out; {}",
                     peer.name,
                     peer.fallback

@@ -44,6 +44,9 @@ pub(super) struct Plan {
     pub(super) candidate_image: String,
     /// The candidate's environment, for the result.
     pub(super) environment: Option<EnvironmentRef>,
+    /// The candidate's own environment when its patch changed install
+    /// inputs: private to this experiment, discarded after its runs.
+    pub(super) private_environment: Option<EnvironmentRef>,
     /// Where each run's line coverage comes from, when configured.
     pub(super) coverage: Option<CoverageSpec>,
     /// Every run's LLM endpoint (contract §2b); None for `llm_stub = false`.
@@ -63,26 +66,82 @@ impl Runner {
     pub(super) async fn plan(&self, request: &Request) -> Result<Plan> {
         let (primary, repo) = self.config.repo(request.repo.as_deref())?;
         let repo = repo.clone();
+        let inputs = self.repo_jobs(request, &primary, &repo)?;
+        let limits = self.config.limits_for(request.risk_level);
+        // Layers need the run's own disk: the overlay's upper half lives there.
+        let layered = self.config.sandbox.layers && limits.disk_mb > 0;
+        let prepared = self
+            .prepare_repos(inputs, request, layered, limits.patch_mb)
+            .await?;
+        self.save_patches(request, &prepared)?;
+        // A request's timeout_ms wins when it is smaller (contract §2).
+        let timeout = request.timeout_ms.map_or(limits.timeout, |t| {
+            Duration::from_millis(t).min(limits.timeout)
+        });
+        let found = self
+            .find_framework(&primary, &repo, request, prepared.first())
+            .await;
+        let (found, advised_image) = match found {
+            Some(f) => (Some(f.framework), f.image),
+            None => (None, None),
+        };
+        let framework = choose_framework(&primary, &repo, request, found)?;
+        let image = advised_image.unwrap_or_else(|| repo.image.clone());
+        let report = framework
+            .report
+            .parse::<ReportSpec>()
+            .map_err(|e| GenesisError::Config {
+                file: self.config.source.clone().unwrap_or_default(),
+                message: e.to_string(),
+            })?;
+        let coverage = repo.coverage.clone();
+        let llm = self.llm_setup(&primary, &repo, &prepared).await?;
+        Ok(Plan {
+            llm,
+            coverage,
+            primary,
+            base_image: image.clone(),
+            candidate_image: image,
+            environment: None,
+            private_environment: None,
+            repo,
+            prepared,
+            limits,
+            timeout,
+            test_command: framework.test_command.clone(),
+            report,
+            framework,
+        })
+    }
+
+    /// The repos to snapshot: the primary with `changes.patch` (and its
+    /// install inputs), then each repo of `changes.patches`.
+    fn repo_jobs(
+        &self,
+        request: &Request,
+        primary: &str,
+        repo: &RepoConfig,
+    ) -> Result<Vec<RepoJob>> {
         let install_inputs = if repo.install_command.is_empty() {
             None
         } else {
-            Some(InputGlobs::new(&repo.install_inputs)?)
+            Some(repo.install_inputs.clone())
         };
-        let mut inputs = vec![RepoJob {
-            name: primary.clone(),
+        let mut jobs = vec![RepoJob {
+            name: primary.to_owned(),
             path: repo.path.clone(),
             patch: request.changes.patch.clone(),
             declared_files: Some(request.changes.files.clone()),
             install_inputs,
         }];
         for (name, patch) in &request.changes.patches {
-            if *name == primary {
+            if name == primary {
                 return Err(GenesisError::InvalidRequest(format!(
                     "changes.patches names the primary repo {name:?}; put its diff in changes.patch"
                 )));
             }
             let (_, other) = self.config.repo(Some(name))?;
-            inputs.push(RepoJob {
+            jobs.push(RepoJob {
                 name: name.clone(),
                 path: other.path.clone(),
                 patch: Some(patch.clone()),
@@ -90,17 +149,24 @@ impl Runner {
                 install_inputs: None,
             });
         }
-        let base_ref = request.base_ref.clone().unwrap_or_else(|| "HEAD".into());
-        let limits = self.config.limits_for(request.risk_level);
-        // Layers need the run's own disk: the overlay's upper half lives there.
-        let layered = self.config.sandbox.layers && limits.disk_mb > 0;
+        Ok(jobs)
+    }
+
+    /// Snapshots and patches every repo, off the async runtime (git work).
+    async fn prepare_repos(
+        &self,
+        jobs: Vec<RepoJob>,
+        request: &Request,
+        layered: bool,
+        patch_mb: u64,
+    ) -> Result<Vec<PreparedRepo>> {
         let snapshotter = self.snapshotter.clone();
         let analysis_cap_bytes = self.config.analysis.max_file_bytes;
         let id = request.experiment_id.clone();
-        let (patch_mb, risk_level) = (limits.patch_mb, request.risk_level.as_str());
-        let prepared = tokio::task::spawn_blocking(move || {
-            inputs
-                .iter()
+        let risk_level = request.risk_level;
+        let base_ref = request.base_ref.clone().unwrap_or_else(|| "HEAD".into());
+        tokio::task::spawn_blocking(move || {
+            jobs.iter()
                 .map(|job| {
                     snapshotter.prepare(
                         &RepoInput {
@@ -121,55 +187,7 @@ impl Runner {
                 .collect::<Result<Vec<_>>>()
         })
         .await
-        .map_err(|e| GenesisError::Internal(format!("snapshot task: {e}")))??;
-        self.save_patches(request, &prepared)?;
-        let timeout_ms = request
-            .timeout_ms
-            .map_or(limits.timeout_ms, |t| t.min(limits.timeout_ms));
-        let found = self
-            .find_framework(&primary, &repo, request, prepared.first())
-            .await;
-        let (found, advised_image) = match found {
-            Some(f) => (Some(f.framework), f.image),
-            None => (None, None),
-        };
-        let framework = choose_framework(&primary, &repo, request, found)?;
-        let image = advised_image.unwrap_or_else(|| repo.image.clone());
-        let report = framework
-            .report
-            .parse::<ReportSpec>()
-            .map_err(|e| GenesisError::Config {
-                file: self.config.source.clone().unwrap_or_default(),
-                message: e.to_string(),
-            })?;
-        let coverage = if repo.coverage.is_empty() {
-            None
-        } else {
-            Some(
-                repo.coverage
-                    .parse::<CoverageSpec>()
-                    .map_err(|e| GenesisError::Config {
-                        file: self.config.source.clone().unwrap_or_default(),
-                        message: e.to_string(),
-                    })?,
-            )
-        };
-        let llm = self.llm_setup(&primary, &repo, &prepared).await?;
-        Ok(Plan {
-            llm,
-            coverage,
-            primary,
-            base_image: image.clone(),
-            candidate_image: image,
-            environment: None,
-            repo,
-            prepared,
-            limits,
-            timeout: Duration::from_millis(timeout_ms),
-            test_command: framework.test_command.clone(),
-            report,
-            framework,
-        })
+        .map_err(|e| GenesisError::Internal(format!("snapshot task: {e}")))?
     }
 
     /// The endpoint's policy and answers: the repo's `llm_answers` as the

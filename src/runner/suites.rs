@@ -66,7 +66,7 @@ impl Runner {
     async fn baseline_key(&self, plan: &Plan) -> Result<String> {
         // Bounded: an engine that died with its socket held open by a
         // survivor accepts the connection and never answers.
-        let limit = Duration::from_millis(self.config.sandbox.docker_timeout_ms);
+        let limit = self.config.sandbox.docker_timeout;
         let inspect = async {
             self.docker
                 .inspect_image(&plan.base_image)
@@ -79,23 +79,38 @@ impl Runner {
             .iter()
             .map(|p| format!("{}={}", p.name, p.base.commit))
             .collect();
-        // The endpoint's policy and answers decide what the suite is told.
-        let llm = plan.llm.as_ref().map(|l| (&l.policy, &l.answers));
-        let material = format!(
-            "{}\n{}\n{}\n{}\n{}\n{:?}\n{:?}\n{}\n{:?}",
-            super::SUITE_RUN_SHAPE,
-            commits.join(","),
-            image.id.unwrap_or_default(),
-            plan.repo.setup_command,
-            plan.test_command,
-            plan.limits,
-            plan.report,
-            self.config.sandbox.user,
-            llm,
-        );
-        Ok(hex_digest(&<sha2::Sha256 as sha2::Digest>::digest(
-            material.as_bytes(),
-        )))
+        /// Serialised as JSON (field order fixed, every value by its
+        /// stable serde form), never by `Debug`, whose text may change.
+        #[derive(serde::Serialize)]
+        struct Material<'a> {
+            shape: u32,
+            commits: Vec<String>,
+            image_id: String,
+            setup_command: &'a str,
+            test_command: &'a str,
+            limits: &'a crate::config::Limits,
+            report: String,
+            user: &'a str,
+            /// The endpoint's policy and answers decide what the suite is told.
+            llm: Option<(
+                &'a crate::config::LlmPolicy,
+                &'a crate::sandbox::llm::Answers,
+            )>,
+        }
+        let material = Material {
+            shape: super::SUITE_RUN_SHAPE,
+            commits,
+            image_id: image.id.unwrap_or_default(),
+            setup_command: &plan.repo.setup_command,
+            test_command: &plan.test_command,
+            limits: &plan.limits,
+            report: plan.report.to_string(),
+            user: &self.config.sandbox.user,
+            llm: plan.llm.as_ref().map(|l| (&l.policy, l.answers.as_ref())),
+        };
+        let json = serde_json::to_vec(&material)
+            .map_err(|e| GenesisError::Internal(format!("encoding a baseline key: {e}")))?;
+        Ok(hex_digest(&<sha2::Sha256 as sha2::Digest>::digest(&json)))
     }
 
     /// Re-runs the candidate to separate flaky failures from real ones.
@@ -145,7 +160,7 @@ impl Runner {
         progress: &dyn Progress,
     ) -> Result<SuiteRun> {
         let policy = &self.config.sandbox;
-        let mut backoff = Duration::from_millis(policy.infra_backoff_ms);
+        let mut backoff = policy.infra_backoff;
         let mut attempt = 0;
         loop {
             let error = match self.suite_once(id, role, plan, use_base, progress).await {
@@ -159,7 +174,7 @@ impl Runner {
                 stage::SANDBOX,
                 &format!("{} retry {attempt}: {error}", role.as_str()),
             );
-            let wait = Duration::from_millis(policy.engine_wait_ms);
+            let wait = policy.engine_wait;
             sandbox::wait_for_engine(&self.docker, wait).await?;
             sandbox::remove_runs_of(&self.docker, &self.home_label, id, role).await;
             tokio::time::sleep(backoff).await;
@@ -186,30 +201,27 @@ impl Runner {
         };
         let layered = layered_workspace(plan, use_base);
         let (workspace_bytes, workspace) = workspace_size(plan, use_base, layered.as_ref());
-        let sandbox = SandboxBuilder::new(id, role, image, plan.limits)
-            .user(&self.config.sandbox.user)
-            .tmp_mb(self.config.sandbox.tmp_mb)
-            .home_label(&self.home_label)
-            .docker_timeout(Duration::from_millis(self.config.sandbox.docker_timeout_ms))
-            .stats_interval(Duration::from_millis(self.config.sandbox.stats_interval_ms))
-            .stream_grace(Duration::from_millis(self.config.sandbox.stream_grace_ms))
-            .runtime(&self.config.sandbox)
-            .disk(self.scratch_dir(), plan.limits.disk_mb, self.owner)
-            .layered(layered.clone())
-            .prepare_command(
-                plan.uses_environment()
-                    .then(|| ENV_WORKSPACE_COPY.to_string()),
-            )
-            .llm(plan.llm.clone())
-            .command(&plan.primary, &plan.repo.setup_command, &plan.test_command)
-            .create(&self.docker)
-            .await?;
+        let sandbox =
+            SandboxBuilder::from_policy(&self.config.sandbox, id, role, image, plan.limits)
+                .home_label(&self.home_label)
+                .disk(self.scratch_dir(), plan.limits.disk_mb, self.owner)
+                .layered(layered.clone())
+                .prepare_command(
+                    plan.uses_environment()
+                        .then(|| ENV_WORKSPACE_COPY.to_string()),
+                    // The copy of what an install left is bounded as the install was.
+                    self.config.environments.timeout,
+                )
+                .llm(plan.llm.clone())
+                .command(&plan.primary, &plan.repo.setup_command, &plan.test_command)
+                .create(&self.docker)
+                .await?;
         let alive = self.telemetry.sandbox_alive(role.as_str());
         // The create row also says how the workspace came in and how many
         // bytes that moved (one store write per step, not two).
         self.history(
             id,
-            "create",
+            SandboxOperation::Create,
             &dir,
             workspace_bytes,
             &format!(
@@ -228,7 +240,7 @@ impl Runner {
         let removed = sandbox.remove().await;
         self.history(
             id,
-            "cleanup",
+            SandboxOperation::Cleanup,
             &dir,
             0,
             &format!("container removed ({})", role.as_str()),

@@ -5,7 +5,6 @@ use crate::errors::{GenesisError, Result};
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::exec::{StartExecOptions, StartExecResults};
-use bollard::models::ExecConfig;
 use bollard::query_parameters::{
     CreateContainerOptions, DownloadFromContainerOptions, KillContainerOptions,
     UploadToContainerOptions, WaitContainerOptions,
@@ -30,6 +29,8 @@ pub struct RunOutcome {
     pub disk_full: bool,
     /// What the run's LLM endpoint recorded; None without one (`llm_stub = false`).
     pub llm: Option<super::llm::LlmRecord>,
+    /// Why a watchdog killed the run ([`Sandbox::run_watched`]).
+    pub stopped_by: Option<String>,
 }
 
 impl RunOutcome {
@@ -46,15 +47,21 @@ impl RunOutcome {
     }
 }
 
+/// The stats sampler of a running suite: its stop signal and its task.
+struct Sampler {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<StatsAccumulator>,
+}
+
 /// A created container. Removed on drop if [`Sandbox::remove`] was not called.
 pub struct Sandbox {
-    docker: Docker,
+    pub(super) docker: Docker,
     pub id: String,
     pub name: String,
     pub spec: SandboxSpec,
     /// The run's own file system, released after the container is removed
     /// (field order: dropped after `Drop::drop` removed the container).
-    disk: Option<ScratchDisk>,
+    pub(super) disk: Option<ScratchDisk>,
     removed: bool,
 }
 
@@ -177,6 +184,18 @@ impl Sandbox {
     /// than the engine's one-second sampling interval: from the cgroup files
     /// when the engine is local, else through the stats API.
     pub async fn run(&self, timeout: Duration, log: CappedLog) -> Result<RunOutcome> {
+        self.run_watched(timeout, log, std::future::pending()).await
+    }
+
+    /// [`Sandbox::run`] with a watchdog: when `watch` resolves first, the
+    /// container is killed as at the timeout and the outcome's
+    /// `stopped_by` carries the watchdog's reason.
+    pub async fn run_watched(
+        &self,
+        timeout: Duration,
+        log: CappedLog,
+        watch: impl std::future::Future<Output = String>,
+    ) -> Result<RunOutcome> {
         let alive_since = Instant::now();
         self.docker
             .start_container(&self.id, None)
@@ -187,7 +206,7 @@ impl Sandbox {
         let cgroup = pid.and_then(|pid| locate_cgroup(pid, &self.id));
         let llm = super::llm::RunEndpoint::start(
             self.spec.llm.as_ref(),
-            &self.spec.runtime,
+            self.spec.under_gvisor(),
             &self.id,
             pid,
         );
@@ -195,17 +214,7 @@ impl Sandbox {
             .as_ref()
             .and_then(read_cgroup)
             .is_some_and(|r| r.memory_peak_bytes.is_some());
-        let (stop_sampling, sampling_stopped) = tokio::sync::oneshot::channel();
-        let sampler = if !kernel_peak && needs_sampling(&self.docker).await {
-            Some(tokio::spawn(sample_stats(
-                self.docker.clone(),
-                self.id.clone(),
-                self.spec.stats_interval,
-                sampling_stopped,
-            )))
-        } else {
-            None
-        };
+        let sampler = self.start_sampler(kernel_peak).await;
         let exec = self.start_suite(&llm.suite_env()).await?;
         let started = Instant::now();
         let (stop_pump, pump_stopped) = tokio::sync::oneshot::channel();
@@ -213,15 +222,21 @@ impl Sandbox {
         // The output stream ends when the suite's process exits; if the
         // container stops first (killed at the timeout, or its sandbox
         // died), the stream gets `stream_grace` to end before it is closed.
+        let mut stopped_by = None;
         let (finished, timed_out) = tokio::select! {
             pumped = &mut log_task => (Some(pumped), false),
             _ = tokio::time::sleep(timeout) => (None, true),
             _ = self.stopped() => (None, false),
+            reason = watch => {
+                stopped_by = Some(reason);
+                (None, false)
+            }
         };
+        let killed = timed_out || stopped_by.is_some();
         let pumped = match finished {
             Some(pumped) => pumped,
             None => {
-                if timed_out {
+                if killed {
                     self.kill().await?;
                 }
                 match tokio::time::timeout(self.spec.stream_grace, &mut log_task).await {
@@ -235,39 +250,17 @@ impl Sandbox {
         };
         let runtime_ms = started.elapsed().as_millis() as u64;
         let log = pumped.map_err(|e| GenesisError::Internal(format!("log pump: {e}")))??;
-        let exit_code = if timed_out {
+        let exit_code = if killed {
             137
         } else {
-            match self.exec_exit_code(&exec.id).await {
-                Ok(code) => code,
-                // The OOM killer took the whole sandbox (seen with runsc):
-                // the engine forgets the exec, but the cause is known.
-                Err(e) if e.is_infrastructure() && self.inspect_oom().await.unwrap_or(false) => 137,
-                Err(e) => return Err(e),
-            }
+            self.suite_exit_code(&exec.id).await?
         };
         // Only a failing suite can owe its failure to the container
         // stopping under it; a passing one finished whatever came after.
-        if !timed_out && exit_code != 0 {
+        if !killed && exit_code != 0 {
             self.check_still_running().await?;
         }
-        let _ = stop_sampling.send(());
-        let mut acc = match sampler {
-            Some(task) => task
-                .await
-                .map_err(|e| GenesisError::Internal(format!("stats task: {e}")))?,
-            None => StatsAccumulator::default(),
-        };
-        // The cgroup still exists (the idle process keeps it): its files
-        // give the exact totals at once; the stats API is the fallback.
-        match cgroup.as_ref().and_then(read_cgroup) {
-            Some(reading) => acc.add_cgroup(&reading),
-            None => {
-                if let Some(last) = stats_once(&self.docker, &self.id).await {
-                    acc.add(&last);
-                }
-            }
-        }
+        let acc = self.final_stats(sampler, cgroup.as_ref()).await?;
         let llm = llm.finish().await;
         let alive = alive_since.elapsed();
         self.kill().await?;
@@ -281,7 +274,63 @@ impl Sandbox {
             log,
             disk_full: self.disk_is_full(),
             llm,
+            stopped_by,
         })
+    }
+
+    /// Samples the engine's stats while the suite runs, unless the
+    /// kernel's own peak is readable (then the cgroup files at the end are
+    /// exact and sampling would only cost time).
+    async fn start_sampler(&self, kernel_peak: bool) -> Option<Sampler> {
+        if kernel_peak || !needs_sampling(&self.docker).await {
+            return None;
+        }
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(sample_stats(
+            self.docker.clone(),
+            self.id.clone(),
+            self.spec.stats_interval,
+            stopped,
+        ));
+        Some(Sampler { stop, task })
+    }
+
+    /// The suite exec's exit code.
+    async fn suite_exit_code(&self, exec_id: &str) -> Result<i64> {
+        match self.exec_exit_code(exec_id).await {
+            Ok(code) => Ok(code),
+            // The OOM killer took the whole sandbox (seen with runsc):
+            // the engine forgets the exec, but the cause is known.
+            Err(e) if e.is_infrastructure() && self.inspect_oom().await.unwrap_or(false) => Ok(137),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stops the sampler and adds the final reading: the cgroup still
+    /// exists (the idle process keeps it), so its files give the exact
+    /// totals at once; the stats API is the fallback.
+    async fn final_stats(
+        &self,
+        sampler: Option<Sampler>,
+        cgroup: Option<&super::cgroup::CgroupFiles>,
+    ) -> Result<StatsAccumulator> {
+        let mut acc = match sampler {
+            Some(Sampler { stop, task }) => {
+                let _ = stop.send(());
+                task.await
+                    .map_err(|e| GenesisError::Internal(format!("stats task: {e}")))?
+            }
+            None => StatsAccumulator::default(),
+        };
+        match cgroup.and_then(read_cgroup) {
+            Some(reading) => acc.add_cgroup(&reading),
+            None => {
+                if let Some(last) = stats_once(&self.docker, &self.id).await {
+                    acc.add(&last);
+                }
+            }
+        }
+        Ok(acc)
     }
 
     /// Resolves when the container has stopped (never on a failed wait:
@@ -299,54 +348,6 @@ impl Sandbox {
     /// Whether the run's own file system is full (false without one).
     pub fn disk_is_full(&self) -> bool {
         self.disk.as_ref().is_some_and(ScratchDisk::is_full)
-    }
-
-    /// The spec's prepare command, untimed, before the suite: it must
-    /// succeed; a full disk while preparing is the run's `disk_limit`.
-    async fn prepare(&self) -> Result<()> {
-        let Some(command) = &self.spec.prepare_command else {
-            return Ok(());
-        };
-        let what = format!("preparing the workspace in {}", self.name);
-        let config = ExecConfig {
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            cmd: Some(vec!["sh".into(), "-c".into(), command.clone()]),
-            user: Some(self.spec.user.clone()),
-            ..Default::default()
-        };
-        let created = self
-            .docker
-            .create_exec(&self.id, config)
-            .await
-            .map_err(|e| GenesisError::docker(&what, e))?;
-        let mut output = String::new();
-        if let StartExecResults::Attached {
-            output: mut stream, ..
-        } = self
-            .docker
-            .start_exec(&created.id, None::<StartExecOptions>)
-            .await
-            .map_err(|e| GenesisError::docker(&what, e))?
-        {
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| GenesisError::docker(&what, e))?;
-                output.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
-            }
-        }
-        let code = self.exec_exit_code(&created.id).await?;
-        if code == 0 {
-            return Ok(());
-        }
-        if let Some(disk) = self.disk.as_ref().filter(|d| d.is_full()) {
-            return Err(GenesisError::DiskLimit {
-                limit_mb: disk.size_mb(),
-            });
-        }
-        Err(GenesisError::sandbox(
-            what,
-            format!("exited with status {code}: {}", tail(&output, 2000)),
-        ))
     }
 
     /// The PID of the container's own process on this host, when the
@@ -382,7 +383,7 @@ impl Sandbox {
         }
     }
 
-    async fn exec_exit_code(&self, exec_id: &str) -> Result<i64> {
+    pub(super) async fn exec_exit_code(&self, exec_id: &str) -> Result<i64> {
         let info = self.docker.inspect_exec(exec_id).await.map_err(|e| {
             GenesisError::docker(format!("reading the exit status in {}", self.name), e)
         })?;

@@ -21,6 +21,9 @@ pub struct CappedLog {
     tail_len: usize,
     tail_cap: usize,
     total: u64,
+    /// Secret values replaced before anything is kept (an install's
+    /// `pass_env`); counted bytes are what was kept, after redaction.
+    redactor: Option<super::Redactor>,
 }
 
 /// What was kept of a run's output.
@@ -47,10 +50,27 @@ impl CappedLog {
             tail_len: 0,
             tail_cap: half,
             total: 0,
+            redactor: None,
         })
     }
 
+    /// Replaces the redactor's values in everything written from now on.
+    pub fn redacting(mut self, redactor: super::Redactor) -> CappedLog {
+        self.redactor = (!redactor.is_empty()).then_some(redactor);
+        self
+    }
+
     pub fn write(&mut self, bytes: bytes::Bytes) -> Result<()> {
+        match self.redactor.as_mut() {
+            Some(redactor) => {
+                let clean = redactor.push(&bytes);
+                self.keep(clean.into())
+            }
+            None => self.keep(bytes),
+        }
+    }
+
+    fn keep(&mut self, bytes: bytes::Bytes) -> Result<()> {
         self.total += bytes.len() as u64;
         let room = self.head_cap - self.head_written;
         let n = room.min(bytes.len());
@@ -79,6 +99,9 @@ impl CappedLog {
     }
 
     pub fn finish(mut self) -> Result<LogSummary> {
+        if let Some(rest) = self.redactor.as_mut().map(super::Redactor::finish) {
+            self.keep(rest.into())?;
+        }
         let excess = self.tail_len.saturating_sub(self.tail_cap);
         let kept = self.head_written as u64 + (self.tail_len - excess) as u64;
         let cut = self.total - kept;

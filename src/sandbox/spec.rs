@@ -93,7 +93,7 @@ pub struct SandboxSpec {
     /// Extra `KEY=VALUE` variables for the command (the install's `pass_env`).
     pub env: Vec<String>,
     /// OCI runtime (`[sandbox] runtime`): runc, or runsc for gVisor.
-    pub runtime: String,
+    pub runtime: Option<crate::config::Runtime>,
     /// The pids limit given to the engine: `limits.pids`, or more under a
     /// runtime whose own threads count too (`SandboxPolicy::host_pids_limit`).
     pub host_pids_limit: i64,
@@ -102,9 +102,26 @@ pub struct SandboxSpec {
     /// Run (untimed, as the sandbox user) after start and before the suite:
     /// an environment's untracked workspace files are copied into place.
     pub prepare_command: Option<String>,
+    /// Bounds the prepare command: it copies what an install left, so an
+    /// install could otherwise make every run of its environment hang.
+    pub prepare_timeout: Duration,
     /// The run's LLM endpoint (contract §2b); None for `llm_stub = false`
     /// and for installs.
     pub llm: Option<super::llm::LlmSetup>,
+    /// The Docker network of a run with network on; None: the default
+    /// bridge. Installs join the guarded one (`environment::guard`), and
+    /// then also lose IPv6 in their namespace (see there).
+    pub network: Option<String>,
+}
+
+impl SandboxSpec {
+    /// Whether the sandbox runs under gVisor, whose user-space kernel
+    /// changes what limits and the LLM endpoint can do.
+    pub fn under_gvisor(&self) -> bool {
+        self.runtime
+            .as_ref()
+            .is_some_and(crate::config::Runtime::is_gvisor)
+    }
 }
 
 /// Where and how large a run's own file system is (see `disk.rs`).
@@ -119,61 +136,56 @@ pub struct DiskRequest {
     pub layered: Option<super::disk::LayeredWorkspace>,
 }
 
-/// Builder in the style of rustwide's: limits and identity first, command last.
+/// Builder in the style of rustwide's: limits and identity first, command
+/// last. Every default is `[sandbox]`'s (`policies/default.toml`, then the
+/// config), applied in one place, [`SandboxBuilder::from_policy`]; the
+/// setters only add what differs per sandbox.
 pub struct SandboxBuilder {
     spec: SandboxSpec,
 }
 
 impl SandboxBuilder {
-    pub fn new(experiment_id: &str, role: Role, image: &str, limits: Limits) -> Self {
+    /// A sandbox of `policy` (`[sandbox]`): its user, `/tmp` size, engine
+    /// timeout, sampling interval, stream grace and OCI runtime (with the
+    /// pids limit the engine enforces under it), for `limits`.
+    pub fn from_policy(
+        policy: &crate::config::SandboxPolicy,
+        experiment_id: &str,
+        role: Role,
+        image: &str,
+        limits: Limits,
+    ) -> Self {
         SandboxBuilder {
             spec: SandboxSpec {
                 experiment_id: experiment_id.into(),
                 role,
                 image: image.into(),
-                user: "10001:10001".into(),
+                user: policy.user.clone(),
                 limits,
-                tmp_mb: 64,
+                tmp_mb: policy.tmp_mb,
                 repo: String::new(),
                 test_command: String::new(),
                 setup_command: String::new(),
                 home_label: String::new(),
-                docker_timeout: Duration::from_secs(120),
-                stats_interval: Duration::from_millis(500),
-                stream_grace: Duration::from_secs(2),
+                docker_timeout: policy.docker_timeout,
+                // A floor, so a zero in the config cannot spin the sampler.
+                stats_interval: policy.stats_interval.max(Duration::from_millis(10)),
+                stream_grace: policy.stream_grace,
                 cap_add: Vec::new(),
                 env: Vec::new(),
-                runtime: String::new(),
-                host_pids_limit: limits.pids,
+                runtime: Some(policy.runtime.clone()),
+                host_pids_limit: policy.host_pids_limit(limits.pids),
                 disk: None,
                 prepare_command: None,
+                prepare_timeout: Duration::from_secs(900),
                 llm: None,
+                network: None,
             },
         }
     }
 
-    pub fn docker_timeout(mut self, timeout: Duration) -> Self {
-        self.spec.docker_timeout = timeout;
-        self
-    }
-
-    pub fn stream_grace(mut self, grace: Duration) -> Self {
-        self.spec.stream_grace = grace;
-        self
-    }
-
-    pub fn stats_interval(mut self, every: Duration) -> Self {
-        self.spec.stats_interval = every.max(Duration::from_millis(10));
-        self
-    }
-
     pub fn user(mut self, user: &str) -> Self {
         self.spec.user = user.into();
-        self
-    }
-
-    pub fn tmp_mb(mut self, mb: u64) -> Self {
-        self.spec.tmp_mb = mb;
         self
     }
 
@@ -189,14 +201,6 @@ impl SandboxBuilder {
 
     pub fn env(mut self, vars: Vec<String>) -> Self {
         self.spec.env = vars;
-        self
-    }
-
-    /// The OCI runtime (empty means the engine's default) and the pids
-    /// limit the engine enforces under it.
-    pub fn runtime(mut self, policy: &crate::config::SandboxPolicy) -> Self {
-        self.spec.runtime = policy.runtime.clone();
-        self.spec.host_pids_limit = policy.host_pids_limit(self.spec.limits.pids);
         self
     }
 
@@ -225,8 +229,16 @@ impl SandboxBuilder {
         self
     }
 
-    pub fn prepare_command(mut self, command: Option<String>) -> Self {
+    /// The prepare command and its time limit.
+    pub fn prepare_command(mut self, command: Option<String>, timeout: Duration) -> Self {
         self.spec.prepare_command = command;
+        self.spec.prepare_timeout = timeout;
+        self
+    }
+
+    /// Joins `network` instead of the default bridge (when network is on).
+    pub fn network(mut self, network: Option<&str>) -> Self {
+        self.spec.network = network.map(str::to_owned);
         self
     }
 
@@ -260,12 +272,29 @@ impl SandboxBuilder {
 /// under runc. Never under runc: there RLIMIT_NPROC counts every process
 /// of the uid on the host, so concurrent runs would share one count.
 fn guest_process_limit(spec: &SandboxSpec) -> Option<Vec<ResourcesUlimits>> {
-    (spec.runtime == "runsc").then(|| {
+    spec.under_gvisor().then(|| {
         vec![ResourcesUlimits {
             name: Some("nproc".into()),
             soft: Some(spec.limits.pids),
             hard: Some(spec.limits.pids),
         }]
+    })
+}
+
+/// IPv6 off inside a container on a named network: the guard's rules are
+/// IPv4, and a link-local IPv6 route to the host must not bypass them.
+/// Not under runsc, whose own network stack takes no such sysctl.
+fn no_ipv6(spec: &SandboxSpec) -> Option<HashMap<String, String>> {
+    (spec.limits.network && spec.network.is_some() && !spec.under_gvisor()).then(|| {
+        ["all", "default"]
+            .into_iter()
+            .map(|scope| {
+                (
+                    format!("net.ipv6.conf.{scope}.disable_ipv6"),
+                    "1".to_string(),
+                )
+            })
+            .collect()
     })
 }
 
@@ -301,21 +330,19 @@ pub fn container_config(spec: &SandboxSpec, disk: Option<&ScratchDisk>) -> Conta
         // Equal to memory: no swap, so the memory limit is real.
         memory_swap: Some(mb(spec.limits.memory_mb)),
         pids_limit: Some(spec.host_pids_limit),
-        network_mode: Some(
-            if spec.limits.network {
-                "bridge"
-            } else {
-                "none"
-            }
-            .into(),
-        ),
+        network_mode: Some(match (&spec.network, spec.limits.network) {
+            (_, false) => "none".into(),
+            (Some(network), true) => network.clone(),
+            (None, true) => "bridge".into(),
+        }),
+        sysctls: no_ipv6(spec),
         cap_drop: Some(vec!["ALL".into()]),
         cap_add: (!spec.cap_add.is_empty()).then(|| spec.cap_add.clone()),
         security_opt: Some(vec!["no-new-privileges".into()]),
         tmpfs: disk.is_none().then_some(tmpfs),
         mounts,
         readonly_rootfs: Some(disk.is_some()),
-        runtime: (!spec.runtime.is_empty()).then(|| spec.runtime.clone()),
+        runtime: spec.runtime.as_ref().map(|r| r.name().to_owned()),
         ulimits: guest_process_limit(spec),
         // Output reaches genesis through the attach stream; the engine's own
         // copy is kept tiny so a flood cannot fill its disk. (Not every
@@ -356,11 +383,26 @@ mod tests {
     fn spec_under(runtime: &str) -> SandboxSpec {
         let config = Config::from_layers("/nonexistent".into(), None, &Env::default()).unwrap();
         let mut policy = config.sandbox.clone();
-        policy.runtime = runtime.into();
+        policy.runtime = crate::config::Runtime::from(runtime);
         let limits = config.limits_for(RiskLevel::High);
-        SandboxBuilder::new("e", Role::Candidate, "img", limits)
-            .runtime(&policy)
-            .spec()
+        SandboxBuilder::from_policy(&policy, "e", Role::Candidate, "img", limits).spec()
+    }
+
+    #[test]
+    fn an_install_on_a_named_network_joins_it_without_ipv6() {
+        let mut spec = spec_under("runc");
+        spec.limits.network = true;
+        spec.network = Some("genesis-install".into());
+        let host = container_config(&spec, None).host_config.unwrap();
+        assert_eq!(host.network_mode.as_deref(), Some("genesis-install"));
+        let sysctls = host.sysctls.unwrap();
+        assert_eq!(sysctls["net.ipv6.conf.all.disable_ipv6"], "1");
+        assert_eq!(sysctls["net.ipv6.conf.default.disable_ipv6"], "1");
+        // Network off wins over a named network.
+        spec.limits.network = false;
+        let host = container_config(&spec, None).host_config.unwrap();
+        assert_eq!(host.network_mode.as_deref(), Some("none"));
+        assert_eq!(host.sysctls, None);
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub(super) async fn start(
     let probes = Arc::new(Probes {
         runner: runner.clone(),
         nats: nats.clone(),
-        ready_timeout: Duration::from_millis(http.ready_timeout_ms),
+        ready_timeout: http.ready_timeout,
     });
     let disk = tokio::spawn(measure_home_disk(runner.clone()));
     Ok(Some(tokio::spawn(async move {
@@ -66,7 +66,11 @@ pub(super) async fn start(
 
 /// `genesis_home_disk_bytes`, measured now and then every `disk_interval_ms`.
 async fn measure_home_disk(runner: Arc<Runner>) {
-    let every = Duration::from_millis(runner.config.http.disk_interval_ms.max(1));
+    let every = runner
+        .config
+        .http
+        .disk_interval
+        .max(Duration::from_millis(1));
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;

@@ -11,7 +11,6 @@ use async_nats::jetstream;
 use async_nats::HeaderMap;
 use futures_util::StreamExt;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use super::*;
@@ -157,7 +156,7 @@ async fn try_request_consumer(service: &Service) -> Result<jetstream::consumer::
             jetstream::consumer::pull::Config {
                 durable_name: Some(nats.consumer.clone()),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_millis(nats.ack_wait_ms),
+                ack_wait: nats.ack_wait,
                 // The store counts runs a process died in and answers the
                 // experiment at this count; JetStream stops at the same.
                 max_deliver: i64::from(nats.max_deliver),
@@ -217,7 +216,7 @@ async fn pull_once(
     let pull = consumer
         .batch()
         .max_messages(1)
-        .expires(Duration::from_millis(nats.pull_expires_ms))
+        .expires(nats.pull_expires)
         .messages()
         .await;
     let mut batch = match pull {

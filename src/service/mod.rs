@@ -52,7 +52,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::Client;
@@ -164,10 +163,10 @@ pub async fn serve(config: Arc<Config>) -> Result<()> {
     }
     let _ = stop_tx.send(true);
     tasks.close();
-    let drain = Duration::from_millis(config.drain_timeout_ms);
+    let drain = config.drain_timeout;
     if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
         tracing::warn!(
-            drain_ms = config.drain_timeout_ms,
+            drain_ms = config.drain_timeout.as_millis(),
             "drain time over; stopping what still runs"
         );
         service.abort_in_flight().await;
@@ -441,7 +440,7 @@ impl Service {
     fn keepalive(&self, incoming: &Incoming) -> Option<tokio::task::JoinHandle<()>> {
         incoming.jetstream.as_ref().map(|msg| {
             let msg = msg.clone();
-            let every = Duration::from_millis(self.config.nats.progress_ack_ms);
+            let every = self.config.nats.progress_ack;
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 tick.tick().await;

@@ -5,7 +5,7 @@ use super::retry::Backoff;
 use crate::config::NatsConfig;
 use crate::contract::subjects::{self, TRACEPARENT};
 use crate::contract::Progress as ProgressDoc;
-use crate::contract::{ExperimentResult, Recommendation, Rejected, RollbackEvent};
+use crate::contract::{ExperimentResult, Reason, Recommendation, Rejected, RollbackEvent, Stage};
 use crate::errors::Result;
 use crate::runner::Progress;
 use crate::store::{Status, Store};
@@ -53,11 +53,11 @@ pub(super) struct NatsProgress {
 }
 
 impl Progress for NatsProgress {
-    fn stage(&self, experiment_id: &str, stage: &str, detail: &str) {
-        tracing::info!(experiment_id, stage, detail, "{stage}");
+    fn stage(&self, experiment_id: &str, stage: Stage, detail: &str) {
+        tracing::info!(experiment_id, stage = stage.as_str(), detail, "{stage}");
         let doc = ProgressDoc {
             experiment_id: experiment_id.to_owned(),
-            stage: stage.to_owned(),
+            stage,
             timestamp: chrono::Utc::now(),
         };
         let body = serde_json::to_vec(&doc).unwrap_or_default();
@@ -149,7 +149,7 @@ impl Service {
                 experiment_id: id.to_owned(),
                 reasons: match result {
                     ExperimentResult::Success(c) => c.reasons.clone(),
-                    ExperimentResult::Failed(f) => vec![f.error.clone()],
+                    ExperimentResult::Failed(f) => vec![Reason::unruled(f.error.clone())],
                 },
                 metrics: match result {
                     ExperimentResult::Success(c) => Some(c.metrics.clone()),

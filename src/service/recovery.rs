@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::contract::{ErrorKind, ExperimentResult};
 use crate::errors::Result;
-use crate::store::{Delivery, Status};
+use crate::store::{Delivery, SandboxOperation, Status};
 
 use super::*;
 
@@ -33,7 +33,13 @@ impl Service {
                 .runner
                 .store
                 .call(move |s| {
-                    s.add_history(&exp, "cleanup", &path, 0, "container reaped at start")
+                    s.add_history(
+                        &exp,
+                        SandboxOperation::Cleanup,
+                        &path,
+                        0,
+                        "container reaped at start",
+                    )
                 })
                 .await;
         }

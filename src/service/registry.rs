@@ -27,8 +27,6 @@
 //! Every call is retried through NATS outages, as publishing is. In core
 //! mode there is no registry: hosts share nothing but the queue group.
 
-use std::time::Duration;
-
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -233,7 +231,7 @@ impl Registry {
             // the entry is read again before the next one.
             match self.kv.watch(id).await {
                 Ok(mut watch) => {
-                    let limit = Duration::from_millis(self.config.nats.ack_wait_ms);
+                    let limit = self.config.nats.ack_wait;
                     while let Ok(Some(Ok(change))) = tokio::time::timeout(limit, watch.next()).await
                     {
                         let entry: Option<Entry> = serde_json::from_slice(&change.value).ok();

@@ -21,8 +21,8 @@ pub(super) struct Backoff {
 
 impl Backoff {
     pub(super) fn new(nats: &NatsConfig) -> Backoff {
-        let min = Duration::from_millis(nats.retry_min_ms.max(1));
-        let max = Duration::from_millis(nats.retry_max_ms).max(min);
+        let min = nats.retry_min.max(Duration::from_millis(1));
+        let max = nats.retry_max.max(min);
         Backoff {
             min,
             max,

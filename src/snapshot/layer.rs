@@ -186,7 +186,7 @@ pub(super) fn layer_dir(home: &Path, name: &str, owner: Owner, commit: Oid) -> P
 
 /// `GENESIS_HOME/layers`.
 pub fn layers_dir(home: &Path) -> PathBuf {
-    home.join("layers")
+    crate::home::Home::of(home).layers()
 }
 
 /// Writes the layer of `tree` (as `NAME/...`) at `dest` unless it is there,

@@ -126,7 +126,7 @@ pub struct RepoInput<'a> {
     /// `[limits.*] patch_mb` of the request's risk level, and that level's
     /// name for the error: what the patch may write once applied.
     pub patch_mb: u64,
-    pub risk_level: &'a str,
+    pub risk_level: crate::contract::RiskLevel,
 }
 
 /// Turns off libgit2's "repository owned by another user" refusal: genesis
@@ -310,7 +310,7 @@ impl Snapshotter {
     }
 
     fn mirror_commit(&self, name: &str, commit: &str) -> Result<(Repository, Oid)> {
-        let path = self.home.join("mirrors").join(format!("{name}.git"));
+        let path = crate::home::Home::of(&self.home).mirror(name);
         let mirror = Repository::open_bare(&path)
             .map_err(|e| GenesisError::git(format!("opening mirror {}", path.display()), e))?;
         let oid = Oid::from_str(commit)
@@ -340,7 +340,7 @@ impl Snapshotter {
     /// Opens (creating if needed) the bare mirror that borrows the source's objects.
     fn mirror(&self, name: &str, source: &Repository) -> Result<Repository> {
         let _guard = MIRROR_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-        let path = self.home.join("mirrors").join(format!("{name}.git"));
+        let path = crate::home::Home::of(&self.home).mirror(name);
         let mirror = if path.join("HEAD").exists() {
             Repository::open_bare(&path)
         } else {
@@ -378,13 +378,18 @@ impl Snapshotter {
 
     /// Writes (once) the tarball of a commit's tree and returns its path.
     fn tarball(&self, repo: &Repository, name: &str, commit: Oid) -> Result<PathBuf> {
-        let dir = self.home.join("snapshots");
+        let dir = crate::home::Home::of(&self.home).snapshots();
         fs::create_dir_all(&dir).map_err(|e| GenesisError::io("creating snapshots dir", e))?;
         // The name goes into the tar's paths and the owner into its headers,
         // so both are part of the cache key.
         let key = cache_key(name, self.owner, None);
         let tarball = dir.join(format!("{commit}-{key}.tar.gz"));
         if tarball.exists() {
+            // A use refreshes the mtime: the cleanup job's disk budget
+            // removes the least recently used tarballs first, and none used
+            // within `[cleanup] budget_grace_minutes`.
+            let now = fs::FileTimes::new().set_modified(std::time::SystemTime::now());
+            let _ = fs::File::open(&tarball).and_then(|f| f.set_times(now));
             return Ok(tarball);
         }
         let commit_obj = repo

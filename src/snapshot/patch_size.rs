@@ -15,7 +15,11 @@ use std::io::Read;
 use crate::errors::{GenesisError, Result};
 
 /// Refuses a patch whose files would hold more than `limit_mb` once applied.
-pub fn check_patch_size(patch: &str, limit_mb: u64, level: &str) -> Result<()> {
+pub fn check_patch_size(
+    patch: &str,
+    limit_mb: u64,
+    level: crate::contract::RiskLevel,
+) -> Result<()> {
     let budget = limit_mb.saturating_mul(1024 * 1024);
     let written = bytes_written(patch, budget)?;
     if written <= budget {
@@ -142,12 +146,12 @@ mod tests {
         let patch = binary_patch(3 * 1024 * 1024);
         assert!(patch.len() < 20_000, "{} bytes of patch", patch.len());
         assert_eq!(bytes_written(&patch, 10 << 20).unwrap(), 3 * 1024 * 1024);
-        let err = check_patch_size(&patch, 2, "high").unwrap_err();
+        let err = check_patch_size(&patch, 2, crate::contract::RiskLevel::High).unwrap_err();
         assert!(
             err.to_string().contains("[limits.high] patch_mb (2)"),
             "{err}"
         );
-        check_patch_size(&patch, 3, "high").unwrap();
+        check_patch_size(&patch, 3, crate::contract::RiskLevel::High).unwrap();
     }
 
     #[test]

@@ -97,7 +97,7 @@ pub fn damaged(path: &Path, problem: &str) -> GenesisError {
              the experiments it held can be reloaded from earlier exports (`genesis export` files) \
              and their sandboxes from the archives in {}",
             path.display(),
-            home_of(path).join("archives").display()
+            crate::home::Home::of(home_of(path)).archives().display()
         ),
     }
 }

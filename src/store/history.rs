@@ -20,7 +20,7 @@ impl Store {
     pub fn add_history(
         &self,
         experiment_id: &str,
-        operation: &str,
+        operation: SandboxOperation,
         path: &str,
         size_bytes: u64,
         detail: &str,
@@ -39,7 +39,7 @@ impl Store {
                 id,
                 host: self.host.to_string(),
                 experiment_id: experiment_id.into(),
-                operation: operation.into(),
+                operation,
                 path: path.into(),
                 size_bytes,
                 detail: detail.into(),

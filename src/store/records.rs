@@ -7,8 +7,12 @@
 //! its own host on rows that name none, both when writing them and when
 //! reading rows written before hosts were recorded (schema version 1).
 
-use crate::contract::{BaselineSummary, ExperimentResult, LlmSummary, Metrics, Request};
+use crate::contract::{
+    by_name, BaselineSummary, ErrorKind, ExperimentResult, LlmSummary, Metrics, Named,
+    Recommendation, Request, RiskLevel,
+};
 use crate::errors::{GenesisError, Result};
+use crate::results::Outcome;
 use serde::{Deserialize, Serialize};
 
 /// Lifecycle of an experiment in the store.
@@ -57,7 +61,8 @@ pub struct ExperimentRecord {
     pub instance_id: String,
     pub experiment_type: String,
     pub description: String,
-    pub risk_level: String,
+    #[serde(with = "by_name")]
+    pub risk_level: RiskLevel,
     pub estimated_impact: f64,
     /// The request's `changes` object as JSON (exported as jsonb).
     pub changes_json: String,
@@ -68,9 +73,11 @@ pub struct ExperimentRecord {
     /// Digest of the request, to tell duplicates from conflicting reuse of an id.
     pub fingerprint: String,
     pub status: Status,
-    pub recommendation: Option<String>,
+    #[serde(with = "by_name::option")]
+    pub recommendation: Option<Recommendation>,
     pub error: Option<String>,
-    pub error_kind: Option<String>,
+    #[serde(with = "by_name::option")]
+    pub error_kind: Option<ErrorKind>,
     /// The published result document, exactly as sent.
     pub result_json: Option<String>,
     /// Which process runs it (`host:pid`); recovery uses it.
@@ -97,7 +104,7 @@ impl ExperimentRecord {
             instance_id: request.instance_id.clone(),
             experiment_type: request.experiment_type.clone(),
             description: request.description.clone(),
-            risk_level: request.risk_level.as_str().into(),
+            risk_level: request.risk_level,
             estimated_impact: request.estimated_impact,
             changes_json: serde_json::to_string(&request.changes).expect("changes serialize"),
             rollback_plan: request.rollback_plan.clone(),
@@ -183,9 +190,73 @@ impl From<&BaselineSummary> for BaselineFigures {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct TestOutcomes {
     /// (test id, outcome) of the baseline run.
-    pub baseline: Vec<(String, String)>,
+    #[serde(with = "by_name::pairs")]
+    pub baseline: Vec<(String, Outcome)>,
     /// (test id, outcome) of the candidate run.
-    pub candidate: Vec<(String, String)>,
+    #[serde(with = "by_name::pairs")]
+    pub candidate: Vec<(String, Outcome)>,
+}
+
+/// What happened to a sandbox (the `operation` of [`SandboxEvent`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SandboxOperation {
+    /// A run's container was created.
+    Create,
+    /// A container was removed (after its run, or reaped).
+    Cleanup,
+    /// The sandbox was packed into an archive.
+    Archive,
+    /// The sandbox was exported (`genesis sandbox export`).
+    Export,
+    /// An archive or export was checked against its MANIFEST.
+    Verify,
+    /// A sandbox directory or an archive was removed.
+    Delete,
+}
+
+impl Named for SandboxOperation {
+    const ALL: &'static [Self] = &[
+        SandboxOperation::Create,
+        SandboxOperation::Cleanup,
+        SandboxOperation::Archive,
+        SandboxOperation::Export,
+        SandboxOperation::Verify,
+        SandboxOperation::Delete,
+    ];
+    fn as_str(self) -> &'static str {
+        SandboxOperation::as_str(self)
+    }
+}
+
+impl SandboxOperation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxOperation::Create => "create",
+            SandboxOperation::Cleanup => "cleanup",
+            SandboxOperation::Archive => "archive",
+            SandboxOperation::Export => "export",
+            SandboxOperation::Verify => "verify",
+            SandboxOperation::Delete => "delete",
+        }
+    }
+}
+
+impl std::fmt::Display for SandboxOperation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for SandboxOperation {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        by_name::serialize(self, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SandboxOperation {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        by_name::deserialize(d)
+    }
 }
 
 /// What happened to a sandbox on disk or in Docker (export table `sandbox_history`).
@@ -196,8 +267,7 @@ pub struct SandboxEvent {
     /// The host whose sandbox it was: the store's own.
     pub host: String,
     pub experiment_id: String,
-    /// create, cleanup, archive, export, verify, delete
-    pub operation: String,
+    pub operation: SandboxOperation,
     pub path: String,
     pub size_bytes: u64,
     /// Free-form detail, e.g. the container id or why a verify failed.
@@ -246,10 +316,15 @@ impl Row for SandboxEvent {
 
 /// The rows as schema version 1 stored them: field for field the current
 /// types without `host`. Never change these; they describe bytes on disk.
+/// Their names were written from the enums, so each parses; a row that
+/// somehow holds another is read with the most cautious value (risk
+/// `high`, no recommendation or error kind, operation `cleanup`).
 pub mod v1 {
     use serde::{Deserialize, Serialize};
 
-    use super::{BaselineFigures, Status};
+    use super::{
+        BaselineFigures, ErrorKind, Named, Recommendation, RiskLevel, SandboxOperation, Status,
+    };
     use crate::contract::Metrics;
 
     #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -283,7 +358,7 @@ pub mod v1 {
                 instance_id: r.instance_id,
                 experiment_type: r.experiment_type,
                 description: r.description,
-                risk_level: r.risk_level,
+                risk_level: RiskLevel::from_name(&r.risk_level).unwrap_or(RiskLevel::High),
                 estimated_impact: r.estimated_impact,
                 changes_json: r.changes_json,
                 rollback_plan: r.rollback_plan,
@@ -291,9 +366,12 @@ pub mod v1 {
                 request_json: r.request_json,
                 fingerprint: r.fingerprint,
                 status: r.status,
-                recommendation: r.recommendation,
+                recommendation: r
+                    .recommendation
+                    .as_deref()
+                    .and_then(Recommendation::from_name),
                 error: r.error,
-                error_kind: r.error_kind,
+                error_kind: r.error_kind.as_deref().and_then(ErrorKind::from_name),
                 result_json: r.result_json,
                 owner: r.owner,
                 host: String::new(),
@@ -346,7 +424,8 @@ pub mod v1 {
                 id: e.id,
                 host: String::new(),
                 experiment_id: e.experiment_id,
-                operation: e.operation,
+                operation: SandboxOperation::from_name(&e.operation)
+                    .unwrap_or(SandboxOperation::Cleanup),
                 path: e.path,
                 size_bytes: e.size_bytes,
                 detail: e.detail,

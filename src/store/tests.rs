@@ -86,9 +86,15 @@ fn list_is_newest_first_and_filters() {
 #[test]
 fn history_rows_get_increasing_ids() {
     let (_dir, store) = open();
-    let a = store.add_history("e", "create", "/p", 1, "").unwrap();
-    let b = store.add_history("e", "delete", "/p", 0, "").unwrap();
-    store.add_history("other", "create", "/q", 0, "").unwrap();
+    let a = store
+        .add_history("e", SandboxOperation::Create, "/p", 1, "")
+        .unwrap();
+    let b = store
+        .add_history("e", SandboxOperation::Delete, "/p", 0, "")
+        .unwrap();
+    store
+        .add_history("other", SandboxOperation::Create, "/q", 0, "")
+        .unwrap();
     assert!(b > a);
     let ops: Vec<_> = store
         .history("e")
@@ -96,7 +102,7 @@ fn history_rows_get_increasing_ids() {
         .into_iter()
         .map(|e| e.operation)
         .collect();
-    assert_eq!(ops, ["create", "delete"]);
+    assert_eq!(ops, [SandboxOperation::Create, SandboxOperation::Delete]);
 }
 
 #[test]
@@ -171,7 +177,7 @@ fn rows_written_before_hosts_read_back_with_the_stores_host() {
         id: 7,
         host: String::new(),
         experiment_id: "old".into(),
-        operation: "create".into(),
+        operation: SandboxOperation::Create,
         path: "/p".into(),
         size_bytes: 1,
         detail: String::new(),
@@ -245,7 +251,9 @@ fn new_rows_carry_the_stores_host_unless_they_name_one() {
     let mut theirs = ExperimentRecord::new(&request("theirs"), Status::Queued, "h:1", 2);
     theirs.host = "host-b".into();
     store.insert_new(&theirs).unwrap();
-    store.add_history("mine", "create", "/p", 0, "").unwrap();
+    store
+        .add_history("mine", SandboxOperation::Create, "/p", 0, "")
+        .unwrap();
     assert_eq!(store.get("mine").unwrap().unwrap().host, "host-a");
     assert_eq!(store.get("theirs").unwrap().unwrap().host, "host-b");
     assert_eq!(store.history("mine").unwrap()[0].host, "host-a");

@@ -225,9 +225,8 @@ pub fn run_script_on(
             .unwrap(),
             None => genesis::sandbox::connect().await.unwrap(),
         };
-        let sandbox = SandboxBuilder::new(name, Role::Candidate, image, limits)
+        let sandbox = SandboxBuilder::from_policy(&policy, name, Role::Candidate, image, limits)
             .home_label(&label)
-            .runtime(&policy)
             .disk(dir.path().join("scratch"), limits.disk_mb, owner)
             .command("app", "", script)
             .create(&docker)
@@ -304,7 +303,7 @@ pub fn probe_limits(disk_mb: u64) -> genesis::config::Limits {
         cpus: 0.5,
         memory_mb: 128,
         pids: 50,
-        timeout_ms: 30_000,
+        timeout: std::time::Duration::from_secs(30),
         network: false,
         install_changes: true,
         disk_mb,

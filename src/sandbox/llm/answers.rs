@@ -6,7 +6,7 @@
 use serde::Deserialize;
 
 /// Answers by substring of the last user message; first match wins.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Answers {
     rules: Vec<(String, String)>,
     fallback: String,

@@ -95,10 +95,10 @@ impl LlmRecord {
     }
 }
 
-/// Why a run under `runtime` cannot have an endpoint, if it cannot: the
-/// same words in a result's `llm.unavailable` and in `genesis doctor`.
-pub fn unavailable_reason(runtime: &str, engine_is_local: bool) -> Option<&'static str> {
-    if runtime == "runsc" {
+/// Why a run cannot have an endpoint, if it cannot: the same words in a
+/// result's `llm.unavailable` and in `genesis doctor`.
+pub fn unavailable_reason(under_gvisor: bool, engine_is_local: bool) -> Option<&'static str> {
+    if under_gvisor {
         return Some(
             "under runsc the sandbox's loopback is gVisor's own network stack, \
              which a socket of the host cannot join",
@@ -135,7 +135,7 @@ impl RunEndpoint {
     /// and before the suite's exec exists.
     pub fn start(
         setup: Option<&LlmSetup>,
-        runtime: &str,
+        under_gvisor: bool,
         container_id: &str,
         pid: Option<i64>,
     ) -> RunEndpoint {
@@ -145,7 +145,7 @@ impl RunEndpoint {
                 unavailable: None,
             };
         };
-        match serve_in_sandbox(setup, runtime, container_id, pid) {
+        match serve_in_sandbox(setup, under_gvisor, container_id, pid) {
             Ok(endpoint) => RunEndpoint {
                 serving: Some((endpoint, setup.policy.port)),
                 unavailable: None,
@@ -178,11 +178,11 @@ impl RunEndpoint {
 /// Binds and serves, or says why it cannot.
 fn serve_in_sandbox(
     setup: &LlmSetup,
-    runtime: &str,
+    under_gvisor: bool,
     container_id: &str,
     pid: Option<i64>,
 ) -> Result<LlmEndpoint, String> {
-    if let Some(reason) = unavailable_reason(runtime, pid.is_some()) {
+    if let Some(reason) = unavailable_reason(under_gvisor, pid.is_some()) {
         return Err(reason.into());
     }
     let pid = pid.ok_or("the container's process could not be found on this host")?;
@@ -284,7 +284,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     let policy = &shared.setup.policy;
     let slots = Arc::new(tokio::sync::Semaphore::new(policy.max_connections.max(1)));
-    let header_timeout = Duration::from_millis(policy.header_timeout_ms);
+    let header_timeout = policy.header_timeout;
     let mut connections = JoinSet::new();
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -443,12 +443,9 @@ mod tests {
 
     #[test]
     fn only_runc_on_a_local_engine_has_an_endpoint() {
-        assert_eq!(unavailable_reason("runc", true), None);
-        assert_eq!(unavailable_reason("", true), None);
-        assert!(unavailable_reason("runsc", true)
-            .unwrap()
-            .contains("gVisor"));
-        assert!(unavailable_reason("runc", false)
+        assert_eq!(unavailable_reason(false, true), None);
+        assert!(unavailable_reason(true, true).unwrap().contains("gVisor"));
+        assert!(unavailable_reason(false, false)
             .unwrap()
             .contains("DOCKER_HOST"));
     }
