@@ -466,12 +466,12 @@ async fn disk_cap(config: &Config) -> Check {
     }
     let root =
         crate::runner::scratch_dir(&config.home).join(format!("doctor-{}", std::process::id()));
-    let owner = crate::snapshot::Owner::parse(&config.sandbox.user);
+    let owner = config.sandbox.user;
     // With layers, an overlay (over an empty lower) is mounted on it too.
     let layers = config.sandbox.layers;
     let made = tokio::task::spawn_blocking(move || {
         let layered = layers.then(crate::sandbox::LayeredWorkspace::default);
-        let disk = crate::sandbox::ScratchDisk::create(&root, 16, owner?, layered.as_ref())?;
+        let disk = crate::sandbox::ScratchDisk::create(&root, 16, owner, layered.as_ref())?;
         disk.release()
     })
     .await;

@@ -7,13 +7,10 @@ use std::path::{Path, PathBuf};
 
 use crate::analysis::{Analyzer, FileAnalysis, Report};
 use crate::config::Config;
-use crate::errors::{GenesisError, Result};
+use crate::errors::Result;
 
 pub fn run(config: &Config, paths: &[PathBuf], json: bool) -> Result<i32> {
-    let analyzer = Analyzer::new(config.llm_shapes.clone()).map_err(|e| GenesisError::Config {
-        file: PathBuf::from("llm_patterns"),
-        message: e.to_string(),
-    })?;
+    let analyzer = &config.llm_analyzer;
     let mut files = Vec::new();
     let mut failed = false;
     for path in paths {

@@ -403,9 +403,7 @@ fn read_request(file: &str) -> Result<Vec<u8>> {
     } else {
         std::fs::File::open(file)
             .and_then(|f| f.take(limit).read_to_end(&mut body))
-            .map_err(|e| {
-                GenesisError::InvalidRequest(format!("cannot read request file {file}: {e}"))
-            })?;
+            .map_err(|e| GenesisError::Usage(format!("cannot read request file {file}: {e}")))?;
     }
     Ok(body)
 }
@@ -421,9 +419,7 @@ async fn export(
         None => None,
         Some(s) => Some(
             chrono::DateTime::parse_from_rfc3339(s)
-                .map_err(|e| {
-                    GenesisError::InvalidRequest(format!("--since {s:?} is not RFC 3339: {e}"))
-                })?
+                .map_err(|e| GenesisError::Usage(format!("--since {s:?} is not RFC 3339: {e}")))?
                 .timestamp_millis(),
         ),
     };
@@ -443,7 +439,7 @@ async fn export(
                 crate::export::write_sql(s, f, since_ms)
             }
             (ExportFormat::Csv, Some(dir)) => crate::export::write_csv(s, &dir, since_ms),
-            (ExportFormat::Csv, None) => Err(GenesisError::InvalidRequest(
+            (ExportFormat::Csv, None) => Err(GenesisError::Usage(
                 "--format csv needs --output DIR".into(),
             )),
         })
@@ -467,7 +463,7 @@ async fn build_images(
         .filter(|(n, _)| name.is_none_or(|want| want == n))
         .collect();
     if chosen.is_empty() {
-        return Err(GenesisError::InvalidRequest(format!(
+        return Err(GenesisError::Usage(format!(
             "no image named {:?} (known: {})",
             name.unwrap_or(""),
             defs.iter()
@@ -477,7 +473,7 @@ async fn build_images(
         )));
     }
     let docker = crate::sandbox::connect().await?;
-    let owner = crate::snapshot::Owner::parse(&config.sandbox.user)?;
+    let owner = config.sandbox.user;
     for (n, def) in chosen {
         if !force && crate::images::exists(&docker, &def.tag).await {
             eprintln!(

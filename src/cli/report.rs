@@ -16,7 +16,7 @@ pub(super) async fn run(
     output: Option<&Path>,
 ) -> Result<i32> {
     if id.is_some() && days.is_some() {
-        return Err(GenesisError::InvalidRequest(
+        return Err(GenesisError::Usage(
             "--days goes with --trends, not with an experiment id".into(),
         ));
     }

@@ -59,7 +59,7 @@ pub(super) async fn list(
     let status = match status {
         None => None,
         Some(s) => Some(Status::parse(s).ok_or_else(|| {
-            GenesisError::InvalidRequest(format!(
+            GenesisError::Usage(format!(
                 "--status {s:?}: expected queued, running, completed or failed"
             ))
         })?),

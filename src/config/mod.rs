@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -22,6 +23,8 @@ pub mod host;
 mod millis;
 mod nats_keys;
 pub mod net_allow;
+mod owner;
+pub use owner::Owner;
 pub mod schedule;
 mod sections;
 pub use sections::*;
@@ -188,9 +191,10 @@ pub struct Config {
     pub http: HttpPolicy,
     /// `[llm]`: the LLM endpoint of every test run (contract §2b).
     pub llm: LlmPolicy,
-    /// LLM call shapes per language (`policies/llm_patterns.toml`, or the
-    /// file named by `llm_patterns`), validated on load.
-    pub llm_shapes: Shapes,
+    /// The analyzer of LLM call shapes per language
+    /// (`policies/llm_patterns.toml`, or the file named by `llm_patterns`),
+    /// compiled once on load and shared.
+    pub llm_analyzer: Arc<Analyzer>,
 }
 
 /// Environment a config is resolved in; a struct so tests need not touch the
@@ -303,7 +307,7 @@ impl Config {
                 repo.path = base_dir.join(&repo.path);
             }
         }
-        let llm_shapes = load_llm_shapes(parsed.llm_patterns.as_deref(), base_dir)?;
+        let llm_analyzer = load_llm_analyzer(parsed.llm_patterns.as_deref(), base_dir)?;
         Ok(Config {
             policy: parsed.policy,
             home: Home::new(home),
@@ -334,7 +338,7 @@ impl Config {
             framework: parsed.framework,
             http: parsed.http,
             llm: parsed.llm,
-            llm_shapes,
+            llm_analyzer,
         })
     }
 
@@ -515,7 +519,7 @@ fn named_policy(name: &str, config_file: Option<&Path>) -> Result<(PathBuf, Stri
 
 /// The built-in shapes, or the user's policy file (relative to the config
 /// file); either way compiled once here so a bad shape is refused at load.
-fn load_llm_shapes(path: Option<&Path>, base_dir: &Path) -> Result<Shapes> {
+fn load_llm_analyzer(path: Option<&Path>, base_dir: &Path) -> Result<Arc<Analyzer>> {
     let (file, shapes) = match path {
         Some(p) => {
             let p = base_dir.join(p);
@@ -530,11 +534,11 @@ fn load_llm_shapes(path: Option<&Path>, base_dir: &Path) -> Result<Shapes> {
             Shapes::builtin(),
         ),
     };
-    Analyzer::new(shapes.clone()).map_err(|e| GenesisError::Config {
+    let analyzer = Analyzer::new(shapes).map_err(|e| GenesisError::Config {
         file,
         message: e.to_string(),
     })?;
-    Ok(shapes)
+    Ok(Arc::new(analyzer))
 }
 
 /// Deep merge: tables merge key by key, anything else is replaced.

@@ -284,7 +284,8 @@ pub struct JobsPolicy {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxPolicy {
-    pub user: String,
+    /// `uid:gid` of the sandbox user.
+    pub user: super::Owner,
     pub log_cap_bytes: u64,
     pub tmp_mb: u64,
     pub out_cap_bytes: u64,

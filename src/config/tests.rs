@@ -84,6 +84,17 @@ fn errors_name_file_key_and_expectation() {
     assert!(err.contains("repos.app.coverage"), "{err}");
     let ok = load(&format!("{repo}coverage = \"lcov:lcov.info\"\n")).unwrap();
     assert!(ok.repos["app"].coverage.is_some());
+
+    // The sandbox user is parsed with the file too, so its error names it.
+    let err = load("[sandbox]\nuser = \"genesis\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("/etc/genesis.toml")
+            && err.contains("sandbox.user")
+            && err.contains("uid:gid"),
+        "{err}"
+    );
 }
 
 #[test]

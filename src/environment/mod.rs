@@ -204,7 +204,7 @@ impl Environments {
             self.docker
                 .inspect_image(&repo.image)
                 .await
-                .map_err(|e| GenesisError::image(&repo.image, e))
+                .map_err(|e| GenesisError::image(format!("looking up image {}", repo.image), e))
         };
         let base = crate::sandbox::within(limit, "looking up the image", inspect).await?;
         Ok(environment_key(

@@ -29,7 +29,7 @@ async fn connect_briefly(config: &Config) -> Result<async_nats::Client> {
 pub async fn run_now(config: Arc<Config>, name: &str) -> Result<i32> {
     let job = Job::parse(name).ok_or_else(|| {
         let known: Vec<&str> = Job::ALL.iter().map(|j| j.name()).collect();
-        GenesisError::InvalidRequest(format!(
+        GenesisError::Usage(format!(
             "unknown job {name:?}; known jobs: {}",
             known.join(", ")
         ))

@@ -127,7 +127,7 @@ fn export_blocking(
         return Ok((Exported::Done(summary), Some(report)));
     }
     if fs::symlink_metadata(&live).is_err() {
-        return Err(GenesisError::InvalidRequest(format!(
+        return Err(GenesisError::Usage(format!(
             "experiment {id} has no sandbox to export: neither {} nor {} exists (see `genesis show {id}` for its history)",
             live.display(),
             archive.display()

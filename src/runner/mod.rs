@@ -155,12 +155,8 @@ impl Runner {
 
     pub fn with_docker(config: Arc<Config>, store: Store, docker: Docker) -> Result<Runner> {
         crate::snapshot::allow_foreign_owners();
-        let owner = Owner::parse(&config.sandbox.user)?;
-        let analyzer =
-            Analyzer::new(config.llm_shapes.clone()).map_err(|e| GenesisError::Config {
-                file: PathBuf::from("llm_patterns"),
-                message: e.to_string(),
-            })?;
+        let owner = config.sandbox.user;
+        let analyzer = config.llm_analyzer.clone();
         Ok(Runner {
             snapshotter: Snapshotter::new(&config.home, owner),
             environments: Environments::new(
@@ -175,7 +171,7 @@ impl Runner {
             config,
             store,
             docker,
-            analyzer: Arc::new(analyzer),
+            analyzer,
             analysis_peer: std::sync::OnceLock::new(),
             owner,
             baselines: Mutex::new(HashMap::new()),

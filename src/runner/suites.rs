@@ -71,7 +71,9 @@ impl Runner {
             self.docker
                 .inspect_image(&plan.base_image)
                 .await
-                .map_err(|e| GenesisError::image(&plan.base_image, e))
+                .map_err(|e| {
+                    GenesisError::image(format!("looking up image {}", plan.base_image), e)
+                })
         };
         let image = sandbox::within(limit, "looking up the image", inspect).await?;
         let commits: Vec<_> = plan
@@ -90,7 +92,7 @@ impl Runner {
             test_command: &'a str,
             limits: &'a crate::config::Limits,
             report: String,
-            user: &'a str,
+            user: &'a crate::config::Owner,
             /// The endpoint's policy and answers decide what the suite is told.
             llm: Option<(
                 &'a crate::config::LlmPolicy,

@@ -1,6 +1,7 @@
 //! One container's life: create, upload, start, exec the suite, collect
 //! outputs and resources, kill, remove (also on drop).
 
+use crate::errors::engine::{classify, EngineFailure};
 use crate::errors::{GenesisError, Result};
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
@@ -88,30 +89,20 @@ impl Sandbox {
         let create = docker.create_container(Some(options), container_config(&spec, disk.as_ref()));
         let created = match tokio::time::timeout(limit, create).await {
             Ok(Ok(created)) => created,
-            Ok(Err(
-                e @ DockerError::DockerResponseServerError {
-                    status_code: 404, ..
-                },
-            )) => {
-                return Err(GenesisError::sandbox(
-                    format!("creating a container from image {}", spec.image),
-                    format!("{e} (build it with `genesis images build`)"),
-                ))
-            }
             Ok(Err(e)) => {
-                return Err(GenesisError::docker(
-                    format!("creating a container from {}", spec.image),
+                return Err(GenesisError::image(
+                    format!("creating a container from image {}", spec.image),
                     e,
                 ))
             }
             Err(_) => {
-                return Err(GenesisError::Infrastructure {
-                    context: format!("creating a container from {}", spec.image),
-                    message: format!(
+                return Err(GenesisError::infrastructure(
+                    format!("creating a container from {}", spec.image),
+                    format!(
                         "no answer within {} ms ([sandbox] docker_timeout_ms)",
                         limit.as_millis()
                     ),
-                })
+                ))
             }
         };
         Ok(Sandbox {
@@ -403,9 +394,7 @@ impl Sandbox {
         {
             Ok(()) => Ok(()),
             // Already stopped between the timeout and the kill: fine.
-            Err(DockerError::DockerResponseServerError {
-                status_code: 409, ..
-            }) => Ok(()),
+            Err(e) if classify(&e) == EngineFailure::Conflict => Ok(()),
             Err(e) => Err(GenesisError::docker(format!("killing {}", self.name), e)),
         }?;
         // Wait until the engine reports it stopped, so stats and logs end.
@@ -431,9 +420,9 @@ impl Sandbox {
         if state.running.unwrap_or(false) || state.oom_killed.unwrap_or(false) {
             return Ok(());
         }
-        Err(GenesisError::Infrastructure {
-            context: format!("running the suite in {}", self.name),
-            message: format!(
+        Err(GenesisError::infrastructure(
+            format!("running the suite in {}", self.name),
+            format!(
                 "the container stopped under the suite (exit {}, {})",
                 state.exit_code.unwrap_or(-1),
                 state
@@ -441,7 +430,7 @@ impl Sandbox {
                     .filter(|e| !e.is_empty())
                     .unwrap_or_else(|| "no engine error".into())
             ),
-        })
+        ))
     }
 
     /// Whether the engine saw the kernel's OOM killer act in the container.
@@ -473,9 +462,7 @@ impl Sandbox {
         while let Some(chunk) = stream.next().await {
             let chunk = match chunk {
                 Ok(c) => c,
-                Err(DockerError::DockerResponseServerError {
-                    status_code: 404, ..
-                }) => return Ok(Vec::new()),
+                Err(e) if classify(&e).is_absent() => return Ok(Vec::new()),
                 Err(e) => {
                     return Err(GenesisError::docker(
                         format!("downloading /genesis/out of {}", self.name),

@@ -42,10 +42,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use bollard::errors::Error as DockerError;
 use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions};
 use bollard::Docker;
 
+use crate::errors::engine::classify;
 use crate::errors::{GenesisError, Result};
 
 mod cgroup;
@@ -118,13 +118,13 @@ pub(crate) async fn within<T>(
     fut: impl std::future::Future<Output = Result<T>>,
 ) -> Result<T> {
     tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
-        Err(GenesisError::Infrastructure {
-            context: what.to_string(),
-            message: format!(
+        Err(GenesisError::infrastructure(
+            what.to_string(),
+            format!(
                 "no answer from the Docker engine within {} ms ([sandbox] docker_timeout_ms)",
                 limit.as_millis()
             ),
-        })
+        ))
     })
 }
 
@@ -136,9 +136,7 @@ pub async fn remove_container(docker: &Docker, id: &str) -> Result<()> {
     };
     match docker.remove_container(id, Some(options)).await {
         Ok(()) => Ok(()),
-        Err(DockerError::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Ok(()),
+        Err(e) if classify(&e).is_absent() => Ok(()),
         Err(e) => Err(GenesisError::docker(format!("removing container {id}"), e)),
     }
 }

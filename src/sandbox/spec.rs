@@ -160,7 +160,7 @@ impl SandboxBuilder {
                 experiment_id: experiment_id.into(),
                 role,
                 image: image.into(),
-                user: policy.user.clone(),
+                user: policy.user.to_string(),
                 limits,
                 tmp_mb: policy.tmp_mb,
                 repo: String::new(),

@@ -52,27 +52,8 @@ const MODE_EXEC: i32 = 0o100755;
 /// handles object writes safely, but two threads initialising one mirror would race.
 static MIRROR_LOCK: Mutex<()> = Mutex::new(());
 
-/// Owner of every file in a snapshot: the sandbox user, so tests can write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Owner {
-    pub uid: u64,
-    pub gid: u64,
-}
-
-impl Owner {
-    /// Parses `uid:gid` (the `[sandbox] user` key).
-    pub fn parse(text: &str) -> Result<Owner> {
-        let bad = || GenesisError::Config {
-            file: PathBuf::from("[sandbox] user"),
-            message: format!("expected numeric uid:gid, got {text:?}"),
-        };
-        let (uid, gid) = text.split_once(':').ok_or_else(bad)?;
-        Ok(Owner {
-            uid: uid.parse().map_err(|_| bad())?,
-            gid: gid.parse().map_err(|_| bad())?,
-        })
-    }
-}
+/// The sandbox user, parsed with the config (`[sandbox] user`).
+pub use crate::config::Owner;
 
 /// One tree, in the form its runs take it: a tarball to upload, a layer
 /// to mount (see `layer.rs`), or neither (a layered candidate, which is its

@@ -34,9 +34,3 @@ fn declared_files_must_match() {
         .to_string();
     assert!(err.contains("b") && err.contains("c"), "{err}");
 }
-
-#[test]
-fn owner_parses() {
-    assert_eq!(Owner::parse("10:20").unwrap(), Owner { uid: 10, gid: 20 });
-    assert!(Owner::parse("genesis").is_err());
-}

@@ -43,7 +43,7 @@ pub fn home_full_or(err: GenesisError, home: &Path) -> GenesisError {
     };
     match err {
         GenesisError::Io { context, source } if is_no_space(&source) => full(context),
-        GenesisError::Git { context, message } if message.contains(NO_SPACE_TEXT) => {
+        GenesisError::Git { context, cause } if cause.message().contains(NO_SPACE_TEXT) => {
             full(format!("git: {context}"))
         }
         GenesisError::PatchFailed(message) if message.contains(NO_SPACE_TEXT) => {
@@ -66,7 +66,7 @@ pub(super) fn store_error(path: &Path, e: impl Into<redb::Error>) -> GenesisErro
         redb::Error::Io(io) if is_damage(io) => damaged(path, &io.to_string()),
         _ => GenesisError::Store {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            cause: Box::new(e),
         },
     }
 }
@@ -177,7 +177,10 @@ mod tests {
             home_full_or(other, Path::new("/h")),
             GenesisError::Io { .. }
         ));
-        let git = GenesisError::git("writing an object", "failed: No space left on device");
+        let git = GenesisError::git(
+            "writing an object",
+            git2::Error::from_str("failed: No space left on device"),
+        );
         assert!(matches!(
             home_full_or(git, Path::new("/h")),
             GenesisError::HomeFull { .. }

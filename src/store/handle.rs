@@ -56,9 +56,8 @@ impl Handle {
             self.reopen();
         }
         let slot = self.db.read().unwrap_or_else(|p| p.into_inner());
-        slot.clone().ok_or_else(|| GenesisError::Store {
+        slot.clone().ok_or_else(|| GenesisError::StoreReopening {
             path: self.path.clone(),
-            message: "a write failed earlier (a full disk?) and the store could not be opened again yet; retry".into(),
         })
     }
 

@@ -286,11 +286,10 @@ impl Store {
                         .map_err(|e| self.err(e))?;
                 }
                 Some(v) if v > u64::from(SCHEMA_VERSION) => {
-                    return Err(GenesisError::Store {
+                    return Err(GenesisError::StoreTooNew {
                         path: self.path.clone(),
-                        message: format!(
-                        "written by a newer genesis (schema {v}, this one reads {SCHEMA_VERSION})"
-                    ),
+                        schema: v,
+                        reads: u64::from(SCHEMA_VERSION),
                     })
                 }
                 // This genesis writes the current version from now on: an

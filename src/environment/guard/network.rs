@@ -10,9 +10,10 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
-use bollard::errors::Error as DockerError;
 use bollard::models::NetworkCreateRequest;
 use bollard::Docker;
+
+use crate::errors::engine::{classify, EngineFailure};
 
 /// The network's name and its bridge interface's (at most 15 bytes).
 pub const NETWORK: &str = "genesis-install";
@@ -63,10 +64,7 @@ pub async fn ensure(docker: &Docker) -> Result<InstallNetwork, String> {
         Ok(_) => {}
         // Another process made it first (same name, or same bridge name):
         // the inspect below finds it.
-        Err(DockerError::DockerResponseServerError {
-            status_code: 409 | 403 | 500,
-            message,
-        }) if message.contains("already exists") || message.contains("same bridge name") => {}
+        Err(e) if classify(&e) == EngineFailure::Conflict => {}
         Err(e) => return Err(format!("creating Docker network {NETWORK}: {e}")),
     }
     inspect(docker)
@@ -78,9 +76,7 @@ pub async fn ensure(docker: &Docker) -> Result<InstallNetwork, String> {
 pub async fn inspect(docker: &Docker) -> Result<Option<InstallNetwork>, String> {
     let found = match docker.inspect_network(NETWORK, None).await {
         Ok(found) => found,
-        Err(DockerError::DockerResponseServerError {
-            status_code: 404, ..
-        }) => return Ok(None),
+        Err(e) if classify(&e).is_absent() => return Ok(None),
         Err(e) => return Err(format!("inspecting Docker network {NETWORK}: {e}")),
     };
     let labelled = found

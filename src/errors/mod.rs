@@ -4,10 +4,23 @@
 //! which key, which container). Two mappings hang off this type: to the
 //! contract's `error_kind` (what a failed experiment reports on NATS) and to a
 //! process exit code (what the CLI returns).
+//!
+//! A variant caused by another library's error keeps that error as its
+//! `#[source]` (the engine's, libgit2's, redb's, the OS's), so a caller can
+//! still ask what it was; the message shows it after the context, as
+//! `analysis::AnalysisError` does, so one line says everything. What the
+//! engine's failures mean (gone, conflict, worth a retry) is decided in one
+//! place, [`engine::classify`].
 
 use std::path::PathBuf;
 
+use bollard::errors::Error as DockerError;
+
 use crate::contract::ErrorKind;
+
+pub mod engine;
+
+pub use engine::EngineFailure;
 
 pub type Result<T, E = GenesisError> = std::result::Result<T, E>;
 
@@ -20,6 +33,11 @@ pub enum GenesisError {
     /// The request is malformed or refers to something that does not exist.
     #[error("{0}")]
     InvalidRequest(String),
+
+    /// The command line is wrong (a missing or conflicting flag, an
+    /// unreadable argument): the user's to fix before anything runs.
+    #[error("{0}")]
+    Usage(String),
 
     /// The change could not be applied to the snapshot.
     #[error("{0}")]
@@ -40,12 +58,28 @@ pub enum GenesisError {
     /// The infrastructure failed under a run (engine unreachable or
     /// restarted, container gone, engine 5xx, archive error): retried
     /// (`[sandbox] infra_retries`), never judged as the suite's failure.
-    #[error("sandbox infrastructure: {context}: {message}")]
-    Infrastructure { context: String, message: String },
+    #[error("sandbox infrastructure: {context}: {cause}")]
+    Infrastructure {
+        context: String,
+        #[source]
+        cause: SandboxCause,
+    },
 
-    /// Docker refused or failed an operation.
-    #[error("sandbox: {context}: {message}")]
-    Sandbox { context: String, message: String },
+    /// Docker refused or failed an operation, or a sandbox step failed.
+    #[error("sandbox: {context}: {cause}")]
+    Sandbox {
+        context: String,
+        #[source]
+        cause: SandboxCause,
+    },
+
+    /// The image a sandbox or environment needs is not in the engine.
+    #[error("sandbox: {context}: {cause} (build it with `genesis images build`)")]
+    MissingImage {
+        context: String,
+        #[source]
+        cause: DockerError,
+    },
 
     /// The environment's install failed or timed out; the message holds
     /// the install log's tail.
@@ -66,8 +100,26 @@ pub enum GenesisError {
     BadReport(String),
 
     /// The redb store failed.
-    #[error("store {path}: {message}")]
-    Store { path: PathBuf, message: String },
+    #[error("store {path}: {cause}")]
+    Store {
+        path: PathBuf,
+        #[source]
+        cause: Box<redb::Error>,
+    },
+
+    /// The store was written by a later genesis with a schema this one
+    /// cannot read.
+    #[error("store {path}: written by a newer genesis (schema {schema}, this one reads {reads})")]
+    StoreTooNew {
+        path: PathBuf,
+        schema: u64,
+        reads: u64,
+    },
+
+    /// A write failed (a full disk?) and the store has not been opened
+    /// again yet; the next call retries.
+    #[error("store {path}: a write failed earlier (a full disk?) and the store could not be opened again yet; retry")]
+    StoreReopening { path: PathBuf },
 
     /// GENESIS_HOME's file system has no room left: nothing more can be
     /// written there, while what was committed before stays intact.
@@ -92,8 +144,12 @@ pub enum GenesisError {
     },
 
     /// A git operation failed.
-    #[error("git: {context}: {message}")]
-    Git { context: String, message: String },
+    #[error("git: {context}: {cause}")]
+    Git {
+        context: String,
+        #[source]
+        cause: git2::Error,
+    },
 
     /// NATS could not be reached or refused an operation.
     #[error("nats: {0}")]
@@ -128,54 +184,46 @@ impl GenesisError {
         }
     }
 
-    pub fn sandbox(context: impl Into<String>, err: impl std::fmt::Display) -> Self {
+    /// A sandbox step that failed: `cause` is the engine's error, an I/O
+    /// error, or genesis's own finding (a text).
+    pub fn sandbox(context: impl Into<String>, cause: impl Into<SandboxCause>) -> Self {
         GenesisError::Sandbox {
             context: context.into(),
-            message: err.to_string(),
+            cause: cause.into(),
         }
     }
 
-    /// A failed engine call, classified: what a retry may cure (the engine
-    /// or the connection to it failing, a container vanishing) is
-    /// [`GenesisError::Infrastructure`]; what it cannot (a bad request, a
-    /// missing image, a runtime refusing the container) stays `Sandbox`.
-    pub fn docker(context: impl Into<String>, err: bollard::errors::Error) -> Self {
-        use bollard::errors::Error as E;
-        let transient = match &err {
-            E::DockerResponseServerError {
-                status_code,
-                message,
-            } => {
-                (*status_code == 404
-                    && (message.contains("No such container") || message.contains("No such exec")))
-                    || (*status_code >= 500 && !message.contains("OCI runtime"))
-            }
-            E::IOError { .. }
-            | E::HyperResponseError { .. }
-            | E::RequestTimeoutError
-            | E::DockerStreamError { .. }
-            | E::HyperLegacyError { .. } => true,
-            _ => false,
-        };
-        let (context, message) = (context.into(), err.to_string());
-        if transient {
-            GenesisError::Infrastructure { context, message }
+    /// The infrastructure failed under a run (see [`GenesisError::Infrastructure`]).
+    pub fn infrastructure(context: impl Into<String>, cause: impl Into<SandboxCause>) -> Self {
+        GenesisError::Infrastructure {
+            context: context.into(),
+            cause: cause.into(),
+        }
+    }
+
+    /// A failed engine call, classified by [`engine::classify`]: what a
+    /// retry may cure (the engine or the connection to it failing, a
+    /// container vanishing) is [`GenesisError::Infrastructure`]; what it
+    /// cannot (a bad request, a missing image, a runtime refusing the
+    /// container) stays `Sandbox`.
+    pub fn docker(context: impl Into<String>, err: DockerError) -> Self {
+        if engine::classify(&err).is_transient() {
+            GenesisError::infrastructure(context, err)
         } else {
-            GenesisError::Sandbox { context, message }
+            GenesisError::sandbox(context, err)
         }
     }
 
-    /// A failed look-up of `image`: a missing one (404) is the user's to
-    /// build; anything else (the engine away) is classified like any call.
-    pub fn image(image: &str, err: bollard::errors::Error) -> Self {
-        match err {
-            bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            } => GenesisError::sandbox(
-                format!("image {image}"),
-                format!("{err} (build it with `genesis images build`)"),
-            ),
-            err => GenesisError::docker(format!("looking up image {image}"), err),
+    /// A failed call that needs `image` (`context` says which): a missing
+    /// image is the user's to build; anything else (the engine away) is
+    /// classified like any call.
+    pub fn image(context: impl Into<String>, err: DockerError) -> Self {
+        match engine::classify(&err) {
+            EngineFailure::NotFound => GenesisError::MissingImage {
+                context: context.into(),
+                cause: err,
+            },
+            _ => GenesisError::docker(context, err),
         }
     }
 
@@ -184,10 +232,10 @@ impl GenesisError {
         matches!(self, GenesisError::Infrastructure { .. })
     }
 
-    pub fn git(context: impl Into<String>, err: impl std::fmt::Display) -> Self {
+    pub fn git(context: impl Into<String>, cause: git2::Error) -> Self {
         GenesisError::Git {
             context: context.into(),
-            message: err.to_string(),
+            cause,
         }
     }
 
@@ -199,16 +247,19 @@ impl GenesisError {
             GenesisError::Timeout { .. } => ErrorKind::Timeout,
             GenesisError::Oom { .. } => ErrorKind::Oom,
             GenesisError::DiskLimit { .. } => ErrorKind::DiskLimit,
-            GenesisError::Sandbox { .. } | GenesisError::Infrastructure { .. } => {
-                ErrorKind::SandboxError
-            }
+            GenesisError::Sandbox { .. }
+            | GenesisError::Infrastructure { .. }
+            | GenesisError::MissingImage { .. } => ErrorKind::SandboxError,
             GenesisError::NoTests(_) => ErrorKind::NoTests,
             GenesisError::BadReport(_) => ErrorKind::BadReport,
             GenesisError::EnvironmentFailed(_) => ErrorKind::EnvironmentFailed,
             GenesisError::EnvironmentChanged(_) => ErrorKind::EnvironmentChanged,
             GenesisError::Baseline { kind, .. } => *kind,
             GenesisError::Config { .. }
+            | GenesisError::Usage(_)
             | GenesisError::Store { .. }
+            | GenesisError::StoreTooNew { .. }
+            | GenesisError::StoreReopening { .. }
             | GenesisError::HomeFull { .. }
             | GenesisError::StoreDamaged { .. }
             | GenesisError::Io { .. }
@@ -225,14 +276,41 @@ impl GenesisError {
     /// configured, 1 for everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            GenesisError::Config { .. } | GenesisError::InvalidRequest(_) => 2,
+            GenesisError::Config { .. }
+            | GenesisError::InvalidRequest(_)
+            | GenesisError::Usage(_) => 2,
             _ => 1,
         }
     }
 }
 
-impl From<bollard::errors::Error> for GenesisError {
-    fn from(err: bollard::errors::Error) -> Self {
+impl From<DockerError> for GenesisError {
+    fn from(err: DockerError) -> Self {
         GenesisError::sandbox("docker", err)
+    }
+}
+
+/// What made a sandbox step fail: the engine's own error, an I/O error on
+/// the host side, or what genesis found (an exit status, a limit, a log
+/// tail), kept as text.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxCause {
+    #[error(transparent)]
+    Engine(#[from] DockerError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Finding(String),
+}
+
+impl From<String> for SandboxCause {
+    fn from(text: String) -> Self {
+        SandboxCause::Finding(text)
+    }
+}
+
+impl From<&str> for SandboxCause {
+    fn from(text: &str) -> Self {
+        SandboxCause::Finding(text.to_owned())
     }
 }
