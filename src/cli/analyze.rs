@@ -15,7 +15,7 @@ pub fn run(config: &Config, paths: &[PathBuf], json: bool) -> Result<i32> {
     let mut failed = false;
     for path in paths {
         for (file, named) in expand(path) {
-            match analyze_file(&analyzer, &file) {
+            match analyze_file(analyzer, &file) {
                 Ok(analysis) => files.push(analysis),
                 // Inside a directory, files of other languages are expected.
                 Err(Skip::UnknownLanguage) if !named => {}
