@@ -1,24 +1,39 @@
 //! Resource figures are exact (issue: "exact stats without the engine's
 //! 1-second tick"): a suite that allocates a known amount of memory and
-//! burns a known CPU time, shorter than one second, is measured within 10 %
-//! of what the suite itself reports (its peak RSS and its process CPU time,
-//! interpreter start included), from the cgroup files of the local engine.
+//! burns a known CPU time on two cores (about 0.7 s of wall time on an idle
+//! machine, under the engine's 1 s tick) is measured within 10 % of what the suite itself reports (its peak RSS and
+//! its processes' CPU time, interpreter start included), from the cgroup
+//! files of the local engine.
+//!
+//! The cgroup also counts what no process inside can see: the runtime's
+//! `runc init` before the suite's shell starts, some 30-60 ms of CPU. The
+//! suite burns 1.2 s of CPU (two processes of 0.6 s each), so that start is
+//! about 5 % of the figure and the 10 % bound tests the measurement, not the
+//! start's jitter (with one process of 0.6 s, CI once measured 10.1 %).
 
 mod support;
 
 use genesis::config::Limits;
 use support::*;
 
-/// Touches `MB` MiB, burns CPU until its process time reaches `CPU_S`
-/// seconds, prints its peak RSS; the shell's `times` then prints the CPU
-/// time of the shell and of its finished children (exit teardown included).
+/// Forks a child, then both burn CPU until their process time reaches
+/// `CPU_S` seconds; the parent alone touches `MB` MiB and prints its peak
+/// RSS. The shell's `times` then prints the CPU time of the shell and of its
+/// finished children and their waited-for children (exit teardown included).
 const SUITE: &str = r#"python3 - <<'PY'
-import resource, time
+import os, resource, time
 MB, CPU_S = 200, 0.6
+def burn():
+    x = 0
+    while time.process_time() < CPU_S:
+        x += 1
+child = os.fork()
+if child == 0:
+    burn()
+    os._exit(0)
 block = b"\x01" * (MB * 1024 * 1024)
-x = 0
-while time.process_time() < CPU_S:
-    x += 1
+burn()
+os.waitpid(child, 0)
 usage = resource.getrusage(resource.RUSAGE_SELF)
 print(f"self rss_kb={usage.ru_maxrss}")
 PY
@@ -28,7 +43,7 @@ times"#;
 fn memory_peak_and_cpu_time_of_a_short_suite_are_exact() {
     ensure_image("python");
     let limits = Limits {
-        cpus: 1.0,
+        cpus: 2.0,
         memory_mb: 512,
         pids: 64,
         timeout: std::time::Duration::from_secs(60),
