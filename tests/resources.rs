@@ -1,9 +1,9 @@
 //! Resource figures are exact (issue: "exact stats without the engine's
 //! 1-second tick"): a suite that allocates a known amount of memory and
 //! burns a known CPU time on two cores (about 0.7 s of wall time on an idle
-//! machine, under the engine's 1 s tick) is measured within 10 % of what the suite itself reports (its peak RSS and
-//! its processes' CPU time, interpreter start included), from the cgroup
-//! files of the local engine.
+//! machine, under the engine's 1 s tick) is measured within 10 % of what
+//! the suite itself reports (its peak RSS and its processes' CPU time,
+//! interpreter start included), from the cgroup files of the local engine.
 //!
 //! The cgroup also counts what no process inside can see: the runtime's
 //! `runc init` before the suite's shell starts, some 30-60 ms of CPU. The
