@@ -314,3 +314,53 @@ impl From<&str> for SandboxCause {
         SandboxCause::Finding(text.to_owned())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn causes_are_kept_and_shown_after_the_context() {
+        let engine = DockerError::DockerResponseServerError {
+            status_code: 503,
+            message: "engine restarting".into(),
+        };
+        let err = GenesisError::docker("starting the candidate", engine);
+        assert!(err.is_infrastructure());
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with("sandbox infrastructure: starting the candidate: ")
+                && shown.contains("engine restarting"),
+            "{shown}"
+        );
+        let cause = err.source().expect("a source");
+        assert!(cause.to_string().contains("engine restarting"));
+
+        let err = GenesisError::git("reading the base tree", git2::Error::from_str("bad object"));
+        let cause = err.source().and_then(|s| s.downcast_ref::<git2::Error>());
+        assert_eq!(cause.map(git2::Error::message), Some("bad object"));
+        assert_eq!(err.to_string(), "git: reading the base tree: bad object");
+
+        let missing = DockerError::DockerResponseServerError {
+            status_code: 404,
+            message: "No such image: genesis/x".into(),
+        };
+        let err = GenesisError::image("looking up image genesis/x", missing);
+        assert!(matches!(err, GenesisError::MissingImage { .. }));
+        assert!(err
+            .to_string()
+            .ends_with("(build it with `genesis images build`)"));
+        assert_eq!(err.kind(), ErrorKind::SandboxError);
+    }
+
+    #[test]
+    fn usage_and_request_errors_exit_2_and_only_requests_reach_nats_as_theirs() {
+        let usage = GenesisError::Usage("--days goes with --trends".into());
+        let request = GenesisError::InvalidRequest("no repo".into());
+        assert_eq!((usage.exit_code(), request.exit_code()), (2, 2));
+        assert_eq!(usage.kind(), ErrorKind::Internal);
+        assert_eq!(request.kind(), ErrorKind::InvalidRequest);
+    }
+}
