@@ -4,7 +4,7 @@
 use askama::Template;
 use chrono::{DateTime, NaiveTime, TimeDelta, Utc};
 
-use super::aggregate::{summarize_days, Day};
+use super::aggregate::{summarize_days, Day, Trend};
 use super::svg::{self, num, Svg};
 use super::{generated_at, pct};
 use crate::config::Config;
@@ -80,54 +80,16 @@ pub(super) fn build(
         .iter()
         .map(|d| d.date.format("%m-%d").to_string())
         .collect();
-    let totals = &period.totals;
-    let pending =
-        totals.experiments - totals.merge - totals.merge_with_adaptations - totals.rollback;
     let page = Page {
         generated: generated_at(),
         days,
         from: first.to_string(),
         to: now.date_naive().to_string(),
-        totals: vec![
-            ("experiments", totals.experiments.to_string()),
-            ("completed", totals.completed.to_string()),
-            ("failed", totals.failed.to_string()),
-            ("success rate", pct(period.overall.success_rate)),
-            ("avg regression", num(period.overall.avg_regression)),
-            ("avg llm_reduction", num(period.overall.avg_llm_reduction)),
-            (
-                "avg observed llm_reduction",
-                observed_average(&period.overall),
-            ),
-            (
-                "with observed LLM calls",
-                period.overall.observed_llm_experiments.to_string(),
-            ),
-            (Recommendation::Merge.as_str(), totals.merge.to_string()),
-            (
-                "merge with adaptations",
-                totals.merge_with_adaptations.to_string(),
-            ),
-            (
-                Recommendation::Rollback.as_str(),
-                totals.rollback.to_string(),
-            ),
-            ("not finished", pending.to_string()),
-        ],
-        empty: totals.experiments == 0,
+        totals: totals_table(&period),
+        empty: period.totals.experiments == 0,
         recommendations: recommendations_chart(&labels, &daily),
         success: success_chart(&labels, &daily, &period.by_risk_level),
-        regressions: svg::stacked_columns(
-            "experiments with a regression per day",
-            &labels,
-            &daily
-                .iter()
-                .map(|d| {
-                    let tip = format!("{}: {} regressed", d.date, d.regressed);
-                    vec![(d.regressed as f64, "bar-bad", tip)]
-                })
-                .collect::<Vec<_>>(),
-        ),
+        regressions: regressions_chart(&labels, &daily),
         risks_in_chart: risk_series(&period.by_risk_level)
             .into_iter()
             .map(|(class, name)| (class, name.to_owned()))
@@ -146,6 +108,53 @@ pub(super) fn build(
     };
     page.render()
         .map_err(|e| GenesisError::Internal(format!("rendering the trends page: {e}")))
+}
+
+/// The period's figures above the charts.
+fn totals_table(period: &Trend) -> Vec<(&'static str, String)> {
+    let totals = &period.totals;
+    let pending =
+        totals.experiments - totals.merge - totals.merge_with_adaptations - totals.rollback;
+    vec![
+        ("experiments", totals.experiments.to_string()),
+        ("completed", totals.completed.to_string()),
+        ("failed", totals.failed.to_string()),
+        ("success rate", pct(period.overall.success_rate)),
+        ("avg regression", num(period.overall.avg_regression)),
+        ("avg llm_reduction", num(period.overall.avg_llm_reduction)),
+        (
+            "avg observed llm_reduction",
+            observed_average(&period.overall),
+        ),
+        (
+            "with observed LLM calls",
+            period.overall.observed_llm_experiments.to_string(),
+        ),
+        (Recommendation::Merge.as_str(), totals.merge.to_string()),
+        (
+            "merge with adaptations",
+            totals.merge_with_adaptations.to_string(),
+        ),
+        (
+            Recommendation::Rollback.as_str(),
+            totals.rollback.to_string(),
+        ),
+        ("not finished", pending.to_string()),
+    ]
+}
+
+fn regressions_chart(labels: &[String], daily: &[Day]) -> Svg {
+    svg::stacked_columns(
+        "experiments with a regression per day",
+        labels,
+        &daily
+            .iter()
+            .map(|d| {
+                let tip = format!("{}: {} regressed", d.date, d.regressed);
+                vec![(d.regressed as f64, "bar-bad", tip)]
+            })
+            .collect::<Vec<_>>(),
+    )
 }
 
 fn recommendations_chart(labels: &[String], daily: &[Day]) -> Svg {

@@ -17,7 +17,7 @@
 //! quick-xml reads the document as a stream of events, so a large report
 //! costs no more memory than its largest test's message.
 
-use quick_xml::events::{BytesRef, BytesStart, Event};
+use quick_xml::events::{BytesEnd, BytesRef, BytesStart, Event};
 use quick_xml::{Reader, XmlVersion};
 
 use super::{bounded_message, with_unique_ids, Bounds, Outcome, ReportError, TestCase, TestReport};
@@ -57,74 +57,118 @@ pub fn parse_cases(
         file: file.to_owned(),
         detail: format!("{detail} (at byte {})", reader.error_position()),
     };
-    let mut suites: Vec<String> = Vec::new();
-    let mut open: Option<OpenCase> = None;
-    let push = |cases: &mut Vec<TestCase>, case: TestCase| {
-        bounds.count("junit", cases.len() as u64 + 1, "the cases it lists")?;
-        bounds.id("junit", &case.id)?;
-        cases.push(case);
-        Ok::<(), ReportError>(())
+    let mut state = CaseReader {
+        bounds,
+        cases,
+        suites: Vec::new(),
+        open: None,
     };
     loop {
         let event = reader
             .read_event()
             .map_err(|e| malformed(&reader, e.to_string()))?;
         match event {
-            Event::Start(e) => {
-                let tag = local_name(&e);
-                match tag.as_str() {
-                    "testsuite" => suites.push(attribute(&e, "name").unwrap_or_default()),
-                    "testcase" => open = Some(open_case(&e, &suites)),
-                    other => {
-                        if let Some(case) = open.as_mut() {
-                            case.inside_verdict = apply_child(case, other, &e);
-                        }
-                    }
-                }
-            }
-            Event::Empty(e) => {
-                let tag = local_name(&e);
-                match tag.as_str() {
-                    "testsuite" => {}
-                    "testcase" => push(cases, open_case(&e, &suites).case)?,
-                    other => {
-                        if let Some(case) = open.as_mut() {
-                            apply_child(case, other, &e);
-                            case.inside_verdict = false;
-                        }
-                    }
-                }
-            }
-            Event::End(e) => {
-                let name = e.local_name();
-                match name.as_ref() {
-                    "testsuite" => {
-                        suites.pop();
-                    }
-                    "testcase" => {
-                        if let Some(done) = open.take() {
-                            push(cases, close_case(done))?;
-                        }
-                    }
-                    "failure" | "error" | "skipped" => {
-                        if let Some(case) = open.as_mut() {
-                            case.inside_verdict = false;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            Event::Text(t) => push_text(&mut open, &t.xml10_content()),
-            Event::CData(t) => push_text(&mut open, &t.xml10_content()),
-            Event::GeneralRef(r) => push_text(&mut open, &resolve_reference(&r)),
+            Event::Start(e) => state.start(&e),
+            Event::Empty(e) => state.empty(&e)?,
+            Event::End(e) => state.end(&e)?,
+            Event::Text(t) => state.text(&t.xml10_content()),
+            Event::CData(t) => state.text(&t.xml10_content()),
+            Event::GeneralRef(r) => state.text(&resolve_reference(&r)),
             Event::Eof => break,
             _ => {}
         }
     }
-    if open.is_some() {
+    if state.open.is_some() {
         return Err(malformed(&reader, "a <testcase> is never closed".into()));
     }
     Ok(())
+}
+
+/// One file's reading so far: the events arrive one at a time, and a
+/// testcase's outcome and message are only known at its end.
+struct CaseReader<'a> {
+    bounds: &'a Bounds,
+    cases: &'a mut Vec<TestCase>,
+    /// Names of the enclosing `<testsuite>`s, innermost last: they stand
+    /// in for an empty `classname`.
+    suites: Vec<String>,
+    open: Option<OpenCase>,
+}
+
+impl CaseReader<'_> {
+    fn start(&mut self, e: &BytesStart) {
+        let tag = local_name(e);
+        match tag.as_str() {
+            "testsuite" => self.suites.push(attribute(e, "name").unwrap_or_default()),
+            "testcase" => self.open = Some(open_case(e, &self.suites)),
+            other => {
+                if let Some(case) = self.open.as_mut() {
+                    case.inside_verdict = apply_child(case, other, e);
+                }
+            }
+        }
+    }
+
+    /// A self-closing element: a testcase without children is complete at
+    /// once, and a verdict without text has no text to collect.
+    fn empty(&mut self, e: &BytesStart) -> Result<(), ReportError> {
+        let tag = local_name(e);
+        match tag.as_str() {
+            "testsuite" => {}
+            "testcase" => self.push(open_case(e, &self.suites).case)?,
+            other => {
+                if let Some(case) = self.open.as_mut() {
+                    apply_child(case, other, e);
+                    case.inside_verdict = false;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn end(&mut self, e: &BytesEnd) -> Result<(), ReportError> {
+        let name = e.local_name();
+        match name.as_ref() {
+            "testsuite" => {
+                self.suites.pop();
+            }
+            "testcase" => {
+                if let Some(done) = self.open.take() {
+                    self.push(close_case(done))?;
+                }
+            }
+            "failure" | "error" | "skipped" => {
+                if let Some(case) = self.open.as_mut() {
+                    case.inside_verdict = false;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Adds a finished case, refusing one past `max_tests` or with an
+    /// oversized id before it is kept.
+    fn push(&mut self, case: TestCase) -> Result<(), ReportError> {
+        self.bounds
+            .count("junit", self.cases.len() as u64 + 1, "the cases it lists")?;
+        self.bounds.id("junit", &case.id)?;
+        self.cases.push(case);
+        Ok(())
+    }
+
+    /// Text inside the open case's verdict, the message when no attribute
+    /// gave one; collected up to twice the message cap, as it is cut later.
+    fn text(&mut self, text: &str) {
+        if let Some(case) = self.open.as_mut() {
+            if case.inside_verdict
+                && !case.message_from_attribute
+                && case.text.len() < super::MAX_MESSAGE * 2
+            {
+                case.text.push_str(text);
+            }
+        }
+    }
 }
 
 fn open_case(e: &BytesStart, suites: &[String]) -> OpenCase {
@@ -183,17 +227,6 @@ fn rank(outcome: Outcome) -> u8 {
         Outcome::Skipped => 1,
         Outcome::Failed => 2,
         Outcome::Errored => 3,
-    }
-}
-
-fn push_text(open: &mut Option<OpenCase>, text: &str) {
-    if let Some(case) = open.as_mut() {
-        if case.inside_verdict
-            && !case.message_from_attribute
-            && case.text.len() < super::MAX_MESSAGE * 2
-        {
-            case.text.push_str(text);
-        }
     }
 }
 

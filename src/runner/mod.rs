@@ -27,15 +27,12 @@ use tokio::sync::{Mutex, OnceCell};
 
 use crate::analysis::Analyzer;
 use crate::config::Config;
-use crate::contract::{
-    CandidateRef, Completed, ErrorKind, ExperimentResult, LlmSummary, LlmTally, Request, Stage,
-};
+use crate::contract::{Completed, ErrorKind, ExperimentResult, Request, Stage};
 use crate::environment::Environments;
 use crate::errors::{GenesisError, Result};
-use crate::judgement::metrics::{judge, outcome_pairs, MeasuredRun};
 use crate::results::TestReport;
-use crate::sandbox::{self, home_label, Resources, Role};
-use crate::snapshot::{Owner, PreparedRepo, Snapshotter};
+use crate::sandbox::{self, home_label, Resources};
+use crate::snapshot::{Owner, Snapshotter};
 use crate::store::{ExperimentRecord, MetricsRow, SandboxOperation, Status, Store, TestOutcomes};
 
 mod admission;
@@ -43,6 +40,7 @@ pub use admission::{instance_name, owner_is_dead};
 mod analysis;
 mod environments;
 mod framework;
+mod measure;
 mod patience;
 mod peer;
 mod plan;
@@ -411,112 +409,6 @@ impl Runner {
         measured
     }
 
-    /// Runs the baseline, the candidate and the flaky checks of a planned
-    /// experiment, then judges them.
-    async fn measure(
-        &self,
-        request: &Request,
-        plan: &Plan,
-        primary: &PreparedRepo,
-        progress: &dyn Progress,
-    ) -> Result<(Completed, MetricsRow, TestOutcomes)> {
-        let id = &request.experiment_id;
-        let baseline = self.baseline(request, plan, progress).await?;
-        let candidate = self
-            .suite(id, Role::Candidate, plan, false, progress)
-            .await?;
-        let cand_report = candidate.report.clone().ok_or_else(|| {
-            GenesisError::NoTests(candidate.report_error.clone().unwrap_or_default())
-        })?;
-        progress.stage(
-            id,
-            stage::TESTS,
-            &format!(
-                "{} tests, {} failures in {} ms",
-                cand_report.test_count(),
-                cand_report.failures(),
-                candidate.runtime_ms
-            ),
-        );
-        let empty = TestReport {
-            format: "none".into(),
-            cases: Vec::new(),
-        };
-        let base_report = baseline.report.as_ref().unwrap_or(&empty);
-        let flaky = self
-            .find_flaky(id, plan, base_report, &cand_report, progress)
-            .await?;
-        let (analysis, change) = self.analyze_change(id, plan).await;
-        let llm = llm_summary(plan, &baseline, &candidate);
-        let base_resources = baseline.resources();
-        let cand_resources = candidate.resources();
-        let judged = judge(
-            &MeasuredRun {
-                report: base_report,
-                runtime_ms: baseline.runtime_ms,
-                resources: &base_resources,
-                coverage_percent: baseline.coverage_percent,
-            },
-            &MeasuredRun {
-                report: &cand_report,
-                runtime_ms: candidate.runtime_ms,
-                resources: &cand_resources,
-                coverage_percent: candidate.coverage_percent,
-            },
-            &change,
-            llm.observed_reduction(),
-            &flaky,
-        );
-        progress.stage(
-            id,
-            stage::METRICS,
-            &format!(
-                "peak {:.1} MB, cpu {:.1}%, io {}",
-                judged.metrics.memory_peak_mb,
-                judged.metrics.cpu_usage_percent,
-                judged.metrics.io_operations
-            ),
-        );
-        let thresholds = self.config.thresholds.for_risk(request.risk_level);
-        let (recommendation, reasons) =
-            crate::judgement::policy::verdict(&judged.metrics, &thresholds);
-        let completed = Completed {
-            experiment_id: id.clone(),
-            instance_id: request.instance_id.clone(),
-            metrics: judged.metrics.clone(),
-            baseline: judged.baseline.clone(),
-            regressions: judged.regressions.clone(),
-            flaky: judged.flaky.clone(),
-            recommendation,
-            reasons,
-            candidate: CandidateRef {
-                repo: plan.primary.clone(),
-                base_commit: primary.base.commit.clone(),
-                commit: primary.candidate.commit.clone(),
-            },
-            environment: plan.environment.clone(),
-            framework: Some(plan.framework.clone()),
-            analysis: Some(analysis),
-            llm: Some(llm),
-            host: self.config.host.clone(),
-            timestamp: chrono::Utc::now(),
-        };
-        let row = MetricsRow {
-            experiment_id: id.clone(),
-            host: self.config.host.clone(),
-            metrics: judged.metrics,
-            baseline: (&judged.baseline).into(),
-            regressions: judged.regressions,
-            flaky: judged.flaky,
-            inserted_at: now_ms(),
-        };
-        let outcomes = TestOutcomes {
-            baseline: outcome_pairs(base_report),
-            candidate: outcome_pairs(&cand_report),
-        };
-        Ok((completed, row, outcomes))
-    }
-
     async fn history(&self, id: &str, op: SandboxOperation, path: &Path, size: u64, detail: &str) {
         let (id, path, detail) = (id.to_owned(), path.display().to_string(), detail.to_owned());
         if let Err(e) = self
@@ -527,20 +419,6 @@ impl Runner {
             tracing::warn!(error = %e, "could not write sandbox history");
         }
     }
-}
-
-/// The baseline's and the candidate's calls side by side; a repo without
-/// an endpoint says so rather than showing zeros as if observed.
-fn llm_summary(plan: &Plan, baseline: &SuiteRun, candidate: &SuiteRun) -> LlmSummary {
-    let tally = |run: &SuiteRun| match (&plan.llm, &run.llm) {
-        (_, Some(tally)) => tally.clone(),
-        (None, None) => LlmTally {
-            unavailable: Some("the repo's llm_stub is false".into()),
-            ..LlmTally::default()
-        },
-        (Some(_), None) => LlmTally::default(),
-    };
-    LlmSummary::of(&tally(baseline), &tally(candidate))
 }
 
 pub fn now_ms() -> i64 {

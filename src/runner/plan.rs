@@ -87,6 +87,9 @@ impl Runner {
         };
         let framework = choose_framework(&primary, &repo, request, found)?;
         let image = advised_image.unwrap_or_else(|| repo.image.clone());
+        // Parsed again, not carried: the chosen text is the config's (checked at load), the
+        // peer's (checked on arrival) or detection's (a constant), all kept as text; the request
+        // names none.
         let report = framework
             .report
             .parse::<ReportSpec>()

@@ -196,28 +196,11 @@ impl Runner {
         let dir = self.sandbox_dir(id).join(role.as_str());
         std::fs::create_dir_all(&dir)
             .map_err(|e| GenesisError::io(format!("creating {}", dir.display()), e))?;
-        let image = if use_base {
-            &plan.base_image
-        } else {
-            &plan.candidate_image
-        };
         let layered = layered_workspace(plan, use_base);
         let (workspace_bytes, workspace) = workspace_size(plan, use_base, layered.as_ref());
-        let sandbox =
-            SandboxBuilder::from_policy(&self.config.sandbox, id, role, image, plan.limits)
-                .home_label(&self.home_label)
-                .disk(self.scratch_dir(), plan.limits.disk_mb, self.owner)
-                .layered(layered.clone())
-                .prepare_command(
-                    plan.uses_environment()
-                        .then(|| ENV_WORKSPACE_COPY.to_string()),
-                    // The copy of what an install left is bounded as the install was.
-                    self.config.environments.timeout,
-                )
-                .llm(plan.llm.clone())
-                .command(&plan.primary, &plan.repo.setup_command, &plan.test_command)
-                .create(&self.docker)
-                .await?;
+        let sandbox = self
+            .create_sandbox(id, role, plan, use_base, layered)
+            .await?;
         let alive = self.telemetry.sandbox_alive(role.as_str());
         // The create row also says how the workspace came in and how many
         // bytes that moved (one store write per step, not two).
@@ -251,8 +234,51 @@ impl Runner {
         drop(alive);
         removed?;
         let (run, out_files) = outcome?;
-        // Reading reports is CPU work on what a suite wrote (up to the
-        // log and /genesis/out caps): never on the async runtime's threads.
+        let run = self.read_run(run, out_files, plan).await?;
+        self.telemetry.suite_ran(role.as_str(), run.runtime_ms);
+        Ok(run)
+    }
+
+    /// The run's container, created from the baseline's or the
+    /// candidate's image with the plan's limits, workspace and command.
+    async fn create_sandbox(
+        &self,
+        id: &str,
+        role: Role,
+        plan: &Plan,
+        use_base: bool,
+        layered: Option<sandbox::LayeredWorkspace>,
+    ) -> Result<sandbox::Sandbox> {
+        let image = if use_base {
+            &plan.base_image
+        } else {
+            &plan.candidate_image
+        };
+        SandboxBuilder::from_policy(&self.config.sandbox, id, role, image, plan.limits)
+            .home_label(&self.home_label)
+            .disk(self.scratch_dir(), plan.limits.disk_mb, self.owner)
+            .layered(layered)
+            .prepare_command(
+                plan.uses_environment()
+                    .then(|| ENV_WORKSPACE_COPY.to_string()),
+                // The copy of what an install left is bounded as the install was.
+                self.config.environments.timeout,
+            )
+            .llm(plan.llm.clone())
+            .command(&plan.primary, &plan.repo.setup_command, &plan.test_command)
+            .create(&self.docker)
+            .await
+    }
+
+    /// Turns a finished run and its `/genesis/out` files into a suite
+    /// result. Reading reports is CPU work on what a suite wrote (up to
+    /// the log and /genesis/out caps): never on the async runtime's threads.
+    async fn read_run(
+        &self,
+        run: RunOutcome,
+        out_files: Vec<(String, Vec<u8>)>,
+        plan: &Plan,
+    ) -> Result<SuiteRun> {
         let reading = Reading {
             report: plan.report.clone(),
             coverage: plan.coverage.clone(),
@@ -260,11 +286,9 @@ impl Runner {
             timeout: plan.timeout,
             bounds: Bounds::with_max_tests(self.config.max_tests),
         };
-        let run = tokio::task::spawn_blocking(move || interpret(run, &out_files, &reading))
+        tokio::task::spawn_blocking(move || interpret(run, &out_files, &reading))
             .await
-            .map_err(|e| GenesisError::Internal(format!("report task: {e}")))??;
-        self.telemetry.suite_ran(role.as_str(), run.runtime_ms);
-        Ok(run)
+            .map_err(|e| GenesisError::Internal(format!("report task: {e}")))?
     }
 
     /// Uploads, runs and collects; the caller removes the container whatever happens.

@@ -7,12 +7,10 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::query_parameters::{
-    CreateContainerOptions, DownloadFromContainerOptions, KillContainerOptions,
-    UploadToContainerOptions, WaitContainerOptions,
+    CreateContainerOptions, KillContainerOptions, UploadToContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -208,8 +206,39 @@ impl Sandbox {
         let sampler = self.start_sampler(kernel_peak).await;
         let exec = self.start_suite(&llm.suite_env()).await?;
         let started = Instant::now();
+        let end = self.await_suite(exec.output, log, timeout, watch).await?;
+        let runtime_ms = started.elapsed().as_millis() as u64;
+        let exit_code = self.checked_exit_code(&exec.id, end.killed()).await?;
+        let acc = self.final_stats(sampler, cgroup.as_ref()).await?;
+        let llm = llm.finish().await;
+        let alive = alive_since.elapsed();
+        self.kill().await?;
+        let oom_killed = self.inspect_oom().await?;
+        Ok(RunOutcome {
+            exit_code,
+            timed_out: end.timed_out,
+            oom_killed,
+            runtime_ms,
+            resources: acc.finish(alive),
+            log: end.log,
+            disk_full: self.disk_is_full(),
+            llm,
+            stopped_by: end.stopped_by,
+        })
+    }
+
+    /// Pumps the suite's output into `log` until the suite ends, the
+    /// timeout passes, the container stops or `watch` resolves, and kills
+    /// the container for the timeout and the watchdog.
+    async fn await_suite(
+        &self,
+        output: ExecOutput,
+        log: CappedLog,
+        timeout: Duration,
+        watch: impl std::future::Future<Output = String>,
+    ) -> Result<SuiteEnd> {
         let (stop_pump, pump_stopped) = tokio::sync::oneshot::channel();
-        let mut log_task = tokio::spawn(pump_output(exec.output, log, pump_stopped));
+        let mut log_task = tokio::spawn(pump_output(output, log, pump_stopped));
         // The output stream ends when the suite's process exits; if the
         // container stops first (killed at the timeout, or its sandbox
         // died), the stream gets `stream_grace` to end before it is closed.
@@ -239,34 +268,26 @@ impl Sandbox {
                 }
             }
         };
-        let runtime_ms = started.elapsed().as_millis() as u64;
         let log = pumped.map_err(|e| GenesisError::Internal(format!("log pump: {e}")))??;
-        let exit_code = if killed {
-            137
-        } else {
-            self.suite_exit_code(&exec.id).await?
-        };
-        // Only a failing suite can owe its failure to the container
-        // stopping under it; a passing one finished whatever came after.
-        if !killed && exit_code != 0 {
-            self.check_still_running().await?;
-        }
-        let acc = self.final_stats(sampler, cgroup.as_ref()).await?;
-        let llm = llm.finish().await;
-        let alive = alive_since.elapsed();
-        self.kill().await?;
-        let oom_killed = self.inspect_oom().await?;
-        Ok(RunOutcome {
-            exit_code,
-            timed_out,
-            oom_killed,
-            runtime_ms,
-            resources: acc.finish(alive),
+        Ok(SuiteEnd {
             log,
-            disk_full: self.disk_is_full(),
-            llm,
+            timed_out,
             stopped_by,
         })
+    }
+
+    /// The suite exec's exit code, 137 for a suite genesis killed.
+    async fn checked_exit_code(&self, exec_id: &str, killed: bool) -> Result<i64> {
+        if killed {
+            return Ok(137);
+        }
+        let exit_code = self.suite_exit_code(exec_id).await?;
+        // Only a failing suite can owe its failure to the container
+        // stopping under it; a passing one finished whatever came after.
+        if exit_code != 0 {
+            self.check_still_running().await?;
+        }
+        Ok(exit_code)
     }
 
     /// Samples the engine's stats while the suite runs, unless the
@@ -443,44 +464,6 @@ impl Sandbox {
         Ok(info.state.and_then(|s| s.oom_killed).unwrap_or(false))
     }
 
-    /// Downloads `/genesis/out` (after the container stopped) into `dest`,
-    /// keeping only regular files, and returns them for report parsing.
-    pub async fn download_out(&self, dest: &Path, cap: u64) -> Result<Vec<(String, Vec<u8>)>> {
-        // A suite that reports on stdout leaves the directory empty: with a
-        // disk, listing it (never following what is in it) spares the
-        // archive round trip.
-        if self.disk.as_ref().is_some_and(ScratchDisk::out_is_empty) {
-            return extract_regular_files(&[], dest);
-        }
-        let mut stream = self.docker.download_from_container(
-            &self.id,
-            Some(DownloadFromContainerOptions {
-                path: "/genesis/out".into(),
-            }),
-        );
-        let mut raw = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) if classify(&e).is_absent() => return Ok(Vec::new()),
-                Err(e) => {
-                    return Err(GenesisError::docker(
-                        format!("downloading /genesis/out of {}", self.name),
-                        e,
-                    ))
-                }
-            };
-            if raw.len() as u64 + chunk.len() as u64 > cap {
-                return Err(GenesisError::sandbox(
-                    format!("downloading /genesis/out of {}", self.name),
-                    format!("it holds more than the {cap} byte limit ([sandbox] out_cap_bytes)"),
-                ));
-            }
-            raw.extend_from_slice(&chunk);
-        }
-        extract_regular_files(&raw, dest)
-    }
-
     /// Commits the (stopped) container as image `repo:tag` with `labels`,
     /// returning the image id. Used for environments: the install's result
     /// becomes the image later runs start from.
@@ -569,7 +552,24 @@ async fn make_disk(root: std::path::PathBuf, request: &DiskRequest) -> Result<Sc
 /// The suite's exec: its id (for the exit status) and its output.
 struct StartedExec {
     id: String,
-    output: std::pin::Pin<
-        Box<dyn futures_util::Stream<Item = std::result::Result<LogOutput, DockerError>> + Send>,
-    >,
+    output: ExecOutput,
+}
+
+/// An attached exec's output, as the engine streams it.
+type ExecOutput = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = std::result::Result<LogOutput, DockerError>> + Send>,
+>;
+
+/// How the suite's exec ended: its output, and why genesis killed it, if it did.
+struct SuiteEnd {
+    log: LogSummary,
+    timed_out: bool,
+    /// The watchdog's reason ([`Sandbox::run_watched`]).
+    stopped_by: Option<String>,
+}
+
+impl SuiteEnd {
+    fn killed(&self) -> bool {
+        self.timed_out || self.stopped_by.is_some()
+    }
 }

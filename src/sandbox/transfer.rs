@@ -1,9 +1,54 @@
 //! Files out of a container: only regular files with plain relative paths,
 //! never a link followed (a sandbox-made symlink must not become a host write).
 
+use crate::errors::engine::classify;
 use crate::errors::{GenesisError, Result};
+use bollard::query_parameters::DownloadFromContainerOptions;
+use futures_util::StreamExt;
 use std::io::{Read, Write};
 use std::path::{Component, Path};
+
+use super::{Sandbox, ScratchDisk};
+
+impl Sandbox {
+    /// Downloads `/genesis/out` (after the container stopped) into `dest`,
+    /// keeping only regular files, and returns them for report parsing.
+    pub async fn download_out(&self, dest: &Path, cap: u64) -> Result<Vec<(String, Vec<u8>)>> {
+        // A suite that reports on stdout leaves the directory empty: with a
+        // disk, listing it (never following what is in it) spares the
+        // archive round trip.
+        if self.disk.as_ref().is_some_and(ScratchDisk::out_is_empty) {
+            return extract_regular_files(&[], dest);
+        }
+        let mut stream = self.docker.download_from_container(
+            &self.id,
+            Some(DownloadFromContainerOptions {
+                path: "/genesis/out".into(),
+            }),
+        );
+        let mut raw = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) if classify(&e).is_absent() => return Ok(Vec::new()),
+                Err(e) => {
+                    return Err(GenesisError::docker(
+                        format!("downloading /genesis/out of {}", self.name),
+                        e,
+                    ))
+                }
+            };
+            if raw.len() as u64 + chunk.len() as u64 > cap {
+                return Err(GenesisError::sandbox(
+                    format!("downloading /genesis/out of {}", self.name),
+                    format!("it holds more than the {cap} byte limit ([sandbox] out_cap_bytes)"),
+                ));
+            }
+            raw.extend_from_slice(&chunk);
+        }
+        extract_regular_files(&raw, dest)
+    }
+}
 
 /// Extracts only regular files with plain relative paths from a tar made by
 /// the engine. Symlinks, hard links, devices and anything with `..` are

@@ -19,12 +19,11 @@
 //! request's `changes.files`, and when a hunk does not apply (the error names
 //! the file and the hunk).
 
-use std::cell::RefCell;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use git2::{ApplyOptions, Diff, ObjectType, Oid, Repository, RepositoryOpenFlags, Tree};
+use git2::{ObjectType, Oid, Repository, RepositoryOpenFlags, Tree};
 
 use crate::config::globs::InputGlobs;
 use crate::contract::hex_digest;
@@ -38,6 +37,8 @@ mod inputs;
 pub use inputs::*;
 mod pack;
 use pack::*;
+mod candidate;
+use candidate::candidate_commit;
 mod layer;
 pub use layer::{layers_dir, DeltaContent, DeltaEntry, TreeDelta};
 mod record;
@@ -121,6 +122,31 @@ pub fn allow_foreign_owners() {
     }
 }
 
+/// The base and the candidate commit of one repo, with their trees, read
+/// through its mirror.
+struct Trees<'r> {
+    base: Oid,
+    base_tree: Tree<'r>,
+    candidate: Oid,
+    candidate_tree: Tree<'r>,
+}
+
+/// A tree's `install_inputs` files as sorted (path, blob id) pairs.
+type InputBlobs = Vec<(String, String)>;
+
+impl Trees<'_> {
+    /// The `install_inputs` files of both trees; none without an environment.
+    fn install_inputs(&self, globs: Option<&InputGlobs>) -> Result<(InputBlobs, InputBlobs)> {
+        Ok(match globs {
+            Some(globs) => (
+                matching_blobs(&self.base_tree, globs)?,
+                matching_blobs(&self.candidate_tree, globs)?,
+            ),
+            None => (Vec::new(), Vec::new()),
+        })
+    }
+}
+
 /// Snapshots and patches repos inside `GENESIS_HOME`.
 #[derive(Debug, Clone)]
 pub struct Snapshotter {
@@ -147,75 +173,35 @@ impl Snapshotter {
         let base_tree = base_commit
             .tree()
             .map_err(|e| GenesisError::git("reading the base tree", e))?;
-
-        let (candidate_oid, touched) = match input.patch.filter(|p| !p.trim().is_empty()) {
-            Some(patch) => {
-                // Before libgit2 parses (and later inflates) anything.
-                check_patch_size(patch, input.patch_mb, input.risk_level)?;
-                let diff = Diff::from_buffer(patch.as_bytes()).map_err(|e| {
-                    GenesisError::PatchFailed(format!(
-                        "the patch for repo {:?} is not a unified diff: {}",
-                        input.name,
-                        e.message()
-                    ))
-                })?;
-                for declared in input.declared_files.unwrap_or_default() {
-                    check_path_shape(declared)?;
-                }
-                let touched = checked_paths(&diff, &base_tree, &mirror)?;
-                if let Some(declared) = input.declared_files {
-                    check_declared(declared, &touched)?;
-                }
-                let oid = apply(&mirror, &base_commit, &diff, input.name, experiment_id)?;
-                (oid, touched)
-            }
-            None => {
-                if let Some(declared) = input.declared_files.filter(|d| !d.is_empty()) {
-                    return Err(GenesisError::InvalidRequest(format!(
-                        "changes.files lists {} but the request has no patch",
-                        declared.join(", ")
-                    )));
-                }
-                (base_oid, Vec::new())
-            }
-        };
+        let (candidate_oid, touched) =
+            candidate_commit(&mirror, &base_commit, &base_tree, input, experiment_id)?;
         let candidate_tree = mirror
             .find_commit(candidate_oid)
             .and_then(|c| c.tree())
             .map_err(|e| GenesisError::git("reading the candidate tree", e))?;
         check_candidate_symlinks(&mirror, &candidate_tree, &touched)?;
+        let trees = Trees {
+            base: base_oid,
+            base_tree,
+            candidate: candidate_oid,
+            candidate_tree,
+        };
 
         let sources = touched_sources(
             &mirror,
-            &base_tree,
-            &candidate_tree,
+            &trees.base_tree,
+            &trees.candidate_tree,
             &touched,
             input.analysis_cap_bytes,
         );
-
-        let (base_inputs, candidate_inputs) = match input.install_inputs {
-            Some(globs) => (
-                matching_blobs(&base_tree, globs)?,
-                matching_blobs(&candidate_tree, globs)?,
-            ),
-            None => (Vec::new(), Vec::new()),
-        };
-        let framework = detect_framework(&mirror, &base_tree);
+        let (base_inputs, candidate_inputs) = trees.install_inputs(input.install_inputs)?;
+        let framework = detect_framework(&mirror, &trees.base_tree);
         let (base, candidate, delta) = if input.layered {
-            let base = self.layer(&mirror, input.name, base_oid)?;
-            let mtime = commit_time(&mirror, candidate_oid)?;
-            let delta = layer::delta(&mirror, &base_tree, &candidate_tree, input.name, mtime)?;
-            let candidate = TreeSnapshot {
-                commit: candidate_oid.to_string(),
-                tarball: None,
-                layer: None,
-                submodules: submodules_of(&mirror, &candidate_tree)?,
-            };
-            (base, candidate, Some(delta))
+            self.layered_snapshots(&mirror, input.name, &trees)?
         } else {
             (
-                self.pack(&mirror, input.name, base_oid)?,
-                self.pack(&mirror, input.name, candidate_oid)?,
+                self.pack(&mirror, input.name, trees.base)?,
+                self.pack(&mirror, input.name, trees.candidate)?,
                 None,
             )
         };
@@ -231,6 +217,27 @@ impl Snapshotter {
             touched,
             sources,
         })
+    }
+
+    /// The base as a layer (written once per commit) and the candidate as
+    /// its delta on that layer, with no layer of its own: a candidate run
+    /// receives only what the patch changed.
+    fn layered_snapshots(
+        &self,
+        mirror: &Repository,
+        name: &str,
+        trees: &Trees,
+    ) -> Result<(TreeSnapshot, TreeSnapshot, Option<TreeDelta>)> {
+        let base = self.layer(mirror, name, trees.base)?;
+        let mtime = commit_time(mirror, trees.candidate)?;
+        let delta = layer::delta(mirror, &trees.base_tree, &trees.candidate_tree, name, mtime)?;
+        let candidate = TreeSnapshot {
+            commit: trees.candidate.to_string(),
+            tarball: None,
+            layer: None,
+            submodules: submodules_of(mirror, &trees.candidate_tree)?,
+        };
+        Ok((base, candidate, Some(delta)))
     }
 
     /// The tarball of one commit of repo `name`, packed now unless it is
@@ -422,90 +429,6 @@ fn resolve(repo: &Repository, base_ref: &str, path: &Path) -> Result<Oid> {
                 e.message()
             ))
         })
-}
-
-/// Every path the diff touches, checked to stay inside the repo.
-/// Applies the diff to the base tree in the mirror and records the result as
-/// a commit under `refs/genesis/ID`. The commit's author and time are fixed
-/// (taken from the base), so the same patch on the same base gives the same
-/// candidate commit, and so the same cached tarball.
-fn apply(
-    mirror: &Repository,
-    base: &git2::Commit,
-    diff: &Diff,
-    repo_name: &str,
-    experiment_id: &str,
-) -> Result<Oid> {
-    let base_tree = base
-        .tree()
-        .map_err(|e| GenesisError::git("reading base tree", e))?;
-    let current_file = RefCell::new(String::new());
-    let current_hunk = RefCell::new(String::new());
-    let mut opts = ApplyOptions::new();
-    opts.delta_callback(|delta| {
-        if let Some(d) = delta {
-            let path = d.new_file().path().or(d.old_file().path());
-            *current_file.borrow_mut() = path.map(|p| p.display().to_string()).unwrap_or_default();
-            current_hunk.borrow_mut().clear();
-        }
-        true
-    });
-    opts.hunk_callback(|hunk| {
-        if let Some(h) = hunk {
-            *current_hunk.borrow_mut() = String::from_utf8_lossy(h.header()).trim().to_owned();
-        }
-        true
-    });
-    let index = mirror.apply_to_tree(&base_tree, diff, Some(&mut opts));
-    drop(opts);
-    let mut index = index.map_err(|e| {
-        let file = current_file.borrow();
-        let hunk = current_hunk.borrow();
-        let hunk = if hunk.is_empty() {
-            "(file header)".to_owned()
-        } else {
-            hunk.clone()
-        };
-        GenesisError::PatchFailed(format!(
-            "the patch does not apply to {repo_name}: file {file}, hunk {hunk}: {}",
-            e.message()
-        ))
-    })?;
-    let tree_oid = index
-        .write_tree_to(mirror)
-        .map_err(|e| GenesisError::git("writing the candidate tree", e))?;
-    let tree = mirror
-        .find_tree(tree_oid)
-        .map_err(|e| GenesisError::git("reading the candidate tree", e))?;
-    let when = base.time();
-    let sig = git2::Signature::new(
-        "genesis",
-        "genesis@localhost",
-        &git2::Time::new(when.seconds(), when.offset_minutes()),
-    )
-    .map_err(|e| GenesisError::git("making the candidate signature", e))?;
-    let oid = mirror
-        .commit(
-            None,
-            &sig,
-            &sig,
-            // No experiment id here: the same change on the same base is the
-            // same commit, so its tarball is reused. The ref names the experiment.
-            &format!("genesis candidate on {}", base.id()),
-            &tree,
-            &[base],
-        )
-        .map_err(|e| GenesisError::git("writing the candidate commit", e))?;
-    let _guard = MIRROR_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    mirror
-        .reference(
-            &format!("refs/genesis/{experiment_id}"),
-            oid,
-            true,
-            "genesis candidate",
-        )
-        .map_err(|e| GenesisError::git("writing refs/genesis ref", e))?;
-    Ok(oid)
 }
 
 /// 12 hex digits naming what, besides the commit, goes into a cached

@@ -150,6 +150,45 @@ where
     out
 }
 
+/// Writes one experiment's record, metrics and history row as schema
+/// version 1 stored them (no hosts), and marks the store as version 1.
+fn write_as_schema_v1(
+    store: &Store,
+    rec: &ExperimentRecord,
+    metrics: &MetricsRow,
+    event: &SandboxEvent,
+) {
+    let txn = store.db.get().unwrap().begin_write().unwrap();
+    let bytes = v1_bytes::<v1::ExperimentRecord, _>(rec);
+    txn.open_table(RECORDS)
+        .unwrap()
+        .insert(rec.experiment_id.as_str(), bytes.as_slice())
+        .unwrap();
+    txn.open_table(BY_TIME)
+        .unwrap()
+        .insert((rec.inserted_at, rec.experiment_id.as_str()), ())
+        .unwrap();
+    let bytes = v1_bytes::<v1::MetricsRow, _>(metrics);
+    txn.open_table(METRICS)
+        .unwrap()
+        .insert(metrics.experiment_id.as_str(), bytes.as_slice())
+        .unwrap();
+    let bytes = v1_bytes::<v1::SandboxEvent, _>(event);
+    txn.open_table(HISTORY)
+        .unwrap()
+        .insert(event.id, bytes.as_slice())
+        .unwrap();
+    txn.open_multimap_table(HISTORY_BY_EXPERIMENT)
+        .unwrap()
+        .insert(event.experiment_id.as_str(), event.id)
+        .unwrap();
+    txn.open_table(META)
+        .unwrap()
+        .insert("schema_version", 1)
+        .unwrap();
+    txn.commit().unwrap();
+}
+
 #[test]
 fn rows_written_before_hosts_read_back_with_the_stores_host() {
     let dir = tempfile::tempdir().unwrap();
@@ -183,37 +222,7 @@ fn rows_written_before_hosts_read_back_with_the_stores_host() {
         detail: String::new(),
         inserted_at: 5,
     };
-    {
-        let txn = store.db.get().unwrap().begin_write().unwrap();
-        let bytes = v1_bytes::<v1::ExperimentRecord, _>(&rec);
-        txn.open_table(RECORDS)
-            .unwrap()
-            .insert("old", bytes.as_slice())
-            .unwrap();
-        txn.open_table(BY_TIME)
-            .unwrap()
-            .insert((5, "old"), ())
-            .unwrap();
-        let bytes = v1_bytes::<v1::MetricsRow, _>(&metrics);
-        txn.open_table(METRICS)
-            .unwrap()
-            .insert("old", bytes.as_slice())
-            .unwrap();
-        let bytes = v1_bytes::<v1::SandboxEvent, _>(&event);
-        txn.open_table(HISTORY)
-            .unwrap()
-            .insert(7, bytes.as_slice())
-            .unwrap();
-        txn.open_multimap_table(HISTORY_BY_EXPERIMENT)
-            .unwrap()
-            .insert("old", 7)
-            .unwrap();
-        txn.open_table(META)
-            .unwrap()
-            .insert("schema_version", 1)
-            .unwrap();
-        txn.commit().unwrap();
-    }
+    write_as_schema_v1(&store, &rec, &metrics, &event);
     drop(store);
     let store = Store::open_with(&path, DEFAULT_CACHE_BYTES, "host-old").unwrap();
     assert_eq!(store.schema_version().unwrap(), u64::from(SCHEMA_VERSION));
