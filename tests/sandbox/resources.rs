@@ -4,10 +4,9 @@
 //! of what the suite itself reports (its peak RSS and its process CPU time,
 //! interpreter start included), from the cgroup files of the local engine.
 
-mod support;
-
 use genesis::config::Limits;
-use support::*;
+
+use crate::support::*;
 
 /// Touches `MB` MiB, burns CPU until its process time reaches `CPU_S`
 /// seconds, prints its peak RSS; the shell's `times` then prints the CPU
