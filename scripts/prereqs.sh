@@ -8,9 +8,9 @@ say() { echo "==> $*" >&2; }
 ensure_packages() {
   local missing=()
   command -v nats-server >/dev/null || missing+=(nats-server)
-  # The server the metrics test scrapes genesis with (tests/operations.rs).
+  # The server the metrics test scrapes genesis with (tests/service/operations.rs).
   command -v prometheus >/dev/null || missing+=(prometheus)
-  # systemd-analyze verifies the packaged unit (tests/packaging.rs).
+  # systemd-analyze verifies the packaged unit (tests/store/packaging.rs).
   command -v systemd-analyze >/dev/null || missing+=(systemd)
   command -v debootstrap >/dev/null || missing+=(debootstrap)
   dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)

@@ -64,11 +64,6 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// The server's process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
     /// Starts the server on this port and store, and waits until it listens.
     pub fn launch(&mut self) {
         assert!(self.child.is_none(), "nats-server is already running");

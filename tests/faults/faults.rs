@@ -4,15 +4,13 @@
 //! a Docker engine that crashes mid-run and comes back. Engine faults use
 //! an engine of the test's own (`support::engine`), never the machine's.
 
-mod support;
-
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::engine::PrivateEngine;
-use support::*;
+use crate::support::engine::PrivateEngine;
+use crate::support::*;
 
 /// A TAP suite; with a `hog` file (added by a patch) it first writes 3 GB
 /// to /tmp and 3 GB to its workspace, failing if a write fails; with a
@@ -313,9 +311,9 @@ fn wait_for_running_candidate(engine: &PrivateEngine, limit: Duration) {
     panic!("no candidate container ran within {limit:?}");
 }
 
-/// The hostile suites of `tests/sandbox.rs` under gVisor end as under
-/// runc: an output flood is capped and judged, and a fork bomb's forks fail
-/// at the pids limit until it runs into its timeout. (Under runsc the
+/// The hostile suites of `tests/sandbox/sandbox.rs` under gVisor end as
+/// under runc: an output flood is capped and judged, and a fork bomb's forks
+/// fail at the pids limit until it runs into its timeout. (Under runsc the
 /// limit inside the sandbox is its RLIMIT_NPROC: without it the engine's
 /// pids limit, which counts gVisor's host threads, killed the whole
 /// sandbox and the run ended as `sandbox_error` after its retries.)

@@ -9,12 +9,10 @@
 //! time (`cargo install cargo-deb --version 3.8.0 --locked`, a few minutes
 //! once per machine).
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use support::nats::free_port;
+use crate::support::nats::free_port;
 
 const CARGO_DEB_VERSION: &str = "3.8.0";
 
@@ -58,7 +56,7 @@ fn checked(what: &str, out: Output) -> Output {
 
 /// The target directory holding the genesis binary under test.
 fn target_dir() -> PathBuf {
-    let bin = Path::new(support::genesis_bin());
+    let bin = Path::new(crate::support::genesis_bin());
     bin.parent().and_then(Path::parent).unwrap().to_path_buf()
 }
 

@@ -19,16 +19,15 @@
 //!   kept a run's disk mounted in its namespace, so the loop device, and
 //!   the home's file system under it, were never released.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use futures_util::StreamExt;
-use support::engine::PrivateEngine;
-use support::nats::{consumer_backlog, patient_client, wait_for_jetstream, NatsServer};
-use support::tmpfs::{fill, Tmpfs};
-use support::*;
+
+use crate::support::engine::PrivateEngine;
+use crate::support::nats::{consumer_backlog, patient_client, wait_for_jetstream, NatsServer};
+use crate::support::tmpfs::{fill, Tmpfs};
+use crate::support::*;
 
 /// The test's stream of replies: every `inbox.>` message, kept.
 const INBOXES: &str = "TEST_INBOXES";

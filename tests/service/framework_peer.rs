@@ -4,8 +4,6 @@
 //! named `framework.detected_by: "peer"`; no responder or a peer that does
 //! not answer within `timeout_ms` falls back to local detection.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,8 +12,9 @@ use genesis::config::{Config, Env};
 use genesis::contract::{DetectedBy, ExperimentResult, FrameworkAdvice, FrameworkQuery, Request};
 use genesis::runner::{NoProgress, Runner};
 use genesis::store::{Status, Store};
-use support::nats::NatsServer;
-use support::*;
+
+use crate::support::nats::NatsServer;
+use crate::support::*;
 
 const SUBJECT: &str = "genesis.framework.query";
 

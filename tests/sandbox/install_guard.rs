@@ -8,8 +8,6 @@
 //! listener on the host side of genesis's install bridge, and a container
 //! the test starts on that bridge.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -18,8 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::nats::NatsServer;
-use support::*;
+
+use crate::support::nats::NatsServer;
+use crate::support::*;
 
 const BUSYBOX: &str = "genesis/busybox:latest";
 

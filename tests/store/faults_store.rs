@@ -15,16 +15,15 @@
 //!   never looks: `doctor` (which checks every page) names it, and reading
 //!   the damaged rows names the file instead of a bare decoding error.
 
-mod support;
-
 use std::path::Path;
 use std::process::Output;
 
 use genesis::contract::Request;
 use genesis::store::{ExperimentRecord, Status, Store, DEFAULT_CACHE_BYTES};
-use support::nats::NatsServer;
-use support::tmpfs::{fill, Tmpfs};
-use support::*;
+
+use crate::support::nats::NatsServer;
+use crate::support::tmpfs::{fill, Tmpfs};
+use crate::support::*;
 
 /// Size of the home's own file system: room for the store, a few
 /// snapshots and sandboxes, and little else.

@@ -3,15 +3,14 @@
 //! JetStream mode, a NATS restart mid-run, two services sharing a queue
 //! group, and a draining SIGTERM.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use futures_util::StreamExt;
-use support::nats::NatsServer;
-use support::*;
+
+use crate::support::nats::NatsServer;
+use crate::support::*;
 
 /// Everything genesis publishes, as (subject, headers, json).
 struct Listener {

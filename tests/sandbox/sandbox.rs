@@ -2,11 +2,9 @@
 //! inside, timeouts, OOM, fork bombs, output floods, bad inputs refused, the
 //! source repository untouched, and no container left behind.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 const CONFIG: &str = r#"
 default_repo = "app"

@@ -2,8 +2,6 @@
 //! answers `code.analysis.parse`, and the result says `analyzer: "nats"`
 //! with the peer's figures; with no responder genesis counts locally.
 
-mod support;
-
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -13,8 +11,9 @@ use genesis::contract::{
 };
 use genesis::runner::{NoProgress, Runner};
 use genesis::store::{Status, Store};
-use support::nats::NatsServer;
-use support::*;
+
+use crate::support::nats::NatsServer;
+use crate::support::*;
 
 fn config(home: &TestHome, subject: &str) -> Arc<Config> {
     let text = format!(

@@ -1,10 +1,8 @@
 //! The command line as a user meets it: help, config errors, list/show on a
 //! fresh store, and `doctor` with and without a NATS server.
 
-mod support;
-
-use support::nats::{free_port, NatsServer};
-use support::*;
+use crate::support::nats::{free_port, NatsServer};
+use crate::support::*;
 
 const CONFIG: &str = r#"
 default_repo = "app"

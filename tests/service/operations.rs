@@ -5,15 +5,14 @@
 //! it is back); `metrics.record` follows each stored result, with the
 //! request's traceparent.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use futures_util::StreamExt;
-use support::nats::{free_port, NatsServer};
-use support::prometheus::{http_get, Prometheus};
-use support::*;
+
+use crate::support::nats::{free_port, NatsServer};
+use crate::support::prometheus::{http_get, Prometheus};
+use crate::support::*;
 
 /// [`serve_config`] with the HTTP endpoints on `listen` and `nats_extra`
 /// added to `[nats]`.

@@ -5,12 +5,11 @@
 //! forge, kill and flood it. Counts are checked exactly, baseline against
 //! candidate.
 
-mod support;
-
 use std::path::Path;
 
 use serde_json::Value;
-use support::*;
+
+use crate::support::*;
 
 fn run(home: &TestHome, request: &Value) -> Value {
     let out = home.run_request(request);

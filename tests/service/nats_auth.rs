@@ -4,15 +4,14 @@
 //! exit 1 and a message naming the refusal on wrong ones, never echoing a
 //! secret; `genesis doctor` names the refusal too.
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use support::nats::NatsServer;
-use support::*;
+
+use crate::support::nats::NatsServer;
+use crate::support::*;
 
 const USER: &str = "genesis";
 const PASSWORD: &str = "pw-9c41-right";

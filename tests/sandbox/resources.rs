@@ -11,10 +11,9 @@
 //! about 5 % of the figure and the 10 % bound tests the measurement, not the
 //! start's jitter (with one process of 0.6 s, CI once measured 10.1 %).
 
-mod support;
-
 use genesis::config::Limits;
-use support::*;
+
+use crate::support::*;
 
 /// Forks a child, then both burn CPU until their process time reaches
 /// `CPU_S` seconds; the parent alone touches `MB` MiB and prints its peak

@@ -2,9 +2,7 @@
 //! running experiments: a GENESIS_HOME with a store, records, sandbox
 //! directories written by hand as the runner writes them, and a candidate
 //! snapshot tarball in `snapshots/` (no mirror: the bundle's fallback; the
-//! mirror path, layered or not, is `tests/layers.rs`).
-
-mod support;
+//! mirror path, layered or not, is `tests/sandbox/layers.rs`).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -772,7 +770,7 @@ fn labelled_container(experiment: &str, home_label: &str) -> String {
 
 #[tokio::test]
 async fn orphan_containers_of_this_home_are_reaped_unless_running() {
-    support::ensure_image("busybox");
+    crate::support::ensure_image("busybox");
     let f = fixture("");
     add(&f, "c-failed", Kind::Failed, 1, &[]);
     add(&f, "c-running", Kind::Running, 1, &[]);

@@ -7,13 +7,12 @@
 //! under 512 MB. And what kills genesis anyway cannot kill it forever: an
 //! experiment a process died in `[nats] max_deliver` times is answered.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::process::Stdio;
 
 use serde_json::Value;
-use support::*;
+
+use crate::support::*;
 
 const CONFIG: &str = r#"
 default_repo = "tap"

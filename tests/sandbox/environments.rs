@@ -6,12 +6,11 @@
 //! The fixture projects live in `tests/fixtures/projects/` (see its README
 //! for the commands each was verified with by hand).
 
-mod support;
-
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use support::*;
+
+use crate::support::*;
 
 /// A home whose repo `app` is a fresh git copy of fixture `project`, with
 /// `repo_keys` (TOML lines) in its `[repos.app]` table and `extra` after it.

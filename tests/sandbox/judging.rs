@@ -5,15 +5,14 @@
 //! the LLM calls it saves, and one shared baseline run for several
 //! experiments on one commit.
 
-mod support;
-
 use std::sync::Arc;
 
 use genesis::config::{Config, Env};
 use genesis::contract::{ExperimentResult, Request};
 use genesis::runner::{NoProgress, Runner};
 use genesis::store::{Status, Store};
-use support::*;
+
+use crate::support::*;
 
 const CONFIG: &str = r#"
 default_repo = "calc"

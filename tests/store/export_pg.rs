@@ -5,8 +5,6 @@
 //! compared with what the stores hold, including a row whose text holds
 //! every character COPY and CSV treat specially.
 
-mod support;
-
 use std::path::Path;
 
 use serde_json::{json, Value};
@@ -16,7 +14,8 @@ use genesis::export::{write_csv, write_sql, ExportCounts};
 use genesis::store::{
     BaselineFigures, ExperimentRecord, MetricsRow, SandboxOperation, Status, Store,
 };
-use support::pg::PgCluster;
+
+use crate::support::pg::PgCluster;
 
 /// Everything a test log or a description might hold.
 const NASTY: &str = "tab\there, newline\nthere, cr\rthere, backslash \\ and \\\\, literal \\N, \

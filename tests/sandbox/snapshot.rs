@@ -2,10 +2,9 @@
 //! symlinks kept, submodules recorded and not followed, candidate commits
 //! reproducible, and the source repository never written.
 
-mod support;
-
 use genesis::snapshot::{Owner, RepoInput, Snapshotter, TouchedSource};
-use support::*;
+
+use crate::support::*;
 
 fn entries(tarball: &std::path::Path) -> Vec<(String, tar::EntryType, Option<String>)> {
     let file = std::fs::File::open(tarball).unwrap();

@@ -3,8 +3,6 @@
 //! clock publishing to a real nats-server, and the cleanup job's ages
 //! judged by the injected clock.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,8 +14,9 @@ use genesis::config::{Config, Env};
 use genesis::contract::{Health, Metrics, MetricsReport, Request};
 use genesis::jobs::{self, FakeClock, Job, JobContext, JobState};
 use genesis::store::{ExperimentRecord, MetricsRow, Status, Store};
-use support::nats::NatsServer;
-use support::TestHome;
+
+use crate::support::nats::NatsServer;
+use crate::support::TestHome;
 
 /// How long a test waits for a message that should arrive at once.
 const ARRIVAL: Duration = Duration::from_secs(20);

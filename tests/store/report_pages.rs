@@ -10,8 +10,6 @@
 //! it); without it the browser half of a test is skipped, said on stderr.
 //! The pages and their screenshots stay in `CARGO_TARGET_TMPDIR/report/`.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,7 +28,8 @@ use genesis::results::Outcome;
 use genesis::store::{
     BaselineFigures, ExperimentRecord, MetricsRow, SandboxOperation, Status, Store, TestOutcomes,
 };
-use support::TestHome;
+
+use crate::support::TestHome;
 
 const EVIL_TEST: &str = "<script>alert(1)</script></td>";
 

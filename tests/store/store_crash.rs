@@ -56,6 +56,17 @@ fn crash_writer_child() {
     }
 }
 
+/// [`crash_writer_child`]'s name as the test binary knows it: its module
+/// path without the crate (`store_crash::crash_writer_child` in `store`).
+fn child_test_name() -> String {
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    if module.is_empty() {
+        "crash_writer_child".into()
+    } else {
+        format!("{module}::crash_writer_child")
+    }
+}
+
 #[test]
 fn sigkill_mid_stream_loses_no_committed_record() {
     let dir = tempfile::tempdir().unwrap();
@@ -63,7 +74,7 @@ fn sigkill_mid_stream_loses_no_committed_record() {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "crash_writer_child",
+            &child_test_name(),
             "--nocapture",
             "--test-threads=1",
         ])

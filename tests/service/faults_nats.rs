@@ -20,18 +20,17 @@
 //! unacknowledged, and no host has an experiment queued or running, so no
 //! redelivery and no late duplicate can still come.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use support::nats::{
+
+use crate::support::nats::{
     capture_results, consumer_backlog, patient_client, stream_len, stream_messages,
     wait_for_jetstream, NatsServer,
 };
-use support::pg::PgCluster;
-use support::*;
+use crate::support::pg::PgCluster;
+use crate::support::*;
 
 /// The test's stream of answers.
 const RESULTS: &str = "TEST_RESULTS";

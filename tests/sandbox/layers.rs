@@ -4,12 +4,11 @@
 //! experiment on a commit reuses the layer and moves only its delta; the
 //! run's writes stay on its own disk.
 
-mod support;
-
 use std::path::Path;
 
 use genesis::store::Store;
-use support::*;
+
+use crate::support::*;
 
 /// Lists the workspace (names, types and modes, sizes, mtimes, owners and
 /// contents) into `/genesis/out/listing.txt`, then reports one passing test.
