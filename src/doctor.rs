@@ -1,6 +1,5 @@
 //! `genesis doctor`: one line per check, ✓ or ✗, and for each ✗ the fix.
 
-use std::time::Duration;
 
 use crate::config::Config;
 use crate::errors::GenesisError;
@@ -194,7 +193,8 @@ async fn nats(config: &Config) -> Check {
         Ok(options) => options,
         Err(e) => return Check::fail("nats", e.to_string(), "fix the [nats] file key it names"),
     };
-    let attempt = tokio::time::timeout(Duration::from_secs(3), options.connect(url.as_str())).await;
+    let limit = config.nats.cli_connect_timeout;
+    let attempt = tokio::time::timeout(limit, options.connect(url.as_str())).await;
     match attempt {
         Ok(Ok(client)) => {
             let info = client.server_info();
@@ -209,7 +209,14 @@ async fn nats(config: &Config) -> Check {
             }
             None => Check::fail("nats", crate::nats_auth::describe(url, &e), START),
         },
-        Err(_) => Check::fail("nats", format!("no answer from {url} within 3 s"), START),
+        Err(_) => Check::fail(
+            "nats",
+            format!(
+                "no answer from {url} within {} ms ([nats] cli_connect_timeout_ms)",
+                limit.as_millis()
+            ),
+            START,
+        ),
     }
 }
 
@@ -240,9 +247,13 @@ fn home(config: &Config) -> Check {
     }
     let _ = std::fs::remove_file(&probe);
     match free_mb(home) {
-        Some(free) if free < 1024 => Check::fail(
+        Some(free) if free < config.cleanup.min_free_mb => Check::fail(
             "home",
-            format!("{} has only {free} MB free", home.display()),
+            format!(
+                "{} has only {free} MB free (under [cleanup] min_free_mb, {})",
+                home.display(),
+                config.cleanup.min_free_mb
+            ),
             "free disk space or run `genesis jobs run cleanup`",
         ),
         Some(free) => Check::pass(

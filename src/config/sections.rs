@@ -50,6 +50,9 @@ pub struct HttpPolicy {
     /// How long `/readyz` waits for the engine's ping.
     #[serde(rename = "ready_timeout_ms", with = "super::millis")]
     pub ready_timeout: Duration,
+    /// A connection without a complete request head by then is closed.
+    #[serde(rename = "header_timeout_ms", with = "super::millis")]
+    pub header_timeout: Duration,
     /// How often the disk use of `GENESIS_HOME` is measured (a walk of it).
     #[serde(rename = "disk_interval_ms", with = "super::millis")]
     pub disk_interval: Duration,
@@ -193,6 +196,9 @@ pub struct NatsConfig {
     /// How long one JetStream pull waits for a request before it is renewed.
     #[serde(rename = "pull_expires_ms", with = "super::millis")]
     pub pull_expires: Duration,
+    /// How long a command line (`jobs run`, `doctor`) waits for NATS.
+    #[serde(rename = "cli_connect_timeout_ms", with = "super::millis")]
+    pub cli_connect_timeout: Duration,
     /// `metrics.record`: after each stored result, one experiment record on
     /// this subject for the shared metrics store; empty: none.
     pub metrics_subject: String,
@@ -404,6 +410,8 @@ pub struct CleanupPolicy {
     pub layer_keep_hours: u64,
     /// Caches used this recently are never removed for the disk budget.
     pub budget_grace_minutes: u64,
+    /// `doctor` fails its home check below this much free space.
+    pub min_free_mb: u64,
 }
 
 /// `[llm]`: the LLM endpoint every test run gets (contract §2b). Every

@@ -36,7 +36,6 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -57,10 +56,6 @@ pub use scheduler::*;
 mod run_now;
 pub use run_now::*;
 
-/// How long `genesis jobs run` waits for NATS before printing the document
-/// instead: a command line should answer promptly when no server runs.
-/// (Not in the config: the service itself waits for NATS indefinitely.)
-const CLI_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const BYTES_PER_MB: f64 = 1024.0 * 1024.0;
 /// Key of the most recent analysis in the trends table.
 pub const TREND_LATEST: &str = "analysis/latest";

@@ -9,15 +9,16 @@ use super::*;
 
 async fn connect_briefly(config: &Config) -> Result<async_nats::Client> {
     let url = config.nats.url.clone();
+    let limit = config.nats.cli_connect_timeout;
     let connecting = crate::nats_auth::connect_options(&config.nats, "genesis-jobs")?
-        .connection_timeout(CLI_CONNECT_TIMEOUT)
+        .connection_timeout(limit)
         .connect(url.as_str());
-    match tokio::time::timeout(CLI_CONNECT_TIMEOUT, connecting).await {
+    match tokio::time::timeout(limit, connecting).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) => Err(GenesisError::Nats(crate::nats_auth::describe(&url, &e))),
         Err(_) => Err(GenesisError::Nats(format!(
-            "no answer from {url} within {} s",
-            CLI_CONNECT_TIMEOUT.as_secs()
+            "no answer from {url} within {} ms ([nats] cli_connect_timeout_ms)",
+            limit.as_millis()
         ))),
     }
 }

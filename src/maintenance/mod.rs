@@ -132,6 +132,7 @@ mod tests {
             analysis_days: 30,
             layer_keep_hours: 72,
             budget_grace_minutes: 30,
+            min_free_mb: 1024,
         }
     }
 

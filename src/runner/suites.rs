@@ -6,7 +6,7 @@
 use crate::contract::{hex_digest, stage, Request};
 use crate::errors::{GenesisError, Result};
 use crate::results::{parse_report, Bounds, ReportError, ReportInput, TestReport};
-use crate::sandbox::{self, tail, CappedLog, Role, RunOutcome, SandboxBuilder};
+use crate::sandbox::{self, tail, CappedLog, PrepareStep, Role, RunOutcome, SandboxBuilder};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
@@ -258,12 +258,11 @@ impl Runner {
             .home_label(&self.home_label)
             .disk(self.scratch_dir(), plan.limits.disk_mb, self.owner)
             .layered(layered)
-            .prepare_command(
-                plan.uses_environment()
-                    .then(|| ENV_WORKSPACE_COPY.to_string()),
+            .prepare(plan.uses_environment().then(|| PrepareStep {
+                command: ENV_WORKSPACE_COPY.to_string(),
                 // The copy of what an install left is bounded as the install was.
-                self.config.environments.timeout,
-            )
+                timeout: self.config.environments.timeout,
+            }))
             .llm(plan.llm.clone())
             .command(&plan.primary, &plan.repo.setup_command, &plan.test_command)
             .create(&self.docker)

@@ -99,12 +99,9 @@ pub struct SandboxSpec {
     pub host_pids_limit: i64,
     /// The run's own file system (`[limits.*] disk_mb`), when capped.
     pub disk: Option<DiskRequest>,
-    /// Run (untimed, as the sandbox user) after start and before the suite:
-    /// an environment's untracked workspace files are copied into place.
-    pub prepare_command: Option<String>,
-    /// Bounds the prepare command: it copies what an install left, so an
-    /// install could otherwise make every run of its environment hang.
-    pub prepare_timeout: Duration,
+    /// Run (as the sandbox user) after start and before the suite: an
+    /// environment's untracked workspace files are copied into place.
+    pub prepare: Option<PrepareStep>,
     /// The run's LLM endpoint (contract §2b); None for `llm_stub = false`
     /// and for installs.
     pub llm: Option<super::llm::LlmSetup>,
@@ -112,6 +109,15 @@ pub struct SandboxSpec {
     /// bridge. Installs join the guarded one (`environment::guard`), and
     /// then also lose IPv6 in their namespace (see there).
     pub network: Option<String>,
+}
+
+/// A command run before the suite, with its own time limit: it copies what
+/// an install left, so an install could otherwise make every run of its
+/// environment hang.
+#[derive(Debug, Clone)]
+pub struct PrepareStep {
+    pub command: String,
+    pub timeout: Duration,
 }
 
 impl SandboxSpec {
@@ -176,8 +182,7 @@ impl SandboxBuilder {
                 runtime: Some(policy.runtime.clone()),
                 host_pids_limit: policy.host_pids_limit(limits.pids),
                 disk: None,
-                prepare_command: None,
-                prepare_timeout: Duration::from_secs(900),
+                prepare: None,
                 llm: None,
                 network: None,
             },
@@ -229,10 +234,9 @@ impl SandboxBuilder {
         self
     }
 
-    /// The prepare command and its time limit.
-    pub fn prepare_command(mut self, command: Option<String>, timeout: Duration) -> Self {
-        self.spec.prepare_command = command;
-        self.spec.prepare_timeout = timeout;
+    /// The prepare step, if the run has one.
+    pub fn prepare(mut self, step: Option<PrepareStep>) -> Self {
+        self.spec.prepare = step;
         self
     }
 

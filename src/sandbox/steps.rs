@@ -21,17 +21,17 @@ use super::*;
 const PREPARE_OUTPUT_KEPT: usize = 4096;
 
 impl Sandbox {
-    /// The spec's prepare command, before the suite, within
-    /// `prepare_timeout`: it must succeed; a full disk while preparing is
+    /// The spec's prepare step, before the suite, within its timeout: it
+    /// must succeed; a full disk while preparing is
     /// the run's `disk_limit`. Past the limit the experiment fails
     /// `environment_failed` (the caller removes the container, and the
     /// copy with it).
     pub(super) async fn prepare(&self) -> Result<()> {
-        let Some(command) = &self.spec.prepare_command else {
+        let Some(step) = &self.spec.prepare else {
             return Ok(());
         };
-        let limit = self.spec.prepare_timeout;
-        match tokio::time::timeout(limit, self.prepare_exec(command)).await {
+        let limit = step.timeout;
+        match tokio::time::timeout(limit, self.prepare_exec(&step.command)).await {
             Ok(done) => done,
             Err(_) => Err(GenesisError::EnvironmentFailed(format!(
                 "copying the environment's workspace files (/genesis/workspace, what its install \

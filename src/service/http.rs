@@ -58,8 +58,9 @@ pub(super) async fn start(
         ready_timeout: http.ready_timeout,
     });
     let disk = tokio::spawn(measure_home_disk(runner.clone()));
+    let header_timeout = http.header_timeout;
     Ok(Some(tokio::spawn(async move {
-        accept_loop(listener, probes).await;
+        accept_loop(listener, probes, header_timeout).await;
         disk.abort();
     })))
 }
@@ -85,7 +86,11 @@ async fn measure_home_disk(runner: Arc<Runner>) {
 
 /// Serves each connection in a set owned by this task, so aborting it
 /// closes them all.
-async fn accept_loop(listener: tokio::net::TcpListener, probes: Arc<Probes>) {
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    probes: Arc<Probes>,
+    header_timeout: Duration,
+) {
     let mut connections = JoinSet::new();
     loop {
         let stream = match listener.accept().await {
@@ -103,7 +108,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, probes: Arc<Probes>) {
             let service = service_fn(move |request| route(request, probes.clone()));
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
