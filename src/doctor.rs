@@ -1,6 +1,5 @@
 //! `genesis doctor`: one line per check, ✓ or ✗, and for each ✗ the fix.
 
-
 use crate::config::Config;
 use crate::errors::GenesisError;
 
