@@ -20,7 +20,7 @@ use crate::contract::ErrorKind;
 
 pub mod engine;
 
-pub use engine::EngineFailure;
+use engine::EngineFailure;
 
 pub type Result<T, E = GenesisError> = std::result::Result<T, E>;
 
@@ -184,8 +184,8 @@ impl GenesisError {
         }
     }
 
-    /// A sandbox step that failed: `cause` is the engine's error, an I/O
-    /// error, or genesis's own finding (a text).
+    /// A sandbox step that failed: `cause` is the engine's error or
+    /// genesis's own finding (a text).
     pub fn sandbox(context: impl Into<String>, cause: impl Into<SandboxCause>) -> Self {
         GenesisError::Sandbox {
             context: context.into(),
@@ -284,21 +284,13 @@ impl GenesisError {
     }
 }
 
-impl From<DockerError> for GenesisError {
-    fn from(err: DockerError) -> Self {
-        GenesisError::sandbox("docker", err)
-    }
-}
 
-/// What made a sandbox step fail: the engine's own error, an I/O error on
-/// the host side, or what genesis found (an exit status, a limit, a log
-/// tail), kept as text.
+/// What made a sandbox step fail: the engine's own error, or what genesis
+/// found (an exit status, a limit, a log tail), kept as text.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxCause {
     #[error(transparent)]
     Engine(#[from] DockerError),
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
     #[error("{0}")]
     Finding(String),
 }
