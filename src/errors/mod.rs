@@ -284,7 +284,6 @@ impl GenesisError {
     }
 }
 
-
 /// What made a sandbox step fail: the engine's own error, or what genesis
 /// found (an exit status, a limit, a log tail), kept as text.
 #[derive(Debug, thiserror::Error)]
