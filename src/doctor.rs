@@ -186,36 +186,27 @@ async fn docker(config: &Config) -> Check {
 /// Connects as `serve` would (same credentials and TLS), so a refusal
 /// shows here, named, with what to change.
 async fn nats(config: &Config) -> Check {
+    use crate::nats_auth::BriefFailure;
     const START: &str = "start a server (nats-server -a 127.0.0.1 -p 4222 -js) or set GENESIS_NATS_URL / [nats] url";
     let url = &config.nats.url;
-    let options = match crate::nats_auth::connect_options(&config.nats, "genesis-doctor") {
-        Ok(options) => options,
-        Err(e) => return Check::fail("nats", e.to_string(), "fix the [nats] file key it names"),
-    };
-    let limit = config.nats.cli_connect_timeout;
-    let attempt = tokio::time::timeout(limit, options.connect(url.as_str())).await;
-    match attempt {
-        Ok(Ok(client)) => {
+    match crate::nats_auth::connect_briefly(&config.nats, "genesis-doctor").await {
+        Ok(client) => {
             let info = client.server_info();
             Check::pass(
                 "nats",
                 format!("reachable at {url} (server {})", info.version),
             )
         }
-        Ok(Err(e)) => match crate::nats_auth::Refusal::of(&e) {
+        Err(BriefFailure::Options(e)) => {
+            Check::fail("nats", e.to_string(), "fix the [nats] file key it names")
+        }
+        Err(BriefFailure::Connect(e)) => match crate::nats_auth::Refusal::of(&e) {
             Some(refusal) => {
                 Check::fail("nats", crate::nats_auth::describe(url, &e), refusal.fix())
             }
             None => Check::fail("nats", crate::nats_auth::describe(url, &e), START),
         },
-        Err(_) => Check::fail(
-            "nats",
-            format!(
-                "no answer from {url} within {} ms ([nats] cli_connect_timeout_ms)",
-                limit.as_millis()
-            ),
-            START,
-        ),
+        Err(BriefFailure::NoAnswer(text)) => Check::fail("nats", text, START),
     }
 }
 

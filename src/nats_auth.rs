@@ -2,7 +2,9 @@
 //! client name), for every client in genesis: `serve` (whose connection the
 //! analysis and framework peers share), `jobs run` and `doctor`; and the one
 //! place a connect error is sorted into "the server refused us" (stop and
-//! say why) versus "the server is not there yet" (wait for it).
+//! say why) versus "the server is not there yet" (wait for it). Command
+//! lines connect through [`connect_briefly`], which gives up after
+//! `[nats] cli_connect_timeout_ms`.
 
 use std::error::Error as _;
 use std::path::PathBuf;
@@ -140,6 +142,40 @@ fn caused_by_tls(error: &ConnectError) -> bool {
 
 fn is_rustls(err: &(dyn std::error::Error + 'static)) -> bool {
     err.downcast_ref::<async_nats::rustls::Error>().is_some()
+}
+
+/// Why a command line's brief connect did not connect.
+#[derive(Debug)]
+pub enum BriefFailure {
+    /// A `[nats]` file key could not be used; the error names it.
+    Options(GenesisError),
+    /// The server refused, or the connection failed (see [`Refusal::of`]).
+    Connect(ConnectError),
+    /// Nothing answered within `[nats] cli_connect_timeout_ms`; the text says so.
+    NoAnswer(String),
+}
+
+/// Connects as `serve` would (same credentials and TLS), but gives up after
+/// `[nats] cli_connect_timeout_ms`: a command line (`doctor`, `jobs run`)
+/// should answer promptly when no server runs, where `serve` waits. The
+/// limit is this one timeout, not also the client's own connection
+/// timeout: two timers of one length would race to say which way it ended.
+pub async fn connect_briefly(
+    nats: &NatsConfig,
+    name: &str,
+) -> std::result::Result<async_nats::Client, BriefFailure> {
+    let limit = nats.cli_connect_timeout;
+    let connecting = connect_options(nats, name)
+        .map_err(BriefFailure::Options)?
+        .connect(nats.url.as_str());
+    match tokio::time::timeout(limit, connecting).await {
+        Ok(connected) => connected.map_err(BriefFailure::Connect),
+        Err(_) => Err(BriefFailure::NoAnswer(format!(
+            "no answer from {} within {} ms ([nats] cli_connect_timeout_ms)",
+            nats.url,
+            limit.as_millis()
+        ))),
+    }
 }
 
 /// A connect error in words: the refusal named first when it is one, the

@@ -8,19 +8,16 @@ use std::sync::Arc;
 use super::*;
 
 async fn connect_briefly(config: &Config) -> Result<async_nats::Client> {
-    let url = config.nats.url.clone();
-    let limit = config.nats.cli_connect_timeout;
-    let connecting = crate::nats_auth::connect_options(&config.nats, "genesis-jobs")?
-        .connection_timeout(limit)
-        .connect(url.as_str());
-    match tokio::time::timeout(limit, connecting).await {
-        Ok(Ok(client)) => Ok(client),
-        Ok(Err(e)) => Err(GenesisError::Nats(crate::nats_auth::describe(&url, &e))),
-        Err(_) => Err(GenesisError::Nats(format!(
-            "no answer from {url} within {} ms ([nats] cli_connect_timeout_ms)",
-            limit.as_millis()
-        ))),
-    }
+    use crate::nats_auth::BriefFailure;
+    crate::nats_auth::connect_briefly(&config.nats, "genesis-jobs")
+        .await
+        .map_err(|failure| match failure {
+            BriefFailure::Options(e) => e,
+            BriefFailure::Connect(e) => {
+                GenesisError::Nats(crate::nats_auth::describe(&config.nats.url, &e))
+            }
+            BriefFailure::NoAnswer(text) => GenesisError::Nats(text),
+        })
 }
 
 /// `genesis jobs run NAME`: runs a job now. The job's document goes to

@@ -142,6 +142,47 @@ fn jobs_run_report_without_nats_prints_the_document_and_exits_0() {
     assert!(state.ok && state.runs == 1, "{state:?}");
 }
 
+/// A server that accepts and then says nothing (no INFO) is waited for only
+/// `[nats] cli_connect_timeout_ms`, by `jobs run` and `doctor` alike, and
+/// both name the key.
+#[test]
+fn a_silent_nats_is_waited_for_only_the_cli_connect_timeout() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("nats://{}", listener.local_addr().unwrap());
+    // Hold every connection open, silent, for the rest of the test process.
+    std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().collect();
+        drop(held);
+    });
+    let home = home_with_history();
+    std::fs::write(&home.config, "[nats]\ncli_connect_timeout_ms = 300\n").unwrap();
+    let expected = format!("no answer from {url} within 300 ms ([nats] cli_connect_timeout_ms)");
+
+    let out = home
+        .command()
+        .env("GENESIS_NATS_URL", &url)
+        .args(["jobs", "run", "health"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stderr.contains(&expected), "{stderr}");
+
+    let out = home
+        .command()
+        .env("GENESIS_NATS_URL", &url)
+        .arg("doctor")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    let line = stdout
+        .lines()
+        .chain(stderr.lines())
+        .find(|l| l.starts_with("✗ nats"))
+        .unwrap_or_else(|| panic!("no failed nats line in {stdout}\n{stderr}"));
+    assert!(line.contains(&expected), "{line}");
+}
+
 #[test]
 fn an_unknown_job_is_a_usage_error() {
     let home = TestHome::new("");
