@@ -468,6 +468,23 @@ impl ExperimentResult {
         })
     }
 
+    /// The refusal of `request` because its `experiment_id` was used for a
+    /// different request: answering it with the other request's result
+    /// would mislead, and running it would answer one id twice. Told alike
+    /// by the local store and by the hosts' shared id registry.
+    pub fn id_reused(host: &str, request: &Request) -> Self {
+        ExperimentResult::failed(
+            host,
+            &request.experiment_id,
+            &request.instance_id,
+            ErrorKind::InvalidRequest,
+            format!(
+                "experiment_id {:?} was already used for a different request; refusing to run or answer it with the other request's result",
+                request.experiment_id
+            ),
+        )
+    }
+
     /// The host that produced it; empty in results stored before hosts
     /// were recorded.
     pub fn host(&self) -> &str {

@@ -2,7 +2,7 @@
 //! for a run in progress or is refused; and taking over the experiments a
 //! dead process of this host left unfinished.
 
-use crate::contract::{ErrorKind, ExperimentResult, Request};
+use crate::contract::{ExperimentResult, Request};
 use crate::errors::Result;
 use crate::sandbox;
 use crate::store::{ExperimentRecord, Inserted, Status};
@@ -19,15 +19,9 @@ impl Runner {
             Inserted::Existing(existing) => existing,
         };
         if existing.fingerprint != request.fingerprint() {
-            return Ok(Admission::Conflict(Box::new(ExperimentResult::failed(
+            return Ok(Admission::Conflict(Box::new(ExperimentResult::id_reused(
                 &self.config.host,
-                &request.experiment_id,
-                &request.instance_id,
-                ErrorKind::InvalidRequest,
-                format!(
-                    "experiment_id {:?} was already used for a different request; refusing to run or answer it with the other request's result",
-                    request.experiment_id
-                ),
+                request,
             ))));
         }
         match existing.result() {

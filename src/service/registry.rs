@@ -32,7 +32,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::contract::{ErrorKind, ExperimentResult, Request};
+use crate::contract::{ExperimentResult, Request};
 
 use super::retry::Backoff;
 
@@ -151,15 +151,9 @@ impl Registry {
 
     fn compare(&self, request: &Request, mine: &Entry, held: Entry) -> Claim {
         if held.fingerprint != mine.fingerprint {
-            return Claim::Conflict(Box::new(ExperimentResult::failed(
+            return Claim::Conflict(Box::new(ExperimentResult::id_reused(
                 &self.config.host,
-                &request.experiment_id,
-                &request.instance_id,
-                ErrorKind::InvalidRequest,
-                format!(
-                    "experiment_id {:?} was already used for a different request; refusing to run or answer it with the other request's result",
-                    request.experiment_id
-                ),
+                request,
             )));
         }
         if held.home == self.home {
