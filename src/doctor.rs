@@ -113,7 +113,7 @@ async fn archives(config: &Config) -> Check {
         format!("corrupt or tampered: {}", corrupt.join(", ")),
         format!(
             "inspect them under {} (`genesis show ID` says what differs); delete one by hand once you know why",
-            crate::maintenance::archives_dir(&config.home).display()
+            config.home.archives().display()
         ),
     )
 }

@@ -67,6 +67,11 @@ impl Home {
         self.at("archives")
     }
 
+    /// One experiment's archive: `archives/ID.tar.gz`.
+    pub fn archive(&self, experiment_id: &str) -> PathBuf {
+        self.archives().join(format!("{experiment_id}.tar.gz"))
+    }
+
     /// The bare mirror of a configured repo.
     pub fn mirror(&self, repo: &str) -> PathBuf {
         self.at("mirrors").join(format!("{repo}.git"))

@@ -2,6 +2,7 @@
 //! the snapshot, MANIFEST, writing). See the parent module for the format.
 
 use crate::errors::{GenesisError, Result};
+use crate::home::Home;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
@@ -219,7 +220,7 @@ struct Plan {
 }
 
 fn plan_live(home: &Path, id: &str) -> Result<Plan> {
-    let dir = sandboxes_dir(home).join(id);
+    let dir = Home::of(home).sandbox(id);
     let meta = fs::symlink_metadata(&dir)
         .map_err(|e| GenesisError::io(format!("opening sandbox {}", dir.display()), e))?;
     if !meta.is_dir() {

@@ -223,7 +223,7 @@ impl<'a> Cleaner<'a> {
     /// it) and none has mounted now.
     fn layers(&mut self) {
         let limit_ms = hours_in_ms(self.config.cleanup.layer_keep_hours);
-        let Ok(entries) = fs::read_dir(crate::snapshot::layers_dir(&self.config.home)) else {
+        let Ok(entries) = fs::read_dir(self.config.home.layers()) else {
             return;
         };
         for entry in entries.flatten() {
@@ -256,7 +256,7 @@ impl<'a> Cleaner<'a> {
 
     /// Deletes or archives each sandbox directory its record says is due.
     fn sandboxes(&mut self) {
-        let dir = sandboxes_dir(&self.config.home);
+        let dir = self.config.home.sandboxes();
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return,
@@ -281,7 +281,7 @@ impl<'a> Cleaner<'a> {
     }
 
     fn sandbox(&mut self, id: &str) -> Result<()> {
-        let path = sandboxes_dir(&self.config.home).join(id);
+        let path = self.config.home.sandbox(id);
         let is_dir = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
         if !is_dir {
             self.report.notes.push(format!(
@@ -331,7 +331,7 @@ impl<'a> Cleaner<'a> {
     /// only then removes the directory.
     fn archive(&mut self, id: &str, dir: &Path) -> Result<()> {
         let home = &self.config.home;
-        let dest = archives_dir(home).join(format!("{id}.tar.gz"));
+        let dest = home.archive(id);
         if fs::symlink_metadata(&dest).is_ok() {
             // An earlier run was interrupted after the rename: trust the
             // archive only if it verifies.
@@ -348,8 +348,8 @@ impl<'a> Cleaner<'a> {
                 });
             }
         } else {
-            fs::create_dir_all(archives_dir(home)).map_err(|e| {
-                GenesisError::io(format!("creating {}", archives_dir(home).display()), e)
+            fs::create_dir_all(home.archives()).map_err(|e| {
+                GenesisError::io(format!("creating {}", home.archives().display()), e)
             })?;
             let tmp = TempFile(Some(temp_beside(&dest)));
             let (info, notes) = bundle_live(home, id, tmp.path())?;
@@ -395,8 +395,8 @@ impl<'a> Cleaner<'a> {
         let limit_ms = hours_in_ms(self.config.cleanup.delete_after_hours);
         let home = &self.config.home;
         let spools = (home.tmp(), SPOOL_PREFIX, "");
-        let archives = (archives_dir(home), ".", ".tmp");
-        let layers = (crate::snapshot::layers_dir(home), ".", ".tmp");
+        let archives = (home.archives(), ".", ".tmp");
+        let layers = (home.layers(), ".", ".tmp");
         // Tarballs are still packed for environments and non-layered runs.
         let snapshots = (home.snapshots(), ".", ".tmp");
         for (dir, prefix, suffix) in [spools, archives, layers, snapshots] {

@@ -49,7 +49,7 @@
 //!   are removed. A failure in one step or one sandbox does not stop the
 //!   others; every operation leaves a `sandbox_history` row.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::Config;
@@ -86,19 +86,9 @@ const SETTLE: Duration = Duration::from_secs(2);
 /// How many problems a one-line summary names before "and N more".
 const SUMMARY_PROBLEMS: usize = 3;
 
-/// `GENESIS_HOME/sandboxes`.
-pub fn sandboxes_dir(home: &Path) -> PathBuf {
-    crate::home::Home::of(home).sandboxes()
-}
-
-/// `GENESIS_HOME/archives`.
-pub fn archives_dir(home: &Path) -> PathBuf {
-    crate::home::Home::of(home).archives()
-}
-
 /// Where the archive of an experiment lives: `GENESIS_HOME/archives/ID.tar.gz`.
 pub fn archive_path(config: &Config, id: &str) -> PathBuf {
-    archives_dir(&config.home).join(format!("{id}.tar.gz"))
+    config.home.archive(id)
 }
 
 #[cfg(test)]

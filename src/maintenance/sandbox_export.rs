@@ -4,6 +4,7 @@
 use crate::config::Config;
 use crate::contract::validate_experiment_id;
 use crate::errors::{GenesisError, Result};
+use crate::home::Home;
 use crate::store::{SandboxOperation, Store};
 use serde::Serialize;
 use std::fs;
@@ -90,8 +91,8 @@ fn export_blocking(
     id: &str,
     output: &Path,
 ) -> Result<(Exported, Option<VerifyReport>)> {
-    let archive = archives_dir(home).join(format!("{id}.tar.gz"));
-    let live = sandboxes_dir(home).join(id);
+    let home = Home::of(home);
+    let (archive, live) = (home.archive(id), home.sandbox(id));
     let tmp = TempFile(Some(temp_beside(output)));
     let context = || format!("writing {}", output.display());
     // The archive wins: it is what cleanup verified and kept; a sandbox dir
@@ -133,7 +134,7 @@ fn export_blocking(
             archive.display()
         )));
     }
-    let (bundle, notes) = bundle_live(home, id, tmp.path())?;
+    let (bundle, notes) = bundle_live(&home, id, tmp.path())?;
     // Check our own work before handing it out.
     let report = verify_archive(tmp.path())?;
     if !report.is_ok() {

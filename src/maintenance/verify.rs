@@ -4,6 +4,7 @@
 use crate::config::Config;
 use crate::contract::validate_experiment_id;
 use crate::errors::{GenesisError, Result};
+use crate::home::Home;
 use crate::store::{SandboxOperation, Store};
 use flate2::read::MultiGzDecoder;
 use serde::Serialize;
@@ -356,7 +357,7 @@ fn check_one(id: &str, path: &Path) -> Option<ArchiveCheck> {
 
 /// Archive files in `archives/`: `ID.tar.gz` with a valid id, by id.
 fn archive_files(home: &Path) -> io::Result<Vec<(String, PathBuf)>> {
-    let dir = archives_dir(home);
+    let dir = Home::of(home).archives();
     let entries = match fs::read_dir(&dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -389,9 +390,10 @@ pub(super) fn check_all(
     home: &Path,
     known: &HashMap<String, VerifyReport>,
 ) -> Result<Vec<ArchiveCheck>> {
+    let archives = Home::of(home).archives();
     let files = archive_files(home)
-        .map_err(|e| GenesisError::io(format!("listing {}", archives_dir(home).display()), e))?;
-    forget_missing(&archives_dir(home), &files);
+        .map_err(|e| GenesisError::io(format!("listing {}", archives.display()), e))?;
+    forget_missing(&archives, &files);
     Ok(files
         .iter()
         .filter_map(|(id, path)| match known.get(id) {

@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use git2::{Delta, FileMode, ObjectType, Oid, Repository, Tree};
 
 use crate::errors::{GenesisError, Result};
+use crate::home::Home;
 
 use super::{check_path_shape, Owner, MODE_EXEC, MODE_LINK};
 
@@ -181,12 +182,7 @@ fn checked_target(root: &Path, path: &str, make_missing: Option<(Owner, i64)>) -
 /// covering what else goes into the files (repo name, owner, layout).
 pub(super) fn layer_dir(home: &Path, name: &str, owner: Owner, commit: Oid) -> PathBuf {
     let key = super::cache_key(name, owner, Some(LAYER_LAYOUT));
-    layers_dir(home).join(format!("{commit}-{key}"))
-}
-
-/// `GENESIS_HOME/layers`.
-pub fn layers_dir(home: &Path) -> PathBuf {
-    crate::home::Home::of(home).layers()
+    Home::of(home).layers().join(format!("{commit}-{key}"))
 }
 
 /// Writes the layer of `tree` (as `NAME/...`) at `dest` unless it is there,

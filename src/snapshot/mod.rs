@@ -40,7 +40,7 @@ use pack::*;
 mod candidate;
 use candidate::candidate_commit;
 mod layer;
-pub use layer::{layers_dir, DeltaContent, DeltaEntry, TreeDelta};
+pub use layer::{DeltaContent, DeltaEntry, TreeDelta};
 mod record;
 pub use record::{RecordedRepo, WorkspaceRecord, WORKSPACE_RECORD};
 

@@ -54,7 +54,7 @@ impl Cleaner<'_> {
         }
         let snapshots = self.config.home.snapshots();
         self.remove_idle_caches(&snapshots, &mut usage, false);
-        let layers = crate::snapshot::layers_dir(&self.config.home);
+        let layers = self.config.home.layers();
         self.remove_idle_caches(&layers, &mut usage, true);
         self.finish_sandboxes_early(&mut usage);
         self.prune_archives(checks, &mut usage);
@@ -115,7 +115,7 @@ impl Cleaner<'_> {
     /// Archives (merged) or deletes (the rest) the sandboxes of finished
     /// experiments before they are due, oldest experiment first.
     fn finish_sandboxes_early(&mut self, usage: &mut Usage) {
-        let dir = sandboxes_dir(&self.config.home);
+        let dir = self.config.home.sandboxes();
         let Ok(entries) = fs::read_dir(&dir) else {
             return;
         };
@@ -142,9 +142,8 @@ impl Cleaner<'_> {
             let path = dir.join(&id);
             let before = disk_usage_bytes(&path);
             let done = if keeps_an_archive(&record) {
-                self.archive(&id, &path).map(|()| {
-                    disk_usage_bytes(&archives_dir(&self.config.home).join(format!("{id}.tar.gz")))
-                })
+                self.archive(&id, &path)
+                    .map(|()| disk_usage_bytes(&self.config.home.archive(&id)))
             } else {
                 let why = format!(
                     "early: GENESIS_HOME over its {} MB budget",
