@@ -759,9 +759,23 @@ fn month_of_experiments(store: &Store, config: &Config, now: DateTime<Utc>, coun
     store.write_batch(&rows).unwrap();
 }
 
+/// The last 12:00 UTC that has passed: the trends tests' "now". Their
+/// period starts at a day's midnight, so an experiment placed an hour
+/// before a real `now` just after midnight fell outside a one-day period
+/// (the tests failed from 00:00 to 01:00 UTC).
+fn last_midday() -> DateTime<Utc> {
+    let now = Utc::now();
+    let noon = now.date_naive().and_hms_opt(12, 0, 0).unwrap().and_utc();
+    if noon <= now {
+        noon
+    } else {
+        noon - TimeDelta::days(1)
+    }
+}
+
 #[test]
 fn trends_page_renders_in_chromium() {
-    let now = Utc::now();
+    let now = last_midday();
     let (_home, config) = filled_home(now);
     let store = Store::open(&config.store_path()).unwrap();
     month_of_experiments(&store, &config, now, 400);
@@ -820,7 +834,7 @@ fn trends_page_renders_in_chromium() {
 
 #[test]
 fn trends_with_zero_and_one_experiment_are_readable() {
-    let now = Utc::now();
+    let now = last_midday();
     let home = TestHome::new("");
     let config = config(&home.home());
     let store = Store::open(&config.store_path()).unwrap();
@@ -858,7 +872,7 @@ fn trends_with_zero_and_one_experiment_are_readable() {
 
 #[test]
 fn trends_over_10000_experiments_stay_small_and_quick() {
-    let now = Utc::now();
+    let now = last_midday();
     let home = TestHome::new("");
     let config = config(&home.home());
     let store = Store::open(&config.store_path()).unwrap();
